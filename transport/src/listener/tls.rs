@@ -1,0 +1,166 @@
+//! TLS for the listener: PEM loading, optional client certificates (mTLS), and the rustls
+//! `ServerConfig` built once at bind with the `ring` provider.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use rustls::RootCertStore;
+use rustls::server::{NoServerSessionStorage, ServerConfig, WebPkiClientVerifier};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+use crate::error::Error;
+
+/// The first byte of every TLS record carrying a handshake message (`ContentType::Handshake`).
+pub(crate) const TLS_HANDSHAKE_RECORD: u8 = 0x16;
+
+/// TLS settings for a listener.
+///
+/// ```no_run
+/// use teleport_transport::listener::TlsConfig;
+///
+/// let mut tls = TlsConfig::from_pem_files("cert.pem", "key.pem")?;
+/// tls.client_ca_pem_file("clients-ca.pem")?; // mutual TLS
+/// # Ok::<(), teleport_transport::Error>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct TlsConfig {
+    cert_chain: Vec<CertificateDer<'static>>,
+    key: Arc<PrivateKeyDer<'static>>,
+    client_roots: Option<RootCertStore>,
+    alpn: Vec<Vec<u8>>,
+    allow_plaintext: bool,
+    resumption: bool,
+}
+
+// ===== impl TlsConfig =====
+
+impl TlsConfig {
+    /// Builds from PEM text: the certificate chain (leaf first) and its private key
+    /// (PKCS#8, PKCS#1 or SEC1).
+    pub fn from_pem(cert_chain_pem: &[u8], key_pem: &[u8]) -> Result<Self, Error> {
+        let cert_chain = parse_certs(cert_chain_pem, "certificate chain")?;
+        let key = PrivateKeyDer::from_pem_slice(key_pem)
+            .map_err(|source| Error::Pem { what: "private key", source })?;
+        Ok(TlsConfig {
+            cert_chain,
+            key: Arc::new(key),
+            client_roots: None,
+            alpn: Vec::new(),
+            allow_plaintext: false,
+            resumption: true,
+        })
+    }
+
+    /// Builds from PEM files; see [`from_pem`](Self::from_pem).
+    pub fn from_pem_files(cert_chain: impl AsRef<Path>, key: impl AsRef<Path>) -> Result<Self, Error> {
+        Self::from_pem(&read(cert_chain.as_ref())?, &read(key.as_ref())?)
+    }
+
+    /// Requires clients to present a certificate signed by one of these CAs (mutual TLS).
+    /// Default: no client certificate is asked for.
+    pub fn client_ca_pem(&mut self, ca_pem: &[u8]) -> Result<&mut Self, Error> {
+        let mut roots = RootCertStore::empty();
+        for cert in parse_certs(ca_pem, "client CA")? {
+            roots.add(cert).map_err(Error::Tls)?;
+        }
+        self.client_roots = Some(roots);
+        Ok(self)
+    }
+
+    /// [`client_ca_pem`](Self::client_ca_pem) from a file.
+    pub fn client_ca_pem_file(&mut self, path: impl AsRef<Path>) -> Result<&mut Self, Error> {
+        self.client_ca_pem(&read(path.as_ref())?)
+    }
+
+    /// ALPN protocols offered, most preferred first. Default: none.
+    pub fn alpn_protocols(&mut self, protocols: Vec<Vec<u8>>) -> &mut Self {
+        self.alpn = protocols;
+        self
+    }
+
+    /// Also accepts plaintext peers on the same port, told apart by their first byte (a TLS
+    /// ClientHello starts with `0x16`). Default `false`: plaintext peers are refused and counted
+    /// as rejected.
+    pub fn allow_plaintext(&mut self, allow: bool) -> &mut Self {
+        self.allow_plaintext = allow;
+        self
+    }
+
+    /// Whether returning clients may resume sessions (TLS 1.3 tickets, TLS 1.2 session ids).
+    /// Default `true`; turn it off to make every handshake a full one.
+    pub fn session_resumption(&mut self, on: bool) -> &mut Self {
+        self.resumption = on;
+        self
+    }
+
+    pub(crate) fn plaintext_allowed(&self) -> bool {
+        self.allow_plaintext
+    }
+
+    /// The rustls config, built once at bind so that setup errors surface there.
+    pub(crate) fn build(&self) -> Result<Arc<ServerConfig>, Error> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(Error::Tls)?;
+        let builder = match &self.client_roots {
+            None => builder.with_no_client_auth(),
+            Some(roots) => {
+                let verifier =
+                    WebPkiClientVerifier::builder_with_provider(Arc::new(roots.clone()), provider)
+                        .build()
+                        .map_err(Error::ClientVerifier)?;
+                builder.with_client_cert_verifier(verifier)
+            }
+        };
+        let mut config = builder
+            .with_single_cert(self.cert_chain.clone(), self.key.clone_key())
+            .map_err(Error::Tls)?;
+        config.alpn_protocols = self.alpn.clone();
+        if !self.resumption {
+            config.session_storage = Arc::new(NoServerSessionStorage {});
+            config.send_tls13_tickets = 0;
+        }
+        Ok(Arc::new(config))
+    }
+}
+
+fn parse_certs(pem: &[u8], what: &'static str) -> Result<Vec<CertificateDer<'static>>, Error> {
+    let certs = CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|source| Error::Pem { what, source })?;
+    if certs.is_empty() {
+        return Err(Error::NoCertificates { what });
+    }
+    Ok(certs)
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, Error> {
+    std::fs::read(path).map_err(|source| Error::ReadFile { path: path.to_owned(), source })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_pem_is_a_typed_error() {
+        let err = TlsConfig::from_pem(b"", b"").unwrap_err();
+        assert!(matches!(err, Error::NoCertificates { what: "certificate chain" }));
+    }
+
+    #[test]
+    fn garbage_key_is_a_typed_error() {
+        let cert = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n";
+        let err = TlsConfig::from_pem(cert.as_bytes(), b"not a key").unwrap_err();
+        assert!(matches!(err, Error::Pem { what: "private key", .. }), "{err:?}");
+    }
+
+    #[test]
+    fn missing_file_names_the_path() {
+        let err = TlsConfig::from_pem_files("/nonexistent/cert.pem", "/nonexistent/key.pem")
+            .unwrap_err();
+        assert_eq!(err.to_string(), "cannot read /nonexistent/cert.pem");
+    }
+}
