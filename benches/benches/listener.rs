@@ -1,1 +1,342 @@
-fn main(){}
+//! The listener against a bare tokio accept loop, measured in the same run so that the ratio
+//! `teleport / bare_tokio` is what counts, not the machine:
+//!
+//! - `accept_plain`: connections per second, one after another; the server writes one byte and
+//!   closes first (TIME_WAIT lands on the server side, the client's ephemeral ports stay free).
+//! - `accept_tls_full_handshake`: the same over TLS, session resumption off on both sides, so
+//!   every connection pays a full handshake.
+//! - `echo_round_trip_261b`, `echo_round_trip_261b_tls`: round trips of 261 bytes over one
+//!   long-lived connection.
+//!
+//! Targets: round trips no slower than bare tokio, accept rate within 10 % of it;
+//! `python3 benches/ratios.py` prints the ratios after `cargo bench --bench listener`.
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use criterion::{
+    BenchmarkGroup, Criterion, Throughput, criterion_group, criterion_main, measurement::WallTime,
+};
+use rustls::ServerConfig;
+use rustls::server::NoServerSessionStorage;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use teleport_tests::Pki;
+use teleport_transport::listener::{
+    ConnContext, Listener, ListenerConfig, Server, Stream, TlsConfig,
+};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::runtime::Runtime;
+use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
+
+/// The message of the echo benches.
+const MSG: [u8; 261] = [0x5a; 261];
+
+/// The most one batch of iterations may take before the bench gives up instead of hanging. A
+/// batch lasts well under a second when things work.
+const BATCH_LIMIT: Duration = Duration::from_secs(60);
+
+/// Both servers run on a two-worker runtime; the client runs on the bench thread in `block_on`.
+fn runtime() -> Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}
+
+fn configure(group: &mut BenchmarkGroup<'_, WallTime>) {
+    group
+        .sample_size(20)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(4))
+        .throughput(Throughput::Elements(1));
+}
+
+/// Times `iters` runs of `one`, all under [`BATCH_LIMIT`].
+fn timed(rt: &Runtime, iters: u64, mut one: impl AsyncFnMut()) -> Duration {
+    rt.block_on(async {
+        let batch = async {
+            let start = Instant::now();
+            for _ in 0..iters {
+                one().await;
+            }
+            start.elapsed()
+        };
+        tokio::time::timeout(BATCH_LIMIT, batch)
+            .await
+            .expect("a batch of iterations stalled")
+    })
+}
+
+// ===== servers =====
+
+/// The listener under test, with its defaults (accept loops = cores, TCP_NODELAY, keepalive).
+fn teleport_server<H, Fut>(rt: &Runtime, tls: Option<TlsConfig>, handler: H) -> Server
+where
+    H: Fn(Stream, ConnContext) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = io::Result<()>> + Send,
+{
+    let mut config = ListenerConfig::default();
+    config.listen("127.0.0.1:0".parse().unwrap()).tls(tls);
+    rt.block_on(async {
+        Listener::bind(&config)
+            .expect("bind")
+            .serve(handler)
+            .expect("serve")
+    })
+}
+
+fn teleport_addr(server: &Server) -> SocketAddr {
+    server.local_addrs()[0]
+}
+
+/// The baseline: one accept loop, a task per connection, TCP_NODELAY, nothing else.
+struct Bare {
+    addr: SocketAddr,
+    accept: JoinHandle<()>,
+}
+
+impl Drop for Bare {
+    fn drop(&mut self) {
+        self.accept.abort();
+    }
+}
+
+fn bare_server<H, Fut>(rt: &Runtime, handler: H) -> Bare
+where
+    H: Fn(TcpStream) -> Fut + Send + 'static,
+    Fut: Future<Output = io::Result<()>> + Send + 'static,
+{
+    rt.block_on(async {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("local addr");
+        let accept = tokio::spawn(async move {
+            // Ends when the bench aborts it (dropping `Bare`).
+            loop {
+                let (tcp, _peer) = listener.accept().await.expect("bare accept");
+                tcp.set_nodelay(true).expect("TCP_NODELAY");
+                tokio::spawn(handler(tcp));
+            }
+        });
+        Bare { addr, accept }
+    })
+}
+
+/// The server side of the TLS baseline: what the listener builds with resumption off (ring, the
+/// same certificate, no tickets, no session cache).
+fn bare_acceptor(pki: &Pki) -> TlsAcceptor {
+    let chain = CertificateDer::pem_slice_iter(pki.server.cert_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .expect("server chain");
+    let key = PrivateKeyDer::from_pem_slice(pki.server.key_pem.as_bytes()).expect("server key");
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("protocol versions")
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .expect("server cert");
+    config.session_storage = Arc::new(NoServerSessionStorage {});
+    config.send_tls13_tickets = 0;
+    TlsAcceptor::from(Arc::new(config))
+}
+
+fn teleport_tls(pki: &Pki) -> TlsConfig {
+    let mut tls = pki.server_tls();
+    tls.session_resumption(false);
+    tls
+}
+
+// ===== handlers =====
+
+/// Writes one byte and closes (with `close_notify` over TLS), before the client does.
+async fn write_byte_and_close<S: AsyncWrite + Unpin>(mut stream: S) -> io::Result<()> {
+    stream.write_all(b"x").await?;
+    stream.shutdown().await
+}
+
+/// `teleport_tests::echo` on any stream, so both sides of the echo benches run the same code.
+async fn bare_echo<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S) -> io::Result<()> {
+    let (mut rd, mut wr) = tokio::io::split(&mut stream);
+    tokio::io::copy(&mut rd, &mut wr).await?;
+    wr.shutdown().await
+}
+
+// ===== clients =====
+
+/// Reads the server's one byte, then its end of stream.
+async fn expect_one_byte<S: AsyncRead + Unpin>(mut stream: S, buf: &mut Vec<u8>) {
+    buf.clear();
+    stream
+        .read_to_end(buf)
+        .await
+        .expect("read the byte and EOF");
+    assert_eq!(buf.as_slice(), b"x");
+}
+
+async fn connect_plain(addr: SocketAddr) -> TcpStream {
+    let tcp = TcpStream::connect(addr).await.expect("connect");
+    tcp.set_nodelay(true).expect("TCP_NODELAY");
+    tcp
+}
+
+async fn round_trip<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S, back: &mut [u8; 261]) {
+    stream.write_all(&MSG).await.expect("write");
+    stream.read_exact(back).await.expect("read");
+}
+
+// ===== benches =====
+
+fn accept_plain(c: &mut Criterion) {
+    let rt = runtime();
+    let mut group = c.benchmark_group("accept_plain");
+    configure(&mut group);
+
+    let server = teleport_server(&rt, None, |stream, _cx| write_byte_and_close(stream));
+    let addr = teleport_addr(&server);
+    let mut buf = Vec::with_capacity(8);
+    group.bench_function("teleport", |b| {
+        b.iter_custom(|iters| {
+            timed(&rt, iters, async || {
+                expect_one_byte(connect_plain(addr).await, &mut buf).await
+            })
+        })
+    });
+    rt.block_on(server.halt());
+
+    let bare = bare_server(&rt, write_byte_and_close);
+    let addr = bare.addr;
+    group.bench_function("bare_tokio", |b| {
+        b.iter_custom(|iters| {
+            timed(&rt, iters, async || {
+                expect_one_byte(connect_plain(addr).await, &mut buf).await
+            })
+        })
+    });
+    drop(bare);
+    group.finish();
+}
+
+fn accept_tls_full_handshake(c: &mut Criterion) {
+    let rt = runtime();
+    let pki = Pki::generate();
+    let client = pki.client_config(None, false);
+    let mut group = c.benchmark_group("accept_tls_full_handshake");
+    configure(&mut group);
+
+    let server = teleport_server(&rt, Some(teleport_tls(&pki)), |stream, _cx| {
+        write_byte_and_close(stream)
+    });
+    let addr = teleport_addr(&server);
+    let mut buf = Vec::with_capacity(8);
+    group.bench_function("teleport", |b| {
+        b.iter_custom(|iters| {
+            timed(&rt, iters, async || {
+                let tls = teleport_tests::tls_connect(addr, client.clone())
+                    .await
+                    .expect("TLS connect");
+                expect_one_byte(tls, &mut buf).await;
+            })
+        })
+    });
+    rt.block_on(server.halt());
+
+    let acceptor = bare_acceptor(&pki);
+    let bare = bare_server(&rt, move |tcp| {
+        let acceptor = acceptor.clone();
+        async move { write_byte_and_close(acceptor.accept(tcp).await?).await }
+    });
+    let addr = bare.addr;
+    group.bench_function("bare_tokio", |b| {
+        b.iter_custom(|iters| {
+            timed(&rt, iters, async || {
+                let tls = teleport_tests::tls_connect(addr, client.clone())
+                    .await
+                    .expect("TLS connect");
+                expect_one_byte(tls, &mut buf).await;
+            })
+        })
+    });
+    drop(bare);
+    group.finish();
+}
+
+fn echo_round_trip_261b(c: &mut Criterion) {
+    let rt = runtime();
+    let mut group = c.benchmark_group("echo_round_trip_261b");
+    configure(&mut group);
+    let mut back = [0u8; 261];
+
+    let server = teleport_server(&rt, None, teleport_tests::echo);
+    let mut tcp = rt.block_on(connect_plain(teleport_addr(&server)));
+    rt.block_on(round_trip(&mut tcp, &mut back));
+    assert_eq!(back, MSG);
+    group.bench_function("teleport", |b| {
+        b.iter_custom(|iters| timed(&rt, iters, async || round_trip(&mut tcp, &mut back).await))
+    });
+    drop(tcp);
+    rt.block_on(server.halt());
+
+    let bare = bare_server(&rt, bare_echo);
+    let mut tcp = rt.block_on(connect_plain(bare.addr));
+    rt.block_on(round_trip(&mut tcp, &mut back));
+    assert_eq!(back, MSG);
+    group.bench_function("bare_tokio", |b| {
+        b.iter_custom(|iters| timed(&rt, iters, async || round_trip(&mut tcp, &mut back).await))
+    });
+    drop(tcp);
+    drop(bare);
+    group.finish();
+}
+
+fn echo_round_trip_261b_tls(c: &mut Criterion) {
+    let rt = runtime();
+    let pki = Pki::generate();
+    let client = pki.client_config(None, false);
+    let mut group = c.benchmark_group("echo_round_trip_261b_tls");
+    configure(&mut group);
+    let mut back = [0u8; 261];
+
+    let server = teleport_server(&rt, Some(teleport_tls(&pki)), teleport_tests::echo);
+    let connect = teleport_tests::tls_connect(teleport_addr(&server), client.clone());
+    let mut tls = rt.block_on(connect).expect("TLS connect");
+    rt.block_on(round_trip(&mut tls, &mut back));
+    assert_eq!(back, MSG);
+    group.bench_function("teleport", |b| {
+        b.iter_custom(|iters| timed(&rt, iters, async || round_trip(&mut tls, &mut back).await))
+    });
+    drop(tls);
+    rt.block_on(server.halt());
+
+    let acceptor = bare_acceptor(&pki);
+    let bare = bare_server(&rt, move |tcp| {
+        let acceptor = acceptor.clone();
+        async move { bare_echo(acceptor.accept(tcp).await?).await }
+    });
+    let mut tls = rt
+        .block_on(teleport_tests::tls_connect(bare.addr, client))
+        .expect("TLS connect");
+    rt.block_on(round_trip(&mut tls, &mut back));
+    assert_eq!(back, MSG);
+    group.bench_function("bare_tokio", |b| {
+        b.iter_custom(|iters| timed(&rt, iters, async || round_trip(&mut tls, &mut back).await))
+    });
+    drop(tls);
+    drop(bare);
+    group.finish();
+}
+
+criterion_group!(
+    benches,
+    accept_plain,
+    accept_tls_full_handshake,
+    echo_round_trip_261b,
+    echo_round_trip_261b_tls
+);
+criterion_main!(benches);

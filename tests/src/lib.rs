@@ -12,7 +12,7 @@ use rustls::client::Resumption;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use teleport_transport::listener::{ConnContext, Stream, TlsConfig};
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
@@ -125,25 +125,29 @@ pub async fn echo(mut stream: Stream, _cx: ConnContext) -> io::Result<()> {
     wr.shutdown().await
 }
 
-/// A handler that echoes line by line and stops between lines once its token is cancelled, as
-/// a well-behaved protocol handler drains.
-pub async fn echo_lines_until_drained(stream: Stream, cx: ConnContext) -> io::Result<()> {
-    let (rd, mut wr) = tokio::io::split(stream);
-    let mut lines = BufReader::new(rd);
+/// Echoes line by line and, once the connection's token is cancelled, stops between lines the
+/// way a well-behaved protocol handler drains: says `bye`, shuts its write half, then reads the
+/// peer's leftovers until the peer closes (so the close is not a reset that could eat the `bye`).
+pub async fn echo_lines_until_drained<S>(mut stream: S, cx: &ConnContext) -> io::Result<()>
+where
+    S: AsyncBufRead + AsyncWrite + Unpin,
+{
     let mut line = String::new();
     loop {
         line.clear();
         let read = tokio::select! {
-            read = lines.read_line(&mut line) => read?,
+            read = stream.read_line(&mut line) => read?,
             () = cx.token().cancelled() => break,
         };
         if read == 0 {
             break;
         }
-        wr.write_all(line.as_bytes()).await?;
+        stream.write_all(line.as_bytes()).await?;
     }
-    wr.write_all(b"bye\n").await?;
-    wr.shutdown().await
+    stream.write_all(b"bye\n").await?;
+    stream.shutdown().await?;
+    tokio::io::copy(&mut stream, &mut tokio::io::sink()).await?;
+    Ok(())
 }
 
 /// Writes `msg` and reads back exactly as many bytes.
