@@ -12,7 +12,9 @@ use rustls::client::Resumption;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use teleport_transport::listener::{ConnContext, Stream, TlsConfig};
-use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{
+    AsyncBufRead, AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt,
+};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
@@ -52,7 +54,10 @@ fn leaf(issuer: &CertifiedIssuer<'static, KeyPair>, names: &[&str]) -> Identity 
     let params = CertificateParams::new(names).expect("leaf params");
     let key = KeyPair::generate().expect("leaf key");
     let cert = params.signed_by(&key, issuer).expect("leaf cert");
-    Identity { cert_pem: cert.pem(), key_pem: key.serialize_pem() }
+    Identity {
+        cert_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
+    }
 }
 
 impl Pki {
@@ -70,20 +75,28 @@ impl Pki {
 
     /// The listener's TLS setup with the server identity.
     pub fn server_tls(&self) -> TlsConfig {
-        TlsConfig::from_pem(self.server.cert_pem.as_bytes(), self.server.key_pem.as_bytes())
-            .expect("server TLS config")
+        TlsConfig::from_pem(
+            self.server.cert_pem.as_bytes(),
+            self.server.key_pem.as_bytes(),
+        )
+        .expect("server TLS config")
     }
 
     /// [`server_tls`](Self::server_tls) that also requires a client certificate from the CA.
     pub fn server_mtls(&self) -> TlsConfig {
         let mut tls = self.server_tls();
-        tls.client_ca_pem(self.ca_pem.as_bytes()).expect("client CA");
+        tls.client_ca_pem(self.ca_pem.as_bytes())
+            .expect("client CA");
         tls
     }
 
     /// A client setup that trusts the CA, presents `identity` when given, and resumes sessions
     /// only when `resumption` is set.
-    pub fn client_config(&self, identity: Option<&Identity>, resumption: bool) -> Arc<ClientConfig> {
+    pub fn client_config(
+        &self,
+        identity: Option<&Identity>,
+        resumption: bool,
+    ) -> Arc<ClientConfig> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut roots = rustls::RootCertStore::empty();
         for cert in CertificateDer::pem_slice_iter(self.ca_pem.as_bytes()) {
@@ -100,7 +113,9 @@ impl Pki {
                     .collect::<Result<Vec<_>, _>>()
                     .expect("client chain");
                 let key = PrivateKeyDer::from_pem_slice(id.key_pem.as_bytes()).expect("client key");
-                builder.with_client_auth_cert(chain, key).expect("client auth")
+                builder
+                    .with_client_auth_cert(chain, key)
+                    .expect("client auth")
             }
         };
         if !resumption {
@@ -111,7 +126,10 @@ impl Pki {
 }
 
 /// Connects over TLS to `addr`, checking the server certificate for `localhost`.
-pub async fn tls_connect(addr: SocketAddr, config: Arc<ClientConfig>) -> io::Result<TlsStream<TcpStream>> {
+pub async fn tls_connect(
+    addr: SocketAddr,
+    config: Arc<ClientConfig>,
+) -> io::Result<TlsStream<TcpStream>> {
     let tcp = TcpStream::connect(addr).await?;
     tcp.set_nodelay(true)?;
     let name = ServerName::try_from("localhost").expect("server name");
@@ -151,7 +169,10 @@ where
 }
 
 /// Writes `msg` and reads back exactly as many bytes.
-pub async fn round_trip<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S, msg: &[u8]) -> io::Result<Vec<u8>> {
+pub async fn round_trip<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    msg: &[u8],
+) -> io::Result<Vec<u8>> {
     stream.write_all(msg).await?;
     let mut back = vec![0u8; msg.len()];
     stream.read_exact(&mut back).await?;

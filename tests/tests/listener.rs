@@ -6,7 +6,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use teleport_tests::{Pki, echo, echo_lines_until_drained, raise_fd_limit, round_trip, tls_connect};
+use teleport_tests::{
+    Pki, echo, echo_lines_until_drained, raise_fd_limit, round_trip, tls_connect,
+};
 use teleport_transport::listener::{
     AcceptMode, ConnContext, DrainReport, Handler, Listener, ListenerConfig, Server, Stats, Stream,
     relay,
@@ -26,7 +28,10 @@ fn loopback() -> ListenerConfig {
 }
 
 fn serve(config: &ListenerConfig, handler: impl Handler) -> (Server, SocketAddr) {
-    let server = Listener::bind(config).expect("bind").serve(handler).expect("serve");
+    let server = Listener::bind(config)
+        .expect("bind")
+        .serve(handler)
+        .expect("serve");
     let addr = server.local_addrs()[0];
     (server, addr)
 }
@@ -39,7 +44,10 @@ async fn stats_until(server: &Server, what: &str, pred: impl Fn(&Stats) -> bool)
         if pred(&stats) {
             return stats;
         }
-        assert!(tokio::time::Instant::now() < deadline, "waited too long for {what}: {stats:?}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "waited too long for {what}: {stats:?}"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
@@ -58,10 +66,16 @@ async fn closed_by_peer(stream: &mut (impl tokio::io::AsyncRead + Unpin)) -> boo
 // ===== silent peers =====
 
 async fn silent_peers_do_not_delay(tls: bool) {
-    assert!(raise_fd_limit() >= 4200, "the test needs about 4100 descriptors");
+    assert!(
+        raise_fd_limit() >= 2200,
+        "the test needs about 2100 descriptors: raise the hard RLIMIT_NOFILE"
+    );
     let pki = Pki::generate();
     let mut config = loopback();
-    config.handshake_timeout(Duration::from_secs(120)).max_connections(5000).backlog(2048);
+    config
+        .handshake_timeout(Duration::from_secs(120))
+        .max_connections(5000)
+        .backlog(2048);
     if tls {
         config.tls(Some(pki.server_tls()));
     }
@@ -71,7 +85,10 @@ async fn silent_peers_do_not_delay(tls: bool) {
     for _ in 0..1000 {
         silent.push(TcpStream::connect(addr).await.unwrap());
     }
-    stats_until(&server, "the silent peers to be accepted", |s| s.accepted >= 1000).await;
+    stats_until(&server, "the silent peers to be accepted", |s| {
+        s.accepted >= 1000
+    })
+    .await;
 
     // A well-behaved client is served at once: long before the silent handshakes time out.
     let good = async {
@@ -84,7 +101,10 @@ async fn silent_peers_do_not_delay(tls: bool) {
             round_trip(&mut stream, msg).await
         }
     };
-    let echoed = timeout(SOON, good).await.expect("the good client was held up").unwrap();
+    let echoed = timeout(SOON, good)
+        .await
+        .expect("the good client was held up")
+        .unwrap();
     assert_eq!(echoed, b"hello through the crowd");
     let stats = server.stats();
     assert_eq!(stats.handshake_timeouts, 0);
@@ -107,7 +127,9 @@ async fn thousand_silent_tls_peers_do_not_delay_a_good_client() {
 async fn a_stalled_tls_handshake_times_out() {
     let pki = Pki::generate();
     let mut config = loopback();
-    config.tls(Some(pki.server_tls())).handshake_timeout(Duration::from_millis(200));
+    config
+        .tls(Some(pki.server_tls()))
+        .handshake_timeout(Duration::from_millis(200));
     let (server, addr) = serve(&config, echo);
     let mut silent = TcpStream::connect(addr).await.unwrap();
     assert!(timeout(SOON, closed_by_peer(&mut silent)).await.unwrap());
@@ -135,7 +157,11 @@ async fn idle_clients_are_closed_and_active_ones_are_not() {
     };
     let (closed, ()) = tokio::join!(timeout(SOON, closed_by_peer(&mut idle)), chatter);
     assert!(closed.unwrap(), "the idle client was not closed");
-    assert_eq!(server.stats().idle_timeouts, 1, "only the idle client timed out");
+    assert_eq!(
+        server.stats().idle_timeouts,
+        1,
+        "only the idle client timed out"
+    );
     // And the active client, once silent, goes the same way.
     assert!(timeout(SOON, closed_by_peer(&mut active)).await.unwrap());
     stats_until(&server, "the second idle timeout", |s| s.idle_timeouts == 2).await;
@@ -174,7 +200,11 @@ async fn connections_over_the_cap_wait_in_the_backlog_and_are_all_served() {
     let mut third = TcpStream::connect(addr).await.unwrap();
     third.write_all(b"third").await.unwrap();
     let mut buf = [0u8; 5];
-    assert!(timeout(Duration::from_millis(300), third.read_exact(&mut buf)).await.is_err());
+    assert!(
+        timeout(Duration::from_millis(300), third.read_exact(&mut buf))
+            .await
+            .is_err()
+    );
     assert_eq!(server.stats().accepted, 2);
 
     // Twenty more queue up behind it; each is answered once a slot frees, nothing is lost.
@@ -185,19 +215,29 @@ async fn connections_over_the_cap_wait_in_the_backlog_and_are_all_served() {
         queued.push((i, stream));
     }
     drop(first);
-    timeout(SOON, third.read_exact(&mut buf)).await.unwrap().unwrap();
+    timeout(SOON, third.read_exact(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(&buf, b"third");
     drop(third);
     drop(second);
     for (i, mut stream) in queued {
         let mut back = [0u8; 4];
-        timeout(SOON, stream.read_exact(&mut back)).await.expect("queued client starved").unwrap();
+        timeout(SOON, stream.read_exact(&mut back))
+            .await
+            .expect("queued client starved")
+            .unwrap();
         assert_eq!(u32::from_be_bytes(back), i);
         // Closing lets the next one in.
     }
     let stats = stats_until(&server, "all closed", |s| s.active == 0).await;
     assert_eq!(stats.accepted, 23);
-    assert!(most.load(Ordering::SeqCst) <= 2, "more than 2 live: {}", most.load(Ordering::SeqCst));
+    assert!(
+        most.load(Ordering::SeqCst) <= 2,
+        "more than 2 live: {}",
+        most.load(Ordering::SeqCst)
+    );
 }
 
 // ===== panics =====
@@ -217,13 +257,19 @@ async fn a_handler_panic_closes_only_its_own_connection() {
     let (server, addr) = serve(&loopback(), panic_on_request);
     let mut doomed = TcpStream::connect(addr).await.unwrap();
     let mut bystander = TcpStream::connect(addr).await.unwrap();
-    assert_eq!(round_trip(&mut bystander, b"before\n").await.unwrap(), b"before\n");
+    assert_eq!(
+        round_trip(&mut bystander, b"before\n").await.unwrap(),
+        b"before\n"
+    );
 
     doomed.write_all(b"panic\n").await.unwrap();
     assert!(timeout(SOON, closed_by_peer(&mut doomed)).await.unwrap());
     stats_until(&server, "the panic", |s| s.panics == 1).await;
 
-    assert_eq!(round_trip(&mut bystander, b"after\n").await.unwrap(), b"after\n");
+    assert_eq!(
+        round_trip(&mut bystander, b"after\n").await.unwrap(),
+        b"after\n"
+    );
     let mut newcomer = TcpStream::connect(addr).await.unwrap();
     assert_eq!(round_trip(&mut newcomer, b"new\n").await.unwrap(), b"new\n");
     assert_eq!(server.stats().panics, 1);
@@ -287,7 +333,13 @@ async fn shutdown_under_load_drains_the_willing_and_forces_the_stragglers() {
     tokio::time::sleep(Duration::from_millis(50)).await;
 
     let report = server.shutdown(Duration::from_millis(500)).await;
-    assert_eq!(report, DrainReport { drained: 5, forced: 3 });
+    assert_eq!(
+        report,
+        DrainReport {
+            drained: 5,
+            forced: 3
+        }
+    );
     assert_eq!(report.to_string(), "drained 5 forced 3");
     for drainer in drainers {
         let (answered, said_bye) = drainer.await.unwrap().unwrap();
@@ -311,7 +363,13 @@ async fn halt_closes_everything_at_once() {
         assert_eq!(round_trip(&mut stream, b"hi").await.unwrap(), b"hi");
         clients.push(stream);
     }
-    assert_eq!(server.halt().await, DrainReport { drained: 0, forced: 4 });
+    assert_eq!(
+        server.halt().await,
+        DrainReport {
+            drained: 0,
+            forced: 4
+        }
+    );
     for mut stream in clients {
         assert!(timeout(SOON, closed_by_peer(&mut stream)).await.unwrap());
     }
@@ -320,7 +378,9 @@ async fn halt_closes_everything_at_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lifetime_cancels_the_token_then_closes_after_the_grace() {
     let mut config = loopback();
-    config.max_lifetime(Some(Duration::from_millis(200))).lifetime_grace(Duration::from_secs(1));
+    config
+        .max_lifetime(Some(Duration::from_millis(200)))
+        .lifetime_grace(Duration::from_secs(1));
     let (server, addr) = serve(&config, drain_or_not);
 
     let mut willing = TcpStream::connect(addr).await.unwrap();
@@ -329,12 +389,18 @@ async fn lifetime_cancels_the_token_then_closes_after_the_grace() {
     stubborn.write_all(b"stubborn\n").await.unwrap();
 
     let mut said = String::new();
-    timeout(SOON, willing.read_to_string(&mut said)).await.unwrap().unwrap();
+    timeout(SOON, willing.read_to_string(&mut said))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(said, "bye\n");
     drop(willing);
     assert!(timeout(SOON, closed_by_peer(&mut stubborn)).await.unwrap());
     let stats = stats_until(&server, "both closed", |s| s.active == 0).await;
-    assert_eq!(stats.lifetime_closes, 1, "only the stubborn one needed closing");
+    assert_eq!(
+        stats.lifetime_closes, 1,
+        "only the stubborn one needed closing"
+    );
 }
 
 // ===== accept under descriptor exhaustion (in a child process) =====
@@ -345,7 +411,13 @@ const EMFILE_CHILD: &str = "TELEPORT_TEST_EMFILE_CHILD";
 fn accept_backs_off_under_emfile_and_recovers() {
     let exe = std::env::current_exe().unwrap();
     let out = std::process::Command::new(exe)
-        .args(["emfile_child", "--exact", "--ignored", "--nocapture", "--test-threads=1"])
+        .args([
+            "emfile_child",
+            "--exact",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env(EMFILE_CHILD, "1")
         .output()
         .unwrap();
@@ -363,9 +435,24 @@ fn accept_backs_off_under_emfile_and_recovers() {
 #[ignore = "runs in a child process of accept_backs_off_under_emfile_and_recovers"]
 fn emfile_child() {
     use rustix::process::{Resource, Rlimit, setrlimit};
-    assert_eq!(std::env::var(EMFILE_CHILD).as_deref(), Ok("1"), "run by the parent test only");
-    setrlimit(Resource::Nofile, Rlimit { current: Some(128), maximum: Some(128) }).unwrap();
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    assert_eq!(
+        std::env::var(EMFILE_CHILD).as_deref(),
+        Ok("1"),
+        "run by the parent test only"
+    );
+    setrlimit(
+        Resource::Nofile,
+        Rlimit {
+            current: Some(128),
+            maximum: Some(128),
+        },
+    )
+    .unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async {
         let mut config = loopback();
         config.accept_loops(2);
@@ -385,6 +472,7 @@ fn emfile_child() {
         // 5 ms doubling to 1 s gives about 9 attempts per loop; spinning would give thousands.
         tokio::time::sleep(Duration::from_millis(1500)).await;
         let stats = server.stats();
+        println!("accept errors during 1.5 s of EMFILE with 2 loops: {}", stats.accept_errors);
         assert!(stats.accept_errors >= 1, "accept never failed: {stats:?}");
         assert!(stats.accept_errors < 60, "accept loops spun: {stats:?}");
         assert_eq!(stats.accepted, 0);
@@ -392,7 +480,10 @@ fn emfile_child() {
         // Descriptors free up: the waiting client is accepted and served.
         drop(hog);
         let mut back = [0u8; 8];
-        timeout(SOON, client.read_exact(&mut back)).await.expect("not recovered").unwrap();
+        timeout(SOON, client.read_exact(&mut back))
+            .await
+            .expect("not recovered")
+            .unwrap();
         assert_eq!(&back, b"patience");
         assert_eq!(server.stats().accepted, 1);
     });
@@ -402,7 +493,9 @@ fn emfile_child() {
 
 async fn peer_ip(stream: Stream, cx: ConnContext) -> io::Result<()> {
     let mut stream = stream;
-    stream.write_all(format!("{}\n", cx.peer_addr().ip()).as_bytes()).await?;
+    stream
+        .write_all(format!("{}\n", cx.peer_addr().ip()).as_bytes())
+        .await?;
     stream.shutdown().await
 }
 
@@ -420,8 +513,18 @@ async fn dual_stack_answers_on_ipv4_and_ipv6_loopback() {
     let (server, addr) = serve(&config, peer_ip);
     let port = addr.port();
     // The IPv4 peer is reported as plain IPv4, not as ::ffff:127.0.0.1.
-    assert_eq!(ask_peer_ip(SocketAddr::from(([127, 0, 0, 1], port))).await.unwrap(), "127.0.0.1\n");
-    assert_eq!(ask_peer_ip(SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, port))).await.unwrap(), "::1\n");
+    assert_eq!(
+        ask_peer_ip(SocketAddr::from(([127, 0, 0, 1], port)))
+            .await
+            .unwrap(),
+        "127.0.0.1\n"
+    );
+    assert_eq!(
+        ask_peer_ip(SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, port)))
+            .await
+            .unwrap(),
+        "::1\n"
+    );
     assert_eq!(server.stats().accepted, 2);
 }
 
@@ -431,15 +534,24 @@ async fn ipv6_only_refuses_ipv4() {
     config.listen("[::]:0".parse().unwrap()).ipv6_only(true);
     let (_server, addr) = serve(&config, peer_ip);
     let port = addr.port();
-    assert_eq!(ask_peer_ip(SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, port))).await.unwrap(), "::1\n");
-    let err = ask_peer_ip(SocketAddr::from(([127, 0, 0, 1], port))).await.unwrap_err();
+    assert_eq!(
+        ask_peer_ip(SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, port)))
+            .await
+            .unwrap(),
+        "::1\n"
+    );
+    let err = ask_peer_ip(SocketAddr::from(([127, 0, 0, 1], port)))
+        .await
+        .unwrap_err();
     assert_eq!(err.kind(), io::ErrorKind::ConnectionRefused);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn several_addresses_are_each_served() {
     let mut config = ListenerConfig::default();
-    config.listen("127.0.0.1:0".parse().unwrap()).listen("[::1]:0".parse().unwrap());
+    config
+        .listen("127.0.0.1:0".parse().unwrap())
+        .listen("[::1]:0".parse().unwrap());
     let server = Listener::bind(&config).unwrap().serve(peer_ip).unwrap();
     let addrs = server.local_addrs().to_vec();
     assert_eq!(addrs.len(), 2);
@@ -452,12 +564,24 @@ async fn several_addresses_are_each_served() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_allow_list_refuses_other_peers() {
     let mut config = ListenerConfig::default();
-    config.listen("[::]:0".parse().unwrap()).allow(["10.0.0.0/8".parse().unwrap(), "::1/128".parse().unwrap()]);
+    config
+        .listen("[::]:0".parse().unwrap())
+        .allow(["10.0.0.0/8".parse().unwrap(), "::1/128".parse().unwrap()]);
     let (server, addr) = serve(&config, peer_ip);
     let port = addr.port();
-    assert_eq!(ask_peer_ip(SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, port))).await.unwrap(), "::1\n");
+    assert_eq!(
+        ask_peer_ip(SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, port)))
+            .await
+            .unwrap(),
+        "::1\n"
+    );
     // 127.0.0.1 is outside both networks: closed without a word.
-    assert_eq!(ask_peer_ip(SocketAddr::from(([127, 0, 0, 1], port))).await.unwrap_or_default(), "");
+    assert_eq!(
+        ask_peer_ip(SocketAddr::from(([127, 0, 0, 1], port)))
+            .await
+            .unwrap_or_default(),
+        ""
+    );
     let stats = stats_until(&server, "the rejection", |s| s.rejected == 1).await;
     assert_eq!(stats.accepted, 2);
 }
@@ -471,7 +595,9 @@ async fn mutual_tls_refuses_clients_without_a_valid_certificate() {
     config.tls(Some(pki.server_mtls()));
     let (server, addr) = serve(&config, echo);
 
-    let mut good = tls_connect(addr, pki.client_config(Some(&pki.client), true)).await.unwrap();
+    let mut good = tls_connect(addr, pki.client_config(Some(&pki.client), true))
+        .await
+        .unwrap();
     assert_eq!(round_trip(&mut good, b"trusted").await.unwrap(), b"trusted");
 
     // TLS 1.3 lets the client finish its side before the server checks the certificate, so the
@@ -481,9 +607,15 @@ async fn mutual_tls_refuses_clients_without_a_valid_certificate() {
             let mut stream = tls_connect(addr, pki.client_config(identity, true)).await?;
             round_trip(&mut stream, b"let me in").await
         };
-        assert!(timeout(SOON, refused).await.unwrap().is_err(), "served without a valid certificate");
+        assert!(
+            timeout(SOON, refused).await.unwrap().is_err(),
+            "served without a valid certificate"
+        );
     }
-    let stats = stats_until(&server, "two failed handshakes", |s| s.handshake_failures == 2).await;
+    let stats = stats_until(&server, "two failed handshakes", |s| {
+        s.handshake_failures == 2
+    })
+    .await;
     assert_eq!(stats.accepted, 3);
 }
 
@@ -504,8 +636,13 @@ async fn a_tls_only_listener_rejects_plaintext_and_a_mixed_one_serves_both() {
     config.tls(Some(tls));
     let (mixed, mixed_addr) = serve(&config, echo);
     let mut plain = TcpStream::connect(mixed_addr).await.unwrap();
-    assert_eq!(round_trip(&mut plain, b"httpteleport\x01").await.unwrap(), b"httpteleport\x01");
-    let mut secure = tls_connect(mixed_addr, pki.client_config(None, true)).await.unwrap();
+    assert_eq!(
+        round_trip(&mut plain, b"httpteleport\x01").await.unwrap(),
+        b"httpteleport\x01"
+    );
+    let mut secure = tls_connect(mixed_addr, pki.client_config(None, true))
+        .await
+        .unwrap();
     assert_eq!(round_trip(&mut secure, b"secret").await.unwrap(), b"secret");
     assert_eq!(mixed.stats().rejected, 0);
 }

@@ -106,7 +106,11 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
 
     let stop = shutdown_signal()?;
     let listener = Listener::bind(&config)?;
-    let server = if args.shout { listener.serve(shout)? } else { listener.serve(echo)? };
+    let server = if args.shout {
+        listener.serve(shout)?
+    } else {
+        listener.serve(echo)?
+    };
     {
         let mut out = std::io::stdout().lock();
         for addr in server.local_addrs() {

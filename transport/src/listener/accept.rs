@@ -14,7 +14,11 @@ use super::server::Shared;
 use super::stats::bump;
 
 /// Runs one accept loop until the listener stops accepting.
-pub(crate) async fn accept_loop<H: Handler>(listener: Arc<TcpListener>, shared: Arc<Shared>, handler: Arc<H>) {
+pub(crate) async fn accept_loop<H: Handler>(
+    listener: Arc<TcpListener>,
+    shared: Arc<Shared>,
+    handler: Arc<H>,
+) {
     let stopped = shared.stop_accept.clone().cancelled_owned();
     tokio::pin!(stopped);
     let mut backoff = Backoff::new(shared.accept_backoff_max);
@@ -40,7 +44,9 @@ pub(crate) async fn accept_loop<H: Handler>(listener: Arc<TcpListener>, shared: 
                 }
                 Err(err) => {
                     bump(&shared.counters.accept_errors);
-                    let Some(pause) = backoff.on_error(&err, Instant::now()) else { continue };
+                    let Some(pause) = backoff.on_error(&err, Instant::now()) else {
+                        continue;
+                    };
                     tokio::select! {
                         biased;
                         () = &mut stopped => return,
@@ -88,9 +94,9 @@ fn classify(err: &io::Error) -> AcceptFailure {
         };
     }
     match err.kind() {
-        io::ErrorKind::ConnectionAborted | io::ErrorKind::ConnectionReset | io::ErrorKind::Interrupted => {
-            AcceptFailure::Transient
-        }
+        io::ErrorKind::ConnectionAborted
+        | io::ErrorKind::ConnectionReset
+        | io::ErrorKind::Interrupted => AcceptFailure::Transient,
         io::ErrorKind::OutOfMemory => AcceptFailure::Exhausted,
         _ => AcceptFailure::Unexpected,
     }
@@ -111,7 +117,12 @@ const LOG_EVERY: Duration = Duration::from_secs(1);
 
 impl Backoff {
     fn new(max: Duration) -> Self {
-        Backoff { next: FIRST_PAUSE.min(max), max, last_log: None, unlogged: 0 }
+        Backoff {
+            next: FIRST_PAUSE.min(max),
+            max,
+            last_log: None,
+            unlogged: 0,
+        }
     }
 
     fn reset(&mut self) {
@@ -128,7 +139,10 @@ impl Backoff {
         let pause = self.next;
         self.next = (self.next * 2).min(self.max);
         self.unlogged += 1;
-        if self.last_log.is_none_or(|at| now.duration_since(at) >= LOG_EVERY) {
+        if self
+            .last_log
+            .is_none_or(|at| now.duration_since(at) >= LOG_EVERY)
+        {
             tracing::warn!(
                 error = %err,
                 errors = self.unlogged,
@@ -165,13 +179,18 @@ mod tests {
         let max = Duration::from_secs(1);
         let mut backoff = Backoff::new(max);
         let now = Instant::now();
-        let pauses: Vec<_> = (0..10).map(|_| backoff.on_error(&os(libc::EMFILE), now).unwrap()).collect();
+        let pauses: Vec<_> = (0..10)
+            .map(|_| backoff.on_error(&os(libc::EMFILE), now).unwrap())
+            .collect();
         assert_eq!(pauses[0], Duration::from_millis(5));
         assert_eq!(pauses[1], Duration::from_millis(10));
         assert!(pauses.windows(2).all(|w| w[1] >= w[0]));
         assert_eq!(*pauses.last().unwrap(), max);
         assert_eq!(backoff.on_error(&os(libc::ECONNABORTED), now), None);
         backoff.reset();
-        assert_eq!(backoff.on_error(&os(libc::EMFILE), now), Some(Duration::from_millis(5)));
+        assert_eq!(
+            backoff.on_error(&os(libc::EMFILE), now),
+            Some(Duration::from_millis(5))
+        );
     }
 }

@@ -37,7 +37,11 @@ pub struct Keepalive {
 impl Default for Keepalive {
     /// 60 s idle, then a probe every 15 s, dropped after 4 unanswered probes (2 minutes in all).
     fn default() -> Self {
-        Keepalive { idle: Duration::from_secs(60), interval: Duration::from_secs(15), retries: 4 }
+        Keepalive {
+            idle: Duration::from_secs(60),
+            interval: Duration::from_secs(15),
+            retries: 4,
+        }
     }
 }
 
@@ -271,7 +275,10 @@ impl ListenerConfig {
         if cfg!(not(target_os = "linux"))
             && (self.tcp_fastopen.is_some() || self.tcp_defer_accept.is_some())
         {
-            return invalid("tcp_fastopen", "TCP_FASTOPEN and TCP_DEFER_ACCEPT are Linux only");
+            return invalid(
+                "tcp_fastopen",
+                "TCP_FASTOPEN and TCP_DEFER_ACCEPT are Linux only",
+            );
         }
         Ok(())
     }
@@ -284,7 +291,13 @@ mod tests {
     #[test]
     fn default_needs_an_address() {
         let config = ListenerConfig::default();
-        assert!(matches!(config.validate(), Err(Error::InvalidConfig { field: "listen", .. })));
+        assert!(matches!(
+            config.validate(),
+            Err(Error::InvalidConfig {
+                field: "listen",
+                ..
+            })
+        ));
     }
 
     #[test]
@@ -293,8 +306,20 @@ mod tests {
         config.listen("127.0.0.1:0".parse().unwrap());
         assert!(config.validate().is_ok());
         config.accept_loops(0);
-        assert!(matches!(config.validate(), Err(Error::InvalidConfig { field: "accept_loops", .. })));
+        assert!(matches!(
+            config.validate(),
+            Err(Error::InvalidConfig {
+                field: "accept_loops",
+                ..
+            })
+        ));
         config.accept_loops(1).idle_timeout(Some(Duration::ZERO));
-        assert!(matches!(config.validate(), Err(Error::InvalidConfig { field: "idle_timeout", .. })));
+        assert!(matches!(
+            config.validate(),
+            Err(Error::InvalidConfig {
+                field: "idle_timeout",
+                ..
+            })
+        ));
     }
 }

@@ -42,7 +42,10 @@ pub(crate) fn spawn<H: Handler>(
 ) {
     bump(&shared.counters.accepted);
     shared.counters.active.fetch_add(1, Ordering::Relaxed);
-    let live = Live { shared: shared.clone(), _permit: permit };
+    let live = Live {
+        shared: shared.clone(),
+        _permit: permit,
+    };
     let handler = handler.clone();
     let started = Instant::now();
     let id = shared.next_id.fetch_add(1, Ordering::Relaxed) + 1;
@@ -84,12 +87,22 @@ async fn serve<H: Handler>(
             return;
         }
     };
-    let Some(stream) = establish(tcp, id, peer, shared).await else { return };
+    let Some(stream) = establish(tcp, id, peer, shared).await else {
+        return;
+    };
 
     let activity = shared.idle_timeout.map(|_| Activity::new(started));
-    let stream = stream.with_activity(activity.clone()).with_read_limit(shared.max_read_bytes);
+    let stream = stream
+        .with_activity(activity.clone())
+        .with_read_limit(shared.max_read_bytes);
     let token = shared.drain.child_token();
-    let cx = ConnContext { id, peer, local, started, token: token.clone() };
+    let cx = ConnContext {
+        id,
+        peer,
+        local,
+        started,
+        token: token.clone(),
+    };
     let handling = AssertUnwindSafe(handler.handle(stream, cx)).catch_unwind();
     tokio::select! {
         result = handling => match result {
@@ -122,7 +135,9 @@ async fn serve<H: Handler>(
 /// Turns the socket into the handler's stream: TLS handshake (after sniffing the first byte when
 /// plaintext is allowed too), all under the handshake timeout. `None` closes the connection.
 async fn establish(tcp: TcpStream, id: u64, peer: SocketAddr, shared: &Shared) -> Option<Stream> {
-    let Some(acceptor) = &shared.tls else { return Some(Stream::plain(tcp)) };
+    let Some(acceptor) = &shared.tls else {
+        return Some(Stream::plain(tcp));
+    };
     let handshake = async {
         if shared.tls_allows_plaintext {
             let mut first = [0u8; 1];
@@ -156,8 +171,11 @@ async fn establish(tcp: TcpStream, id: u64, peer: SocketAddr, shared: &Shared) -
 /// rustls reports a first record that is not TLS at all as an invalid content type.
 fn is_plaintext_refused(err: &std::io::Error) -> bool {
     matches!(
-        err.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>()),
-        Some(rustls::Error::InvalidMessage(rustls::InvalidMessage::InvalidContentType))
+        err.get_ref()
+            .and_then(|e| e.downcast_ref::<rustls::Error>()),
+        Some(rustls::Error::InvalidMessage(
+            rustls::InvalidMessage::InvalidContentType
+        ))
     )
 }
 
@@ -183,7 +201,9 @@ async fn lifetime(
     grace: Duration,
     token: &tokio_util::sync::CancellationToken,
 ) {
-    let Some(max) = max else { return std::future::pending().await };
+    let Some(max) = max else {
+        return std::future::pending().await;
+    };
     tokio::time::sleep_until(started + max).await;
     token.cancel();
     tokio::time::sleep(grace).await;

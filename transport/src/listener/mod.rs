@@ -43,7 +43,11 @@ pub use tls::TlsConfig;
 /// Any `Fn(Stream, ConnContext) -> impl Future<Output = io::Result<()>>` is a handler.
 pub trait Handler: Send + Sync + 'static {
     /// Serves `stream` until done, or until `cx.token()` asks to wrap up.
-    fn handle(&self, stream: Stream, cx: ConnContext) -> impl Future<Output = io::Result<()>> + Send;
+    fn handle(
+        &self,
+        stream: Stream,
+        cx: ConnContext,
+    ) -> impl Future<Output = io::Result<()>> + Send;
 }
 
 impl<F, Fut> Handler for F
@@ -51,7 +55,11 @@ where
     F: Fn(Stream, ConnContext) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = io::Result<()>> + Send,
 {
-    fn handle(&self, stream: Stream, cx: ConnContext) -> impl Future<Output = io::Result<()>> + Send {
+    fn handle(
+        &self,
+        stream: Stream,
+        cx: ConnContext,
+    ) -> impl Future<Output = io::Result<()>> + Send {
         self(stream, cx)
     }
 }

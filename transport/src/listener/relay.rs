@@ -69,7 +69,11 @@ mod splice {
     }
 
     /// Moves `from`'s bytes to `to` through a pipe until `from` ends, then shuts `to`'s write half.
-    async fn one_way(from: &TcpStream, to: &TcpStream, touch: &(dyn Fn() + Sync)) -> io::Result<u64> {
+    async fn one_way(
+        from: &TcpStream,
+        to: &TcpStream,
+        touch: &(dyn Fn() + Sync),
+    ) -> io::Result<u64> {
         let (pipe_out, pipe_in) = pipe_with(PipeFlags::NONBLOCK | PipeFlags::CLOEXEC)?;
         let flags = SpliceFlags::MOVE | SpliceFlags::NONBLOCK;
         let mut total = 0u64;
@@ -114,7 +118,9 @@ mod tests {
 
     async fn pair() -> (TcpStream, TcpStream) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let client = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
         let (server, _) = listener.accept().await.unwrap();
         (client, server)
     }

@@ -57,7 +57,9 @@ pub(crate) struct Shared {
 
 impl fmt::Debug for Shared {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Shared").field("counters", &self.counters).finish_non_exhaustive()
+        f.debug_struct("Shared")
+            .field("counters", &self.counters)
+            .finish_non_exhaustive()
     }
 }
 
@@ -73,7 +75,11 @@ impl Listener {
     /// Validates the config, builds the TLS setup and binds every address. Needs no runtime.
     pub fn bind(config: &ListenerConfig) -> Result<Self, Error> {
         config.validate()?;
-        let tls = config.tls.as_ref().map(|tls| tls.build().map(TlsAcceptor::from)).transpose()?;
+        let tls = config
+            .tls
+            .as_ref()
+            .map(|tls| tls.build().map(TlsAcceptor::from))
+            .transpose()?;
         let groups = bind_all(config)?;
         let shared = Shared {
             counters: Counters::default(),
@@ -95,7 +101,11 @@ impl Listener {
             allow: config.allow.clone(),
             accept_backoff_max: config.accept_backoff_max,
         };
-        Ok(Listener { groups, shared, accept_loops: config.accept_loops })
+        Ok(Listener {
+            groups,
+            shared,
+            accept_loops: config.accept_loops,
+        })
     }
 
     /// The bound addresses, one per configured address, in order, with real ports.
@@ -122,7 +132,11 @@ impl Listener {
                 })
                 .collect::<Result<Vec<_>, _>>()?;
             // Shared mode: every loop accepts on the one socket. ReusePort mode: one loop each.
-            let loops_per_socket = if sockets.len() == 1 { self.accept_loops } else { 1 };
+            let loops_per_socket = if sockets.len() == 1 {
+                self.accept_loops
+            } else {
+                1
+            };
             for socket in &sockets {
                 for _ in 0..loops_per_socket {
                     let loop_ = accept_loop(socket.clone(), shared.clone(), handler.clone());
@@ -130,7 +144,11 @@ impl Listener {
                 }
             }
         }
-        Ok(Server { shared, addrs, accept_tasks })
+        Ok(Server {
+            shared,
+            addrs,
+            accept_tasks,
+        })
     }
 }
 
@@ -190,14 +208,24 @@ impl Server {
         let forced_before = shared.counters.forced.load(Ordering::Relaxed);
         shared.drain.cancel();
         shared.tracker.close();
-        if tokio::time::timeout(drain_timeout, shared.tracker.wait()).await.is_err() {
+        if tokio::time::timeout(drain_timeout, shared.tracker.wait())
+            .await
+            .is_err()
+        {
             shared.force.cancel();
             shared.tracker.wait().await;
         }
         let closed = shared.counters.closed.load(Ordering::Relaxed) - closed_before;
         let forced = shared.counters.forced.load(Ordering::Relaxed) - forced_before;
-        let report = DrainReport { drained: closed - forced, forced };
-        tracing::info!(drained = report.drained, forced = report.forced, "listener shut down");
+        let report = DrainReport {
+            drained: closed - forced,
+            forced,
+        };
+        tracing::info!(
+            drained = report.drained,
+            forced = report.forced,
+            "listener shut down"
+        );
         report
     }
 

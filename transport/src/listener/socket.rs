@@ -15,7 +15,9 @@ use crate::error::Error;
 /// Binds every configured address: one socket each in [`AcceptMode::Shared`], one per accept loop
 /// in [`AcceptMode::ReusePort`]. Returns the sockets grouped by address, and each group's real
 /// address (the port the kernel picked when given port 0).
-pub(crate) fn bind_all(config: &ListenerConfig) -> Result<Vec<(SocketAddr, Vec<TcpListener>)>, Error> {
+pub(crate) fn bind_all(
+    config: &ListenerConfig,
+) -> Result<Vec<(SocketAddr, Vec<TcpListener>)>, Error> {
     let per_addr = match config.accept_mode {
         AcceptMode::Shared => 1,
         AcceptMode::ReusePort => config.accept_loops,
@@ -28,7 +30,9 @@ pub(crate) fn bind_all(config: &ListenerConfig) -> Result<Vec<(SocketAddr, Vec<T
         for _ in 0..per_addr {
             let listener = bind_one(config, addr, reuse_port)?;
             // Every further socket of the group binds the port the first one got.
-            addr = listener.local_addr().map_err(|source| Error::Bind { addr, source })?;
+            addr = listener
+                .local_addr()
+                .map_err(|source| Error::Bind { addr, source })?;
             sockets.push(listener);
         }
         groups.push((addr, sockets));
@@ -36,21 +40,39 @@ pub(crate) fn bind_all(config: &ListenerConfig) -> Result<Vec<(SocketAddr, Vec<T
     Ok(groups)
 }
 
-fn bind_one(config: &ListenerConfig, addr: SocketAddr, reuse_port: bool) -> Result<TcpListener, Error> {
-    let option = |option: &'static str| move |source| Error::SocketOption { option, addr, source };
+fn bind_one(
+    config: &ListenerConfig,
+    addr: SocketAddr,
+    reuse_port: bool,
+) -> Result<TcpListener, Error> {
+    let option = |option: &'static str| {
+        move |source| Error::SocketOption {
+            option,
+            addr,
+            source,
+        }
+    };
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))
         .map_err(|source| Error::Socket { addr, source })?;
     socket.set_nonblocking(true).map_err(option("O_NONBLOCK"))?;
-    socket.set_reuse_address(true).map_err(option("SO_REUSEADDR"))?;
+    socket
+        .set_reuse_address(true)
+        .map_err(option("SO_REUSEADDR"))?;
     if addr.is_ipv6() {
-        socket.set_only_v6(config.ipv6_only).map_err(option("IPV6_V6ONLY"))?;
+        socket
+            .set_only_v6(config.ipv6_only)
+            .map_err(option("IPV6_V6ONLY"))?;
     }
     if reuse_port {
         #[cfg(unix)]
-        socket.set_reuse_port(true).map_err(option("SO_REUSEPORT"))?;
+        socket
+            .set_reuse_port(true)
+            .map_err(option("SO_REUSEPORT"))?;
     }
     // Accepted sockets inherit these on Linux; they are set again per connection for other systems.
-    socket.set_tcp_nodelay(config.nodelay).map_err(option("TCP_NODELAY"))?;
+    socket
+        .set_tcp_nodelay(config.nodelay)
+        .map_err(option("TCP_NODELAY"))?;
     #[cfg(target_os = "linux")]
     {
         if let Some(queue_len) = config.tcp_fastopen {
@@ -58,12 +80,17 @@ fn bind_one(config: &ListenerConfig, addr: SocketAddr, reuse_port: bool) -> Resu
         }
         if let Some(wait) = config.tcp_defer_accept {
             let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-            super::sys::set_tcp_defer_accept(&socket, seconds).map_err(option("TCP_DEFER_ACCEPT"))?;
+            super::sys::set_tcp_defer_accept(&socket, seconds)
+                .map_err(option("TCP_DEFER_ACCEPT"))?;
         }
     }
-    socket.bind(&addr.into()).map_err(|source| Error::Bind { addr, source })?;
+    socket
+        .bind(&addr.into())
+        .map_err(|source| Error::Bind { addr, source })?;
     // validate() bounds the backlog to i32::MAX.
-    socket.listen(config.backlog as i32).map_err(|source| Error::Listen { addr, source })?;
+    socket
+        .listen(config.backlog as i32)
+        .map_err(|source| Error::Listen { addr, source })?;
     Ok(socket.into())
 }
 
@@ -77,7 +104,9 @@ pub(crate) fn tune_accepted(
         stream.set_nodelay(true)?;
     }
     if let Some(k) = keepalive {
-        let params = TcpKeepalive::new().with_time(k.idle).with_interval(k.interval);
+        let params = TcpKeepalive::new()
+            .with_time(k.idle)
+            .with_interval(k.interval);
         #[cfg(not(any(target_os = "windows", target_os = "openbsd")))]
         let params = params.with_retries(k.retries);
         SockRef::from(stream).set_tcp_keepalive(&params)?;
@@ -92,7 +121,10 @@ mod tests {
     #[test]
     fn reuse_port_mode_binds_one_socket_per_loop_on_one_port() {
         let mut config = ListenerConfig::default();
-        config.listen("127.0.0.1:0".parse().unwrap()).accept_loops(3).accept_mode(AcceptMode::ReusePort);
+        config
+            .listen("127.0.0.1:0".parse().unwrap())
+            .accept_loops(3)
+            .accept_mode(AcceptMode::ReusePort);
         let groups = bind_all(&config).unwrap();
         assert_eq!(groups.len(), 1);
         let (addr, sockets) = &groups[0];
@@ -128,7 +160,10 @@ mod tests {
         let groups = bind_all(&config).unwrap();
         let listener = &groups[0].1[0];
         assert!(SockRef::from(listener).tcp_nodelay().unwrap());
-        assert_eq!(super::super::sys::get_tcp_int(listener, libc::TCP_FASTOPEN).unwrap(), 128);
+        assert_eq!(
+            super::super::sys::get_tcp_int(listener, libc::TCP_FASTOPEN).unwrap(),
+            128
+        );
         // The kernel stores DEFER_ACCEPT as a retransmit count and reports it back rounded up to
         // that schedule, so only "on, and at least what was asked" is checked.
         assert!(super::super::sys::get_tcp_int(listener, libc::TCP_DEFER_ACCEPT).unwrap() >= 2);

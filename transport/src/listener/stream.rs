@@ -31,7 +31,10 @@ pub(crate) struct Activity {
 
 impl Activity {
     pub(crate) fn new(origin: Instant) -> Arc<Self> {
-        Arc::new(Activity { origin, last: AtomicU64::new(0) })
+        Arc::new(Activity {
+            origin,
+            last: AtomicU64::new(0),
+        })
     }
 
     pub(crate) fn touch(&self) {
@@ -70,11 +73,21 @@ pub struct Stream {
 
 impl Stream {
     pub(crate) fn plain(tcp: TcpStream) -> Self {
-        Stream { inner: Inner::Plain(tcp), activity: None, read_left: None, read_limit: 0 }
+        Stream {
+            inner: Inner::Plain(tcp),
+            activity: None,
+            read_left: None,
+            read_limit: 0,
+        }
     }
 
     pub(crate) fn tls(tls: TlsStream<TcpStream>) -> Self {
-        Stream { inner: Inner::Tls(Box::new(tls)), activity: None, read_left: None, read_limit: 0 }
+        Stream {
+            inner: Inner::Tls(Box::new(tls)),
+            activity: None,
+            read_left: None,
+            read_limit: 0,
+        }
     }
 
     pub(crate) fn with_activity(mut self, activity: Option<Arc<Activity>>) -> Self {
@@ -122,7 +135,12 @@ impl Stream {
     }
 
     pub(crate) fn read_limit_error(&self) -> io::Error {
-        io::Error::new(io::ErrorKind::InvalidData, ReadLimitExceeded { limit: self.read_limit })
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            ReadLimitExceeded {
+                limit: self.read_limit,
+            },
+        )
     }
 
     fn touch(&self) {
@@ -131,7 +149,11 @@ impl Stream {
         }
     }
 
-    fn poll_read_inner(&mut self, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read_inner(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         match &mut self.inner {
             Inner::Plain(tcp) => Pin::new(tcp).poll_read(cx, buf),
             Inner::Tls(tls) => Pin::new(tls.as_mut()).poll_read(cx, buf),
@@ -140,7 +162,11 @@ impl Stream {
 }
 
 impl AsyncRead for Stream {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         let before = buf.filled().len();
         match this.read_left {
@@ -175,7 +201,11 @@ impl AsyncRead for Stream {
 }
 
 impl AsyncWrite for Stream {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let n = ready!(match &mut this.inner {
             Inner::Plain(tcp) => Pin::new(tcp).poll_write(cx, buf),
@@ -233,7 +263,9 @@ mod tests {
 
     async fn pair() -> (TcpStream, TcpStream) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let client = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
         let (server, _) = listener.accept().await.unwrap();
         (client, server)
     }
@@ -254,7 +286,9 @@ mod tests {
         };
         assert_eq!(got, vec![7u8; 10]);
         assert_eq!(err.kind(), io::ErrorKind::InvalidData);
-        let inner = err.get_ref().and_then(|e| e.downcast_ref::<ReadLimitExceeded>());
+        let inner = err
+            .get_ref()
+            .and_then(|e| e.downcast_ref::<ReadLimitExceeded>());
         assert_eq!(inner, Some(&ReadLimitExceeded { limit: 10 }));
     }
 

@@ -35,7 +35,11 @@ fn set_tcp_int(socket: &Socket, option: libc::c_int, value: libc::c_int) -> io::
             std::mem::size_of::<libc::c_int>() as libc::socklen_t,
         )
     };
-    if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 /// Reads an `IPPROTO_TCP` integer option back, for tests that check what the kernel stored.
@@ -53,5 +57,9 @@ pub(crate) fn get_tcp_int(socket: &impl AsRawFd, option: libc::c_int) -> io::Res
             &raw mut len,
         )
     };
-    if rc == 0 { Ok(value) } else { Err(io::Error::last_os_error()) }
+    if rc == 0 {
+        Ok(value)
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }

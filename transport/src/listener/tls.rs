@@ -40,8 +40,10 @@ impl TlsConfig {
     /// (PKCS#8, PKCS#1 or SEC1).
     pub fn from_pem(cert_chain_pem: &[u8], key_pem: &[u8]) -> Result<Self, Error> {
         let cert_chain = parse_certs(cert_chain_pem, "certificate chain")?;
-        let key = PrivateKeyDer::from_pem_slice(key_pem)
-            .map_err(|source| Error::Pem { what: "private key", source })?;
+        let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|source| Error::Pem {
+            what: "private key",
+            source,
+        })?;
         Ok(TlsConfig {
             cert_chain,
             key: Arc::new(key),
@@ -53,7 +55,10 @@ impl TlsConfig {
     }
 
     /// Builds from PEM files; see [`from_pem`](Self::from_pem).
-    pub fn from_pem_files(cert_chain: impl AsRef<Path>, key: impl AsRef<Path>) -> Result<Self, Error> {
+    pub fn from_pem_files(
+        cert_chain: impl AsRef<Path>,
+        key: impl AsRef<Path>,
+    ) -> Result<Self, Error> {
         Self::from_pem(&read(cert_chain.as_ref())?, &read(key.as_ref())?)
     }
 
@@ -137,7 +142,10 @@ fn parse_certs(pem: &[u8], what: &'static str) -> Result<Vec<CertificateDer<'sta
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, Error> {
-    std::fs::read(path).map_err(|source| Error::ReadFile { path: path.to_owned(), source })
+    std::fs::read(path).map_err(|source| Error::ReadFile {
+        path: path.to_owned(),
+        source,
+    })
 }
 
 #[cfg(test)]
@@ -147,20 +155,34 @@ mod tests {
     #[test]
     fn empty_pem_is_a_typed_error() {
         let err = TlsConfig::from_pem(b"", b"").unwrap_err();
-        assert!(matches!(err, Error::NoCertificates { what: "certificate chain" }));
+        assert!(matches!(
+            err,
+            Error::NoCertificates {
+                what: "certificate chain"
+            }
+        ));
     }
 
     #[test]
     fn garbage_key_is_a_typed_error() {
         let cert = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n";
         let err = TlsConfig::from_pem(cert.as_bytes(), b"not a key").unwrap_err();
-        assert!(matches!(err, Error::Pem { what: "private key", .. }), "{err:?}");
+        assert!(
+            matches!(
+                err,
+                Error::Pem {
+                    what: "private key",
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
     }
 
     #[test]
     fn missing_file_names_the_path() {
-        let err = TlsConfig::from_pem_files("/nonexistent/cert.pem", "/nonexistent/key.pem")
-            .unwrap_err();
+        let err =
+            TlsConfig::from_pem_files("/nonexistent/cert.pem", "/nonexistent/key.pem").unwrap_err();
         assert_eq!(err.to_string(), "cannot read /nonexistent/cert.pem");
     }
 }
