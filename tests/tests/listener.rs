@@ -472,7 +472,10 @@ fn emfile_child() {
         // 5 ms doubling to 1 s gives about 9 attempts per loop; spinning would give thousands.
         tokio::time::sleep(Duration::from_millis(1500)).await;
         let stats = server.stats();
-        println!("accept errors during 1.5 s of EMFILE with 2 loops: {}", stats.accept_errors);
+        println!(
+            "accept errors during 1.5 s of EMFILE with 2 loops: {}",
+            stats.accept_errors
+        );
         assert!(stats.accept_errors >= 1, "accept never failed: {stats:?}");
         assert!(stats.accept_errors < 60, "accept loops spun: {stats:?}");
         assert_eq!(stats.accepted, 0);
@@ -696,4 +699,77 @@ async fn a_relaying_handler_moves_bytes_to_an_upstream_and_back() {
     let (_, read) = tokio::join!(write, timeout(SOON, rd.read_to_end(&mut back)));
     read.unwrap().unwrap();
     assert_eq!(back, payload);
+}
+
+// ===== capacity is never parked on a quiet socket =====
+
+/// Loops waiting on quiet sockets must not sit on permits: with one SO_REUSEPORT socket per
+/// loop and fewer permits than loops, every connection is still served, whichever socket the
+/// kernel hands it to.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reuse_port_mode_with_fewer_permits_than_loops_serves_everyone() {
+    let mut config = loopback();
+    config
+        .accept_mode(AcceptMode::ReusePort)
+        .accept_loops(4)
+        .max_connections(2);
+    let (server, addr) = serve(&config, echo);
+    for i in 0..20u8 {
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        let echoed = timeout(SOON, round_trip(&mut stream, &[i])).await;
+        assert_eq!(echoed.expect("connection starved").unwrap(), [i]);
+        drop(stream);
+        stats_until(&server, "the connection to close", |s| s.active == 0).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quiet_address_does_not_hold_the_permits_of_a_busy_one() {
+    let mut config = ListenerConfig::default();
+    config
+        .listen("127.0.0.1:0".parse().unwrap())
+        .listen("127.0.0.1:0".parse().unwrap())
+        .accept_loops(2)
+        .max_connections(2);
+    let server = Listener::bind(&config).unwrap().serve(echo).unwrap();
+    let busy = server.local_addrs()[1];
+    let mut first = TcpStream::connect(busy).await.unwrap();
+    let mut second = TcpStream::connect(busy).await.unwrap();
+    for stream in [&mut first, &mut second] {
+        let echoed = timeout(SOON, round_trip(stream, b"busy")).await;
+        assert_eq!(echoed.expect("connection starved").unwrap(), b"busy");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handler_that_panics_before_its_first_await_is_isolated_too() {
+    let handler = |_stream: Stream, _cx: ConnContext| -> std::future::Ready<io::Result<()>> {
+        panic!("refusing before any await")
+    };
+    let (server, addr) = serve(&loopback(), handler);
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    assert!(timeout(SOON, closed_by_peer(&mut stream)).await.unwrap());
+    stats_until(&server, "the panic to be counted", |s| s.panics == 1).await;
+}
+
+/// The idle clock starts when the handler gets the stream: time spent before the first byte on
+/// a mixed TLS/plaintext port belongs to the handshake timeout, not the idle timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_time_counts_from_the_end_of_the_handshake() {
+    let pki = Pki::generate();
+    let mut tls = pki.server_tls();
+    tls.allow_plaintext(true);
+    let mut config = loopback();
+    config
+        .tls(Some(tls))
+        .handshake_timeout(Duration::from_secs(30))
+        .idle_timeout(Some(Duration::from_millis(300)));
+    let (server, addr) = serve(&config, echo);
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let echoed = timeout(SOON, round_trip(&mut stream, b"late but welcome"))
+        .await
+        .unwrap();
+    assert_eq!(echoed.unwrap(), b"late but welcome");
+    assert_eq!(server.stats().idle_timeouts, 0);
 }

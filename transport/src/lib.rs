@@ -41,10 +41,14 @@
 //! - Accept-error backoff (EMFILE and friends), panic isolation, counters, and a drain that waits
 //!   up to a deadline and reports what it drained and what it cut.
 //! - [`listener::relay`]: `splice(2)` zero-copy relaying of plaintext sockets on Linux.
+//!
+//! The listener is built for Unix (it waits on socket readiness through `AsyncFd`); Linux gets
+//! the Linux-only socket options and zero-copy relay.
 
 #![deny(unsafe_code)]
 
 mod error;
+#[cfg(unix)]
 pub mod listener;
 
 pub use error::Error;

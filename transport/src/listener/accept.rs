@@ -1,11 +1,17 @@
-//! The accept loops: take a connection permit, accept, hand the socket to its own task; back off
-//! on resource exhaustion instead of spinning.
+//! The accept loops: wait until the socket has a connection, take a connection permit, accept,
+//! hand the socket to its own task; back off on resource exhaustion instead of spinning.
+//!
+//! A loop holds a permit only while its socket has a connection waiting, never while it waits
+//! for one: a loop parked on a quiet socket (another address, or its own `SO_REUSEPORT` socket)
+//! must not sit on capacity that a busy socket's connections are waiting for.
 
 use std::io;
+use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::TcpListener;
+use tokio::io::unix::AsyncFd;
+use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use super::Handler;
@@ -15,7 +21,8 @@ use super::stats::bump;
 
 /// Runs one accept loop until the listener stops accepting.
 pub(crate) async fn accept_loop<H: Handler>(
-    listener: Arc<TcpListener>,
+    listener: Arc<AsyncFd<TcpListener>>,
+    local: Option<SocketAddr>,
     shared: Arc<Shared>,
     handler: Arc<H>,
 ) {
@@ -23,7 +30,20 @@ pub(crate) async fn accept_loop<H: Handler>(
     tokio::pin!(stopped);
     let mut backoff = Backoff::new(shared.accept_backoff_max);
     loop {
-        // The permit comes first: over the cap, connections wait in the kernel backlog.
+        let mut ready = tokio::select! {
+            biased;
+            () = &mut stopped => return,
+            ready = listener.readable() => match ready {
+                Ok(ready) => ready,
+                Err(err) => {
+                    // Only a deregistered descriptor fails here; treat it like an accept error.
+                    bump(&shared.counters.accept_errors);
+                    tracing::error!(error = %err, "listening socket failed; accept loop ends");
+                    return;
+                }
+            },
+        };
+        // The permit comes before `accept`: over the cap, connections wait in the kernel backlog.
         let permit = tokio::select! {
             biased;
             () = &mut stopped => return,
@@ -31,31 +51,39 @@ pub(crate) async fn accept_loop<H: Handler>(
                 permit.expect("the connection semaphore is never closed")
             }
         };
-        let (tcp, peer) = loop {
-            let accepted = tokio::select! {
-                biased;
-                () = &mut stopped => return,
-                accepted = listener.accept() => accepted,
-            };
-            match accepted {
-                Ok(pair) => {
-                    backoff.reset();
-                    break pair;
-                }
-                Err(err) => {
-                    bump(&shared.counters.accept_errors);
-                    let Some(pause) = backoff.on_error(&err, Instant::now()) else {
-                        continue;
-                    };
+        let accepted = match ready.try_io(|listener| listener.get_ref().accept()) {
+            Ok(accepted) => accepted,
+            // Another loop took the connection: give the permit back and wait again.
+            Err(_would_block) => continue,
+        };
+        let (std_stream, peer) = match accepted {
+            Ok(pair) => pair,
+            Err(err) => {
+                drop(permit);
+                bump(&shared.counters.accept_errors);
+                if let Some(pause) = backoff.on_error(&err, Instant::now()) {
                     tokio::select! {
                         biased;
                         () = &mut stopped => return,
                         () = tokio::time::sleep(pause) => {}
                     }
                 }
+                continue;
             }
         };
-        connection::spawn(tcp, peer, permit, &shared, &handler);
+        backoff.reset();
+        let tcp = match std_stream
+            .set_nonblocking(true)
+            .and_then(|()| TcpStream::from_std(std_stream))
+        {
+            Ok(tcp) => tcp,
+            Err(err) => {
+                bump(&shared.counters.accept_errors);
+                tracing::debug!(error = %err, %peer, "cannot register an accepted socket; closed");
+                continue;
+            }
+        };
+        connection::spawn(tcp, peer, local, permit, &shared, &handler);
     }
 }
 

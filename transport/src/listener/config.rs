@@ -201,8 +201,8 @@ impl ListenerConfig {
         self
     }
 
-    /// Closes a connection after this long with no bytes read or written by its handler.
-    /// Default `None` (never).
+    /// Closes a connection after this long with no bytes read or written by its handler,
+    /// counted from the end of the handshake. Default `None` (never).
     pub fn idle_timeout(&mut self, timeout: Option<Duration>) -> &mut Self {
         self.idle_timeout = timeout;
         self

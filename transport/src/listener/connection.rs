@@ -15,7 +15,6 @@ use tokio::time::Instant;
 use super::Handler;
 use super::context::ConnContext;
 use super::server::Shared;
-use super::socket::tune_accepted;
 use super::stats::bump;
 use super::stream::{Activity, Stream};
 use super::tls::TLS_HANDSHAKE_RECORD;
@@ -36,6 +35,7 @@ impl Drop for Live {
 pub(crate) fn spawn<H: Handler>(
     tcp: TcpStream,
     peer: SocketAddr,
+    local: Option<SocketAddr>,
     permit: OwnedSemaphorePermit,
     shared: &Arc<Shared>,
     handler: &Arc<H>,
@@ -56,7 +56,7 @@ pub(crate) fn spawn<H: Handler>(
         tokio::select! {
             biased;
             () = forced.cancelled() => bump(&shared.counters.forced),
-            () = serve(tcp, peer, id, started, shared, &*handler) => {}
+            () = serve(tcp, peer, local, id, started, shared, &*handler) => {}
         }
         drop(live);
     });
@@ -65,6 +65,7 @@ pub(crate) fn spawn<H: Handler>(
 async fn serve<H: Handler>(
     tcp: TcpStream,
     peer: SocketAddr,
+    local: Option<SocketAddr>,
     id: u64,
     started: Instant,
     shared: &Shared,
@@ -76,11 +77,14 @@ async fn serve<H: Handler>(
         tracing::debug!(conn = id, %peer, "peer outside the allow-list; closed");
         return;
     }
-    if let Err(err) = tune_accepted(&tcp, shared.nodelay, shared.keepalive.as_ref()) {
+    // Linux hands accepted sockets the listener's TCP_NODELAY and keepalive; elsewhere set them.
+    #[cfg(not(target_os = "linux"))]
+    if let Err(err) = super::socket::tune_accepted(&tcp, shared.nodelay, shared.keepalive.as_ref())
+    {
         tracing::debug!(conn = id, %peer, error = %err, "cannot set socket options; closed");
         return;
     }
-    let local = match tcp.local_addr() {
+    let local = match local.map_or_else(|| tcp.local_addr(), Ok) {
         Ok(local) => SocketAddr::new(local.ip().to_canonical(), local.port()),
         Err(err) => {
             tracing::debug!(conn = id, %peer, error = %err, "peer gone before start");
@@ -91,7 +95,8 @@ async fn serve<H: Handler>(
         return;
     };
 
-    let activity = shared.idle_timeout.map(|_| Activity::new(started));
+    // Idle time counts from the end of the handshake: the handshake has its own timeout.
+    let activity = shared.idle_timeout.map(|_| Activity::new(Instant::now()));
     let stream = stream
         .with_activity(activity.clone())
         .with_read_limit(shared.max_read_bytes);
@@ -103,7 +108,8 @@ async fn serve<H: Handler>(
         started,
         token: token.clone(),
     };
-    let handling = AssertUnwindSafe(handler.handle(stream, cx)).catch_unwind();
+    // The call itself is inside the guarded future: a handler may panic before its first await.
+    let handling = AssertUnwindSafe(async move { handler.handle(stream, cx).await }).catch_unwind();
     tokio::select! {
         result = handling => match result {
             Ok(Ok(())) => {}

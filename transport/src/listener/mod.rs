@@ -9,8 +9,9 @@
 //! ```
 //!
 //! Accepting never waits on a peer: the TLS handshake runs in the connection's own task under a
-//! timeout, so silent peers cost a task each and delay nobody. Each accept loop takes a connection
-//! permit before it calls `accept`, so connections over the cap wait in the kernel backlog.
+//! timeout, so silent peers cost a task each and delay nobody. An accept loop waits for a pending
+//! connection, then takes a connection permit, then calls `accept`: connections over the cap wait
+//! in the kernel backlog, and no loop sits on a permit while its socket is quiet.
 
 mod accept;
 mod config;
@@ -22,7 +23,6 @@ mod signal;
 mod socket;
 mod stats;
 mod stream;
-#[cfg(target_os = "linux")]
 mod sys;
 mod tls;
 

@@ -16,7 +16,9 @@ use tokio_util::task::TaskTracker;
 
 use super::Handler;
 use super::accept::accept_loop;
-use super::config::{Keepalive, ListenerConfig};
+#[cfg(not(target_os = "linux"))]
+use super::config::Keepalive;
+use super::config::ListenerConfig;
 use super::socket::bind_all;
 use super::stats::{Counters, Stats};
 use crate::error::Error;
@@ -49,7 +51,9 @@ pub(crate) struct Shared {
     pub(crate) max_lifetime: Option<Duration>,
     pub(crate) lifetime_grace: Duration,
     pub(crate) max_read_bytes: Option<u64>,
+    #[cfg(not(target_os = "linux"))]
     pub(crate) nodelay: bool,
+    #[cfg(not(target_os = "linux"))]
     pub(crate) keepalive: Option<Keepalive>,
     pub(crate) allow: Vec<IpNet>,
     pub(crate) accept_backoff_max: Duration,
@@ -96,7 +100,9 @@ impl Listener {
             max_lifetime: config.max_lifetime,
             lifetime_grace: config.lifetime_grace,
             max_read_bytes: config.max_read_bytes,
+            #[cfg(not(target_os = "linux"))]
             nodelay: config.nodelay,
+            #[cfg(not(target_os = "linux"))]
             keepalive: config.keepalive,
             allow: config.allow.clone(),
             accept_backoff_max: config.accept_backoff_max,
@@ -118,19 +124,28 @@ impl Listener {
     pub fn serve<H: Handler>(self, handler: H) -> Result<Server, Error> {
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| Error::NoRuntime)?;
         let addrs = self.local_addrs();
+        // Register every socket before starting any loop, so a failure leaves nothing running.
+        let mut groups = Vec::with_capacity(self.groups.len());
+        {
+            let _runtime = runtime.enter();
+            for (addr, sockets) in self.groups {
+                let sockets = sockets
+                    .into_iter()
+                    .map(|s| {
+                        super::sys::register(s)
+                            .map(Arc::new)
+                            .map_err(|source| Error::Listen { addr, source })
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                groups.push((addr, sockets));
+            }
+        }
         let shared = Arc::new(self.shared);
         let handler = Arc::new(handler);
         let mut accept_tasks = Vec::new();
-        for (addr, sockets) in self.groups {
-            let sockets = sockets
-                .into_iter()
-                .map(|s| {
-                    let _guard = runtime.enter();
-                    tokio::net::TcpListener::from_std(s)
-                        .map(Arc::new)
-                        .map_err(|source| Error::Listen { addr, source })
-                })
-                .collect::<Result<Vec<_>, _>>()?;
+        for (addr, sockets) in groups {
+            // A specific bound address is every connection's local address: no getsockname needed.
+            let local = (!addr.ip().is_unspecified()).then_some(addr);
             // Shared mode: every loop accepts on the one socket. ReusePort mode: one loop each.
             let loops_per_socket = if sockets.len() == 1 {
                 self.accept_loops
@@ -139,7 +154,7 @@ impl Listener {
             };
             for socket in &sockets {
                 for _ in 0..loops_per_socket {
-                    let loop_ = accept_loop(socket.clone(), shared.clone(), handler.clone());
+                    let loop_ = accept_loop(socket.clone(), local, shared.clone(), handler.clone());
                     accept_tasks.push(runtime.spawn(loop_));
                 }
             }

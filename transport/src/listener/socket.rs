@@ -1,13 +1,14 @@
 //! Listening sockets: created with socket2 so that every option is set before `bind`, and every
 //! refusal is reported with the option's name.
 
+#[cfg(not(target_os = "linux"))]
 use std::io;
 use std::net::SocketAddr;
 
-use socket2::{Domain, Protocol, SockRef, Socket, TcpKeepalive, Type};
+#[cfg(any(test, not(target_os = "linux")))]
+use socket2::SockRef;
+use socket2::{Domain, Protocol, Socket, TcpKeepalive, Type};
 use std::net::TcpListener;
-
-use tokio::net::TcpStream;
 
 use super::config::{AcceptMode, Keepalive, ListenerConfig};
 use crate::error::Error;
@@ -73,6 +74,11 @@ fn bind_one(
     socket
         .set_tcp_nodelay(config.nodelay)
         .map_err(option("TCP_NODELAY"))?;
+    if let Some(keepalive) = &config.keepalive {
+        socket
+            .set_tcp_keepalive(&keepalive_params(keepalive))
+            .map_err(option("SO_KEEPALIVE"))?;
+    }
     #[cfg(target_os = "linux")]
     {
         if let Some(queue_len) = config.tcp_fastopen {
@@ -94,22 +100,26 @@ fn bind_one(
     Ok(socket.into())
 }
 
-/// Per-connection options, set right after accept.
+fn keepalive_params(k: &Keepalive) -> TcpKeepalive {
+    let params = TcpKeepalive::new()
+        .with_time(k.idle)
+        .with_interval(k.interval);
+    #[cfg(not(any(target_os = "windows", target_os = "openbsd")))]
+    let params = params.with_retries(k.retries);
+    params
+}
+
+/// Per-connection options, set right after accept where the kernel does not copy them from the
+/// listening socket.
+#[cfg(not(target_os = "linux"))]
 pub(crate) fn tune_accepted(
-    stream: &TcpStream,
+    stream: &tokio::net::TcpStream,
     nodelay: bool,
     keepalive: Option<&Keepalive>,
 ) -> io::Result<()> {
-    if nodelay {
-        stream.set_nodelay(true)?;
-    }
+    stream.set_nodelay(nodelay)?;
     if let Some(k) = keepalive {
-        let params = TcpKeepalive::new()
-            .with_time(k.idle)
-            .with_interval(k.interval);
-        #[cfg(not(any(target_os = "windows", target_os = "openbsd")))]
-        let params = params.with_retries(k.retries);
-        SockRef::from(stream).set_tcp_keepalive(&params)?;
+        SockRef::from(stream).set_tcp_keepalive(&keepalive_params(k))?;
     }
     Ok(())
 }
@@ -167,5 +177,31 @@ mod tests {
         // The kernel stores DEFER_ACCEPT as a retransmit count and reports it back rounded up to
         // that schedule, so only "on, and at least what was asked" is checked.
         assert!(super::super::sys::get_tcp_int(listener, libc::TCP_DEFER_ACCEPT).unwrap() >= 2);
+    }
+
+    /// The accept path relies on this on Linux instead of setting the options per connection.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn accepted_sockets_inherit_nodelay_and_keepalive() {
+        let mut config = ListenerConfig::default();
+        let keepalive = Keepalive {
+            idle: std::time::Duration::from_secs(42),
+            interval: std::time::Duration::from_secs(7),
+            retries: 3,
+        };
+        config
+            .listen("127.0.0.1:0".parse().unwrap())
+            .keepalive(Some(keepalive));
+        let groups = bind_all(&config).unwrap();
+        let (addr, sockets) = &groups[0];
+        let _client = std::net::TcpStream::connect(addr).unwrap();
+        sockets[0].set_nonblocking(false).unwrap();
+        let (accepted, _) = sockets[0].accept().unwrap();
+        let sock = SockRef::from(&accepted);
+        assert!(sock.tcp_nodelay().unwrap());
+        assert!(sock.keepalive().unwrap());
+        assert_eq!(sock.tcp_keepalive_time().unwrap(), keepalive.idle);
+        assert_eq!(sock.tcp_keepalive_interval().unwrap(), keepalive.interval);
+        assert_eq!(sock.tcp_keepalive_retries().unwrap(), keepalive.retries);
     }
 }

@@ -181,11 +181,11 @@ impl AsyncRead for Stream {
                 }
             }
             Some(left) if (buf.remaining() as u64) > left => {
-                // Never buffer past the limit: read at most `left` bytes through a scratch buffer.
-                let mut scratch = vec![0u8; left as usize];
-                let mut limited = ReadBuf::new(&mut scratch);
+                // Never hand over more than the limit: read into just the first `left` bytes.
+                let mut limited = ReadBuf::new(buf.initialize_unfilled_to(left as usize));
                 ready!(this.poll_read_inner(cx, &mut limited))?;
-                buf.put_slice(limited.filled());
+                let n = limited.filled().len();
+                buf.advance(n);
             }
             Some(_) => ready!(this.poll_read_inner(cx, buf))?,
         }
