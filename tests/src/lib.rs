@@ -168,12 +168,14 @@ where
     Ok(())
 }
 
-/// Writes `msg` and reads back exactly as many bytes.
+/// Writes `msg`, flushes (TLS streams may hold a record until flushed), and reads back exactly
+/// as many bytes.
 pub async fn round_trip<S: AsyncRead + AsyncWrite + Unpin>(
     stream: &mut S,
     msg: &[u8],
 ) -> io::Result<Vec<u8>> {
     stream.write_all(msg).await?;
+    stream.flush().await?;
     let mut back = vec![0u8; msg.len()];
     stream.read_exact(&mut back).await?;
     Ok(back)
