@@ -215,40 +215,89 @@ async fn round_trip<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S) {
     assert_eq!(back, MSG, "the echo differs");
 }
 
+// ===== bench functions =====
+
+/// One bench function whose iterations are new connections: `connect` opens one, the server
+/// writes its byte and closes, the client reads the byte and the end of stream.
+fn bench_accepts<C, Fut, S>(
+    group: &mut BenchmarkGroup<'_, WallTime>,
+    name: &str,
+    rt: &Runtime,
+    connect: C,
+) where
+    C: Fn() -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = S> + Send,
+    S: AsyncRead + Unpin + Send,
+{
+    let mut none = Some(());
+    group.bench_function(name, |b| {
+        b.iter_custom(|iters| {
+            let connect = connect.clone();
+            timed(rt, &mut none, |()| {
+                repeat(iters, (), async move |()| {
+                    expect_one_byte(connect().await).await
+                })
+            })
+        })
+    });
+}
+
+/// One bench function whose iterations are round trips of [`MSG`] on one connection.
+fn bench_round_trips<S>(
+    group: &mut BenchmarkGroup<'_, WallTime>,
+    name: &str,
+    rt: &Runtime,
+    stream: S,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let mut stream = Some(stream);
+    group.bench_function(name, |b| {
+        b.iter_custom(|iters| {
+            timed(rt, &mut stream, |s| {
+                repeat(iters, s, async |s| round_trip(s).await)
+            })
+        })
+    });
+}
+
 // ===== benches =====
 
 fn accept_plain(c: &mut Criterion) {
     let rt = runtime();
     let mut group = c.benchmark_group("accept_plain");
     configure(&mut group);
-    let mut none = Some(());
 
     let server = teleport_server(&rt, None, |stream, _cx| write_byte_and_close(stream));
     let addr = teleport_addr(&server);
-    group.bench_function("teleport", |b| {
-        b.iter_custom(|iters| {
-            timed(&rt, &mut none, |()| {
-                repeat(iters, (), async move |()| {
-                    expect_one_byte(connect_plain(addr).await).await
-                })
-            })
-        })
-    });
+    bench_accepts(&mut group, "teleport", &rt, move || connect_plain(addr));
     rt.block_on(server.halt());
 
     let bare = bare_server(&rt, write_byte_and_close);
     let addr = bare.addr;
-    group.bench_function("bare_tokio", |b| {
-        b.iter_custom(|iters| {
-            timed(&rt, &mut none, |()| {
-                repeat(iters, (), async move |()| {
-                    expect_one_byte(connect_plain(addr).await).await
-                })
-            })
-        })
-    });
+    bench_accepts(&mut group, "bare_tokio", &rt, move || connect_plain(addr));
     drop(bare);
     group.finish();
+}
+
+/// A TLS client connect with `client`'s settings (resumption off), for [`bench_accepts`].
+fn tls_connector(
+    addr: SocketAddr,
+    client: Arc<rustls::ClientConfig>,
+) -> impl Fn() -> std::pin::Pin<
+    Box<dyn Future<Output = tokio_rustls::client::TlsStream<TcpStream>> + Send>,
+> + Clone
++ Send
++ Sync
++ 'static {
+    move || {
+        let client = client.clone();
+        Box::pin(async move {
+            teleport_tests::tls_connect(addr, client)
+                .await
+                .expect("TLS connect")
+        })
+    }
 }
 
 fn accept_tls_full_handshake(c: &mut Criterion) {
@@ -257,23 +306,12 @@ fn accept_tls_full_handshake(c: &mut Criterion) {
     let client = pki.client_config(None, false);
     let mut group = c.benchmark_group("accept_tls_full_handshake");
     configure(&mut group);
-    let mut none = Some(());
 
     let server = teleport_server(&rt, Some(teleport_tls(&pki)), |stream, _cx| {
         write_byte_and_close(stream)
     });
-    let addr = teleport_addr(&server);
-    group.bench_function("teleport", |b| {
-        b.iter_custom(|iters| {
-            let client = client.clone();
-            timed(&rt, &mut none, |()| {
-                repeat(iters, (), async move |()| {
-                    let tls = teleport_tests::tls_connect(addr, client.clone()).await;
-                    expect_one_byte(tls.expect("TLS connect")).await;
-                })
-            })
-        })
-    });
+    let connect = tls_connector(teleport_addr(&server), client.clone());
+    bench_accepts(&mut group, "teleport", &rt, connect);
     rt.block_on(server.halt());
 
     let acceptor = bare_acceptor(&pki);
@@ -281,18 +319,12 @@ fn accept_tls_full_handshake(c: &mut Criterion) {
         let acceptor = acceptor.clone();
         async move { write_byte_and_close(acceptor.accept(tcp).await?).await }
     });
-    let addr = bare.addr;
-    group.bench_function("bare_tokio", |b| {
-        b.iter_custom(|iters| {
-            let client = client.clone();
-            timed(&rt, &mut none, |()| {
-                repeat(iters, (), async move |()| {
-                    let tls = teleport_tests::tls_connect(addr, client.clone()).await;
-                    expect_one_byte(tls.expect("TLS connect")).await;
-                })
-            })
-        })
-    });
+    bench_accepts(
+        &mut group,
+        "bare_tokio",
+        &rt,
+        tls_connector(bare.addr, client),
+    );
     drop(bare);
     group.finish();
 }
@@ -303,27 +335,13 @@ fn echo_round_trip_261b(c: &mut Criterion) {
     configure(&mut group);
 
     let server = teleport_server(&rt, None, teleport_tests::echo);
-    let mut tcp = Some(rt.block_on(connect_plain(teleport_addr(&server))));
-    group.bench_function("teleport", |b| {
-        b.iter_custom(|iters| {
-            timed(&rt, &mut tcp, |tcp| {
-                repeat(iters, tcp, async |tcp| round_trip(tcp).await)
-            })
-        })
-    });
-    drop(tcp);
+    let tcp = rt.block_on(connect_plain(teleport_addr(&server)));
+    bench_round_trips(&mut group, "teleport", &rt, tcp);
     rt.block_on(server.halt());
 
     let bare = bare_server(&rt, bare_echo);
-    let mut tcp = Some(rt.block_on(connect_plain(bare.addr)));
-    group.bench_function("bare_tokio", |b| {
-        b.iter_custom(|iters| {
-            timed(&rt, &mut tcp, |tcp| {
-                repeat(iters, tcp, async |tcp| round_trip(tcp).await)
-            })
-        })
-    });
-    drop(tcp);
+    let tcp = rt.block_on(connect_plain(bare.addr));
+    bench_round_trips(&mut group, "bare_tokio", &rt, tcp);
     drop(bare);
     group.finish();
 }
@@ -337,15 +355,8 @@ fn echo_round_trip_261b_tls(c: &mut Criterion) {
 
     let server = teleport_server(&rt, Some(teleport_tls(&pki)), teleport_tests::echo);
     let connect = teleport_tests::tls_connect(teleport_addr(&server), client.clone());
-    let mut tls = Some(rt.block_on(connect).expect("TLS connect"));
-    group.bench_function("teleport", |b| {
-        b.iter_custom(|iters| {
-            timed(&rt, &mut tls, |tls| {
-                repeat(iters, tls, async |tls| round_trip(tls).await)
-            })
-        })
-    });
-    drop(tls);
+    let tls = rt.block_on(connect).expect("TLS connect");
+    bench_round_trips(&mut group, "teleport", &rt, tls);
     rt.block_on(server.halt());
 
     let acceptor = bare_acceptor(&pki);
@@ -353,16 +364,10 @@ fn echo_round_trip_261b_tls(c: &mut Criterion) {
         let acceptor = acceptor.clone();
         async move { bare_echo(acceptor.accept(tcp).await?).await }
     });
-    let connect = teleport_tests::tls_connect(bare.addr, client);
-    let mut tls = Some(rt.block_on(connect).expect("TLS connect"));
-    group.bench_function("bare_tokio", |b| {
-        b.iter_custom(|iters| {
-            timed(&rt, &mut tls, |tls| {
-                repeat(iters, tls, async |tls| round_trip(tls).await)
-            })
-        })
-    });
-    drop(tls);
+    let tls = rt
+        .block_on(teleport_tests::tls_connect(bare.addr, client))
+        .expect("TLS connect");
+    bench_round_trips(&mut group, "bare_tokio", &rt, tls);
     drop(bare);
     group.finish();
 }
