@@ -47,8 +47,14 @@
 
 #![deny(unsafe_code)]
 
+pub mod batch;
+pub mod codec;
+pub mod compress;
+pub mod conn;
 mod error;
+pub mod frame;
+pub mod handshake;
 #[cfg(unix)]
 pub mod listener;
 
-pub use error::Error;
+pub use error::{Error, ProtocolError};

@@ -1,0 +1,403 @@
+//! Stream compression: one context per connection and direction, kept for the connection's life
+//! and flushed at every block boundary.
+//!
+//! A shared context is where teleport's bandwidth saving comes from. API traffic repeats itself
+//! across messages (the same header names and values, the same JSON keys, the same URLs), and a
+//! context that has seen the previous messages encodes the next one mostly as back-references:
+//! per-message compression gets 2-3x on such traffic, a stream context 10x and more.
+//!
+//! | codec | context kept across blocks | sender memory | receiver memory |
+//! |---|---|---|---|
+//! | `none` | - | 0 | 0 |
+//! | `snappy` | no (snappy has none; each block is compressed alone, so a batch's messages still share one) | one hash table, 32 KiB at most | 0 |
+//! | `deflate` | yes: raw deflate (RFC 1951), 32 KiB window, sync-flushed at each block end | miniz_oxide's compressor state, about 300 KiB | the inflate state with its 32 KiB window, about 43 KiB |
+//!
+//! Measured sizes are in `docs/PROTOCOL.md` ("Memory per connection") and checked by a test that
+//! counts allocations. Every block decompresses to at most [`BLOCK_MAX`] bytes; a block that
+//! would decompress to more (a decompression bomb) is cut there and fails the connection.
+
+use std::fmt;
+
+use bytes::BytesMut;
+use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress, Status};
+
+use crate::error::ProtocolError;
+
+/// The most bytes one block carries before compression, and decompresses to.
+pub const BLOCK_MAX: usize = 64 * 1024;
+
+/// The most bytes one block may take on the wire. It covers the worst-case growth of every codec
+/// on incompressible input (snappy's is the largest: 32 + n + n/6).
+pub const BLOCK_WIRE_MAX: usize = BLOCK_MAX + BLOCK_MAX / 4;
+
+/// A compression codec, as numbered in the handshake.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub enum Codec {
+    /// No compression. Always accepted.
+    #[default]
+    None = 0,
+    /// Snappy raw format: fast, no context across blocks.
+    Snappy = 1,
+    /// Raw deflate with one context for the connection's life: the best ratio.
+    Deflate = 2,
+}
+
+impl Codec {
+    /// Every codec this build knows, in handshake order.
+    pub const ALL: [Codec; 3] = [Codec::None, Codec::Snappy, Codec::Deflate];
+
+    /// The codec's handshake byte.
+    pub fn to_u8(self) -> u8 {
+        self as u8
+    }
+
+    /// The codec for a handshake byte.
+    pub fn from_u8(byte: u8) -> Result<Self, ProtocolError> {
+        Self::ALL
+            .into_iter()
+            .find(|c| c.to_u8() == byte)
+            .ok_or(ProtocolError::UnknownCodec { codec: byte })
+    }
+
+    /// The codec's name, as used in configuration and on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Codec::None => "none",
+            Codec::Snappy => "snappy",
+            Codec::Deflate => "deflate",
+        }
+    }
+}
+
+impl fmt::Display for Codec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Codec {
+    type Err = ProtocolError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "none" => Ok(Codec::None),
+            "snappy" => Ok(Codec::Snappy),
+            "deflate" | "flate" => Ok(Codec::Deflate),
+            _ => Err(ProtocolError::Malformed {
+                what: "codec name (none, snappy, deflate)",
+            }),
+        }
+    }
+}
+
+/// A set of codecs, sent in the handshake as a bitmask (bit `n` for codec `n`). `none` is always a
+/// member: every peer must be able to receive uncompressed blocks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct CodecSet(u8);
+
+impl CodecSet {
+    /// Every codec this build knows.
+    pub fn all() -> Self {
+        Self::from_bits(0b111)
+    }
+
+    /// `none` only.
+    pub fn none_only() -> Self {
+        Self::from_bits(0)
+    }
+
+    /// The set for a handshake bitmask; unknown bits are dropped and `none` is added.
+    pub fn from_bits(bits: u8) -> Self {
+        Self((bits & 0b111) | 1)
+    }
+
+    /// The handshake bitmask.
+    pub fn bits(self) -> u8 {
+        self.0
+    }
+
+    /// Adds a codec.
+    pub fn with(self, codec: Codec) -> Self {
+        Self(self.0 | 1 << codec.to_u8())
+    }
+
+    /// Whether the set holds `codec`.
+    pub fn contains(self, codec: Codec) -> bool {
+        self.0 & (1 << codec.to_u8()) != 0
+    }
+}
+
+impl Default for CodecSet {
+    fn default() -> Self {
+        Self::all()
+    }
+}
+
+// ===== impl Compressor =====
+
+/// The sending side's context for one direction of one connection.
+pub struct Compressor {
+    inner: CompressorInner,
+}
+
+enum CompressorInner {
+    None,
+    Snappy(Box<snap::raw::Encoder>),
+    Deflate(Box<Compress>),
+}
+
+impl Compressor {
+    /// A fresh context. `deflate_level` (0-9) matters only for deflate.
+    pub fn new(codec: Codec, deflate_level: u32) -> Self {
+        let inner = match codec {
+            Codec::None => CompressorInner::None,
+            Codec::Snappy => CompressorInner::Snappy(Box::new(snap::raw::Encoder::new())),
+            Codec::Deflate => CompressorInner::Deflate(Box::new(Compress::new(
+                Compression::new(deflate_level.min(9)),
+                false,
+            ))),
+        };
+        Self { inner }
+    }
+
+    /// Appends `input` (at most [`BLOCK_MAX`] bytes) to `out` as one block's payload, ending at a
+    /// flush point: the receiver can decode all of it without waiting for more. Returns the
+    /// payload's length, at most [`BLOCK_WIRE_MAX`].
+    pub fn compress_block(&mut self, input: &[u8], out: &mut Vec<u8>) -> usize {
+        debug_assert!(input.len() <= BLOCK_MAX);
+        let start = out.len();
+        match &mut self.inner {
+            CompressorInner::None => out.extend_from_slice(input),
+            CompressorInner::Snappy(encoder) => {
+                out.resize(start + snap::raw::max_compress_len(input.len()), 0);
+                let written = encoder
+                    .compress(input, &mut out[start..])
+                    .expect("the output has max_compress_len bytes and the input is under 4 GiB");
+                out.truncate(start + written);
+            }
+            CompressorInner::Deflate(deflate) => deflate_block(deflate, input, out),
+        }
+        let len = out.len() - start;
+        debug_assert!(len <= BLOCK_WIRE_MAX);
+        len
+    }
+}
+
+/// Compresses with a sync flush: the output ends on a byte boundary with every input byte
+/// decodable, and the window carries on into the next block.
+fn deflate_block(deflate: &mut Compress, input: &[u8], out: &mut Vec<u8>) {
+    let mut consumed = 0;
+    loop {
+        out.reserve(input.len() - consumed + 64);
+        let before = deflate.total_in();
+        deflate
+            .compress_vec(&input[consumed..], out, FlushCompress::Sync)
+            .expect("a deflate stream in memory cannot fail");
+        consumed += (deflate.total_in() - before) as usize;
+        // Done once all input is in and the flush did not run out of room.
+        if consumed == input.len() && out.len() < out.capacity() {
+            return;
+        }
+    }
+}
+
+// ===== impl Decompressor =====
+
+/// The receiving side's context for one direction of one connection.
+pub struct Decompressor {
+    inner: DecompressorInner,
+}
+
+enum DecompressorInner {
+    None,
+    Snappy(snap::raw::Decoder),
+    Deflate {
+        inflate: Box<Decompress>,
+        scratch: Vec<u8>,
+    },
+}
+
+impl Decompressor {
+    /// A fresh context.
+    pub fn new(codec: Codec) -> Self {
+        let inner = match codec {
+            Codec::None => DecompressorInner::None,
+            Codec::Snappy => DecompressorInner::Snappy(snap::raw::Decoder::new()),
+            Codec::Deflate => DecompressorInner::Deflate {
+                inflate: Box::new(Decompress::new(false)),
+                scratch: Vec::with_capacity(BLOCK_MAX + 1),
+            },
+        };
+        Self { inner }
+    }
+
+    /// Decompresses one block's payload and appends it to `out`. More than [`BLOCK_MAX`] bytes of
+    /// output is an error, found before they are buffered.
+    pub fn decompress_block(
+        &mut self,
+        input: &[u8],
+        out: &mut BytesMut,
+    ) -> Result<(), ProtocolError> {
+        let too_large = ProtocolError::DecompressedTooLarge { max: BLOCK_MAX };
+        match &mut self.inner {
+            DecompressorInner::None => {
+                if input.len() > BLOCK_MAX {
+                    return Err(too_large);
+                }
+                out.extend_from_slice(input);
+            }
+            DecompressorInner::Snappy(decoder) => {
+                let len =
+                    snap::raw::decompress_len(input).map_err(|_| ProtocolError::Decompress)?;
+                if len > BLOCK_MAX {
+                    return Err(too_large);
+                }
+                let start = out.len();
+                out.resize(start + len, 0);
+                match decoder.decompress(input, &mut out[start..]) {
+                    Ok(n) if n == len => {}
+                    _ => {
+                        out.truncate(start);
+                        return Err(ProtocolError::Decompress);
+                    }
+                }
+            }
+            DecompressorInner::Deflate { inflate, scratch } => {
+                inflate_block(inflate, scratch, input)?;
+                out.extend_from_slice(scratch);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Inflates into `scratch`, whose capacity is exactly `BLOCK_MAX + 1` bytes (`Vec::with_capacity`
+/// guarantees that) and which never grows: `decompress_vec` writes only into spare capacity, and
+/// one byte more than a block may hold is enough to know that it holds too much.
+fn inflate_block(
+    inflate: &mut Decompress,
+    scratch: &mut Vec<u8>,
+    input: &[u8],
+) -> Result<(), ProtocolError> {
+    debug_assert_eq!(scratch.capacity(), BLOCK_MAX + 1);
+    scratch.clear();
+    let mut consumed = 0;
+    loop {
+        let (in_before, out_before) = (inflate.total_in(), inflate.total_out());
+        let status = inflate
+            .decompress_vec(&input[consumed..], scratch, FlushDecompress::Sync)
+            .map_err(|_| ProtocolError::Decompress)?;
+        consumed += (inflate.total_in() - in_before) as usize;
+        if scratch.len() > BLOCK_MAX {
+            return Err(ProtocolError::DecompressedTooLarge { max: BLOCK_MAX });
+        }
+        if consumed == input.len() {
+            return Ok(());
+        }
+        let stuck = inflate.total_in() == in_before && inflate.total_out() == out_before;
+        if status == Status::StreamEnd || stuck {
+            // Bytes after the end of the deflate stream, or no progress possible.
+            return Err(ProtocolError::Decompress);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn round_trip(codec: Codec, blocks: &[&[u8]]) {
+        let mut c = Compressor::new(codec, 6);
+        let mut d = Decompressor::new(codec);
+        for block in blocks {
+            let mut wire = Vec::new();
+            let n = c.compress_block(block, &mut wire);
+            assert_eq!(n, wire.len());
+            assert!(n <= BLOCK_WIRE_MAX, "{codec}: {n}");
+            let mut out = BytesMut::new();
+            d.decompress_block(&wire, &mut out).unwrap();
+            assert_eq!(&out[..], *block, "{codec}");
+        }
+    }
+
+    fn noise(len: usize) -> Vec<u8> {
+        let mut x = 0x9e37_79b9_7f4a_7c15_u64;
+        (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    }
+
+    #[test]
+    fn every_codec_round_trips_blocks_in_sequence() {
+        let text = br#"{"id":1,"name":"teleport","url":"https://api.example.com/items/1"}"#;
+        let big = noise(BLOCK_MAX);
+        for codec in Codec::ALL {
+            round_trip(codec, &[text, b"", text, &big, &big[..1000], text]);
+        }
+    }
+
+    #[test]
+    fn deflate_context_carries_across_blocks() {
+        let msg = br#"{"login":"octocat","id":583231,"type":"User","site_admin":false}"#;
+        let mut c = Compressor::new(Codec::Deflate, 6);
+        let first = c.compress_block(msg, &mut Vec::new());
+        let second = c.compress_block(msg, &mut Vec::new());
+        assert!(second * 3 < first, "first {first} second {second}");
+    }
+
+    #[test]
+    fn bombs_are_cut_at_the_block_limit() {
+        let zeros = vec![0u8; BLOCK_MAX + 1];
+        // deflate: compress more than a block with a foreign compressor.
+        let mut c = Compress::new(Compression::new(9), false);
+        let mut wire = Vec::with_capacity(1024);
+        c.compress_vec(&zeros, &mut wire, FlushCompress::Sync)
+            .unwrap();
+        let mut out = BytesMut::new();
+        let err = Decompressor::new(Codec::Deflate).decompress_block(&wire, &mut out);
+        assert_eq!(
+            err,
+            Err(ProtocolError::DecompressedTooLarge { max: BLOCK_MAX })
+        );
+        assert!(out.is_empty());
+        // snappy: the announced length is checked before decoding.
+        let wire = snap::raw::Encoder::new().compress_vec(&zeros).unwrap();
+        let err = Decompressor::new(Codec::Snappy).decompress_block(&wire, &mut out);
+        assert_eq!(
+            err,
+            Err(ProtocolError::DecompressedTooLarge { max: BLOCK_MAX })
+        );
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn garbage_is_a_decompress_error() {
+        let mut out = BytesMut::new();
+        for codec in [Codec::Snappy, Codec::Deflate] {
+            let err = Decompressor::new(codec).decompress_block(&[0xff; 32], &mut out);
+            assert_eq!(err, Err(ProtocolError::Decompress), "{codec}");
+        }
+    }
+
+    #[test]
+    fn codec_sets_always_hold_none() {
+        assert!(CodecSet::from_bits(0).contains(Codec::None));
+        assert_eq!(CodecSet::from_bits(0xff).bits(), 0b111);
+        assert!(!CodecSet::none_only().contains(Codec::Deflate));
+        assert!(
+            CodecSet::none_only()
+                .with(Codec::Deflate)
+                .contains(Codec::Deflate)
+        );
+        assert_eq!(
+            Codec::from_u8(3),
+            Err(ProtocolError::UnknownCodec { codec: 3 })
+        );
+    }
+}

@@ -1,0 +1,634 @@
+//! The connection driver: the one module of the protocol that touches a socket.
+//!
+//! ```text
+//!            Sender (cloneable) ──frames──▶ queue ──▶ writer: batch, encode, compress, write_all
+//!  user                                                                                  │ io
+//!            Receiver ◀──inbound── queue ◀── reader: read_buf, decompress, decode ◀───────┘
+//! ```
+//!
+//! [`Conn::connect`] and [`Conn::accept`] run the handshake over any `AsyncRead + AsyncWrite`
+//! (a TCP or TLS [`Stream`](crate::listener::Stream), an in-memory duplex), then
+//! [`Conn::split`] gives the three parts: a [`Sender`] to queue frames, a [`Receiver`] for what the
+//! peer sent, and the [`Driver`] future to spawn. One writer coalesces queued frames into batches
+//! (see [`batch`](crate::batch)) and writes each with one `write_all`; one reader decodes and
+//! dispatches, answering pings itself.
+//!
+//! Both queues are bounded. A full send queue makes [`Sender::send`] wait; a full receive queue
+//! stops the reader, so a slow consumer pushes back on the peer through TCP instead of buffering.
+//!
+//! The connection ends when both directions have: the writer once every `Sender` is dropped and
+//! the queue is written (then it half-closes), the reader at the peer's clean end of stream. The
+//! driver returns the first error of either side instead, and dropping it closes the connection.
+
+use std::io;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use crate::batch::{BatchPolicy, Batcher, Decision, FlushReason};
+use crate::codec::{Decoder, Encoder, Inbound};
+use crate::compress::{Codec, CodecSet};
+use crate::error::{Error, ProtocolError};
+use crate::frame::{Frame, Limits};
+use crate::handshake::{self, Hello, Params, Settings};
+
+/// Bytes the reader asks the socket for at a time.
+const READ_CHUNK: usize = 64 << 10;
+/// Pongs (and other frames the driver sends itself) waiting for the writer.
+const CONTROL_QUEUE: usize = 16;
+
+/// Settings of one connection. `Default` plus setters; each setter documents its default.
+#[derive(Debug, Clone)]
+pub struct ConnConfig {
+    codec: Codec,
+    accept: CodecSet,
+    deflate_level: u32,
+    limits: Limits,
+    max_concurrent: u32,
+    batch: BatchPolicy,
+    handshake_timeout: Duration,
+    send_queue: usize,
+    recv_queue: usize,
+}
+
+impl Default for ConnConfig {
+    fn default() -> Self {
+        Self {
+            codec: Codec::None,
+            accept: CodecSet::all(),
+            deflate_level: 6,
+            limits: Limits::default(),
+            max_concurrent: 0,
+            batch: BatchPolicy::default(),
+            handshake_timeout: Duration::from_secs(10),
+            send_queue: 1024,
+            recv_queue: 1024,
+        }
+    }
+}
+
+impl ConnConfig {
+    /// The codec this side compresses with. Default `none`. A server whose client does not accept
+    /// it sends uncompressed; a client whose server does not accept it is refused.
+    pub fn codec(&mut self, codec: Codec) -> &mut Self {
+        self.codec = codec;
+        self
+    }
+
+    /// The codecs accepted from the peer. Default all; `none` is always accepted.
+    pub fn accept(&mut self, codecs: CodecSet) -> &mut Self {
+        self.accept = codecs;
+        self
+    }
+
+    /// The deflate level, 0 (store) to 9 (smallest). Default 6.
+    pub fn deflate_level(&mut self, level: u32) -> &mut Self {
+        self.deflate_level = level.min(9);
+        self
+    }
+
+    /// What this side accepts in one message. Default [`Limits::default`].
+    pub fn limits(&mut self, limits: Limits) -> &mut Self {
+        self.limits = limits;
+        self
+    }
+
+    /// The concurrency limit announced to the peer (0: none). Default 0. Announcing is all the
+    /// driver does; the server library enforces it.
+    pub fn max_concurrent(&mut self, max: u32) -> &mut Self {
+        self.max_concurrent = max;
+        self
+    }
+
+    /// The writer's flush policy. Default: flush when the queue empties, or at 256 KiB.
+    pub fn batch(&mut self, policy: BatchPolicy) -> &mut Self {
+        self.batch = policy;
+        self
+    }
+
+    /// The longest the handshake may take. Default 10 s.
+    pub fn handshake_timeout(&mut self, timeout: Duration) -> &mut Self {
+        self.handshake_timeout = timeout;
+        self
+    }
+
+    /// Frames that may wait for the writer before [`Sender::send`] waits. Default 1024, at least 1.
+    pub fn send_queue(&mut self, frames: usize) -> &mut Self {
+        self.send_queue = frames.max(1);
+        self
+    }
+
+    /// Decoded frames that may wait for the [`Receiver`] before the reader stops reading. Default
+    /// 1024, at least 1.
+    pub fn recv_queue(&mut self, frames: usize) -> &mut Self {
+        self.recv_queue = frames.max(1);
+        self
+    }
+
+    fn settings(&self) -> Settings {
+        Settings {
+            codec: self.codec,
+            accept: self.accept,
+            limits: self.limits,
+            max_concurrent: self.max_concurrent,
+            features: 0,
+        }
+    }
+}
+
+/// Counters of one connection, as a snapshot from [`Sender::stats`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ConnStats {
+    /// Frames written.
+    pub frames_sent: u64,
+    /// Batches written (one `write_all` each).
+    pub batches_sent: u64,
+    /// Frame bytes written, before compression.
+    pub frame_bytes_sent: u64,
+    /// Bytes written to the socket, after compression.
+    pub wire_bytes_sent: u64,
+    /// Batches written because the queue emptied.
+    pub flushes_idle: u64,
+    /// Batches written at the maximum delay.
+    pub flushes_delay: u64,
+    /// Batches written at the byte limit.
+    pub flushes_bytes: u64,
+    /// Frames received and decoded (rejected ones included).
+    pub frames_received: u64,
+    /// Bytes read from the socket.
+    pub wire_bytes_received: u64,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    frames_sent: AtomicU64,
+    batches_sent: AtomicU64,
+    frame_bytes_sent: AtomicU64,
+    wire_bytes_sent: AtomicU64,
+    flushes_idle: AtomicU64,
+    flushes_delay: AtomicU64,
+    flushes_bytes: AtomicU64,
+    frames_received: AtomicU64,
+    wire_bytes_received: AtomicU64,
+}
+
+impl Counters {
+    fn snapshot(&self) -> ConnStats {
+        ConnStats {
+            frames_sent: self.frames_sent.load(Relaxed),
+            batches_sent: self.batches_sent.load(Relaxed),
+            frame_bytes_sent: self.frame_bytes_sent.load(Relaxed),
+            wire_bytes_sent: self.wire_bytes_sent.load(Relaxed),
+            flushes_idle: self.flushes_idle.load(Relaxed),
+            flushes_delay: self.flushes_delay.load(Relaxed),
+            flushes_bytes: self.flushes_bytes.load(Relaxed),
+            frames_received: self.frames_received.load(Relaxed),
+            wire_bytes_received: self.wire_bytes_received.load(Relaxed),
+        }
+    }
+}
+
+fn add(counter: &AtomicU64, n: usize) {
+    counter.fetch_add(n as u64, Relaxed);
+}
+
+/// Why a frame was not queued. Either way the frame comes back, unsent.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SendError {
+    /// The frame breaks the peer's limits (or the encoding's field widths): fail its request.
+    #[error("frame refused")]
+    Refused {
+        /// The frame.
+        frame: Box<Frame>,
+        /// Which limit.
+        #[source]
+        error: ProtocolError,
+    },
+    /// The connection is closed or failing: the frame may go out on another connection.
+    #[error("connection closed")]
+    Closed(Box<Frame>),
+    /// [`Sender::try_send`] only: the send queue is full.
+    #[error("send queue full")]
+    Full(Box<Frame>),
+}
+
+impl SendError {
+    /// The frame that was not sent.
+    pub fn into_frame(self) -> Frame {
+        match self {
+            SendError::Refused { frame, .. }
+            | SendError::Closed(frame)
+            | SendError::Full(frame) => *frame,
+        }
+    }
+}
+
+// ===== impl Conn =====
+
+/// A connection whose handshake is done, ready to [`split`](Conn::split).
+pub struct Conn<IO> {
+    io: IO,
+    params: Params,
+    config: ConnConfig,
+    /// Bytes the peer sent right after its hello.
+    read_buf: BytesMut,
+}
+
+impl<IO> Conn<IO>
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+{
+    /// The client's handshake: send the hello, read the server's answer, within the handshake
+    /// timeout.
+    pub async fn connect(mut io: IO, config: &ConnConfig) -> Result<Self, Error> {
+        let settings = config.settings();
+        let timeout = config.handshake_timeout;
+        let handshake = async {
+            let mut hello = Vec::with_capacity(handshake::HELLO_LEN);
+            settings.hello().encode(&mut hello);
+            io.write_all(&hello).await.map_err(Error::Write)?;
+            io.flush().await.map_err(Error::Write)?;
+            let mut buf = BytesMut::with_capacity(READ_CHUNK);
+            let reply = read_hello(&mut io, &mut buf).await??;
+            let params = handshake::client_finish(&settings, &reply)?;
+            Ok::<_, Error>((params, buf))
+        };
+        let (params, read_buf) = tokio::time::timeout(timeout, handshake)
+            .await
+            .map_err(|_| Error::HandshakeTimeout { timeout })??;
+        Ok(Self::new(io, params, config, read_buf))
+    }
+
+    /// The server's handshake: read the client's hello, answer it, within the handshake timeout.
+    /// A hello that cannot be accepted is answered with a refusal (unless the peer does not speak
+    /// teleport at all) and fails with the reason.
+    pub async fn accept(mut io: IO, config: &ConnConfig) -> Result<Self, Error> {
+        let settings = config.settings();
+        let timeout = config.handshake_timeout;
+        let handshake = async {
+            let mut buf = BytesMut::with_capacity(READ_CHUNK);
+            let client = read_hello(&mut io, &mut buf).await?;
+            let (reply, outcome) = handshake::server_reply(&settings, client.as_ref());
+            if let Some(reply) = reply {
+                let mut hello = Vec::with_capacity(handshake::HELLO_LEN);
+                reply.encode(&mut hello);
+                io.write_all(&hello).await.map_err(Error::Write)?;
+                io.flush().await.map_err(Error::Write)?;
+            }
+            Ok::<_, Error>((outcome?, buf))
+        };
+        let (params, read_buf) = tokio::time::timeout(timeout, handshake)
+            .await
+            .map_err(|_| Error::HandshakeTimeout { timeout })??;
+        Ok(Self::new(io, params, config, read_buf))
+    }
+
+    fn new(io: IO, params: Params, config: &ConnConfig, read_buf: BytesMut) -> Self {
+        Self {
+            io,
+            params,
+            config: config.clone(),
+            read_buf,
+        }
+    }
+
+    /// What the handshake agreed on.
+    pub fn params(&self) -> &Params {
+        &self.params
+    }
+
+    /// The connection's three parts: spawn the [`Driver`], send with the [`Sender`], receive with
+    /// the [`Receiver`].
+    pub fn split(self) -> (Sender, Receiver, Driver<IO>) {
+        let (tx, rx) = mpsc::channel(self.config.send_queue);
+        let (inbound_tx, inbound_rx) = mpsc::channel(self.config.recv_queue);
+        let shared = Arc::new(Shared {
+            params: self.params,
+            counters: Counters::default(),
+        });
+        let driver = Driver {
+            io: self.io,
+            read_buf: self.read_buf,
+            encoder: Encoder::new(
+                self.params.send_codec,
+                self.config.deflate_level,
+                self.params.peer_limits,
+            ),
+            decoder: Decoder::new(self.params.recv_codec, self.config.limits),
+            batch: self.config.batch,
+            outbound: rx,
+            inbound: inbound_tx,
+            shared: shared.clone(),
+        };
+        (Sender { tx, shared }, Receiver { rx: inbound_rx }, driver)
+    }
+}
+
+/// Reads until a whole hello is in `buf` (and takes it out): the outer result is the IO, the
+/// inner the decoding.
+async fn read_hello<IO: AsyncRead + Unpin>(
+    io: &mut IO,
+    buf: &mut BytesMut,
+) -> Result<Result<Hello, ProtocolError>, Error> {
+    loop {
+        match Hello::decode(buf) {
+            Ok(Some((hello, len))) => {
+                buf.advance(len);
+                return Ok(Ok(hello));
+            }
+            Ok(None) => {}
+            Err(error) => return Ok(Err(error)),
+        }
+        if io.read_buf(buf).await.map_err(Error::Read)? == 0 {
+            return Err(Error::HandshakeEof);
+        }
+    }
+}
+
+struct Shared {
+    params: Params,
+    counters: Counters,
+}
+
+// ===== impl Sender =====
+
+/// Queues frames for the connection's writer. Cloneable; the connection's write side closes
+/// once every clone is dropped.
+#[derive(Clone)]
+pub struct Sender {
+    tx: mpsc::Sender<Frame>,
+    shared: Arc<Shared>,
+}
+
+impl Sender {
+    /// Queues a frame, waiting while the queue is full. The frame is checked against the peer's
+    /// limits first, so an oversized message fails here and the connection is untouched.
+    pub async fn send(&self, frame: Frame) -> Result<(), SendError> {
+        self.check(&frame)?;
+        self.tx
+            .send(frame)
+            .await
+            .map_err(|e| SendError::Closed(Box::new(e.0)))
+    }
+
+    /// Queues a frame if there is room now.
+    pub fn try_send(&self, frame: Frame) -> Result<(), SendError> {
+        self.check(&frame)?;
+        self.tx.try_send(frame).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(f) => SendError::Full(Box::new(f)),
+            mpsc::error::TrySendError::Closed(f) => SendError::Closed(Box::new(f)),
+        })
+    }
+
+    fn check(&self, frame: &Frame) -> Result<(), SendError> {
+        match frame.check(&self.shared.params.peer_limits) {
+            Ok(_) => Ok(()),
+            Err(error) => Err(SendError::Refused {
+                frame: Box::new(frame.clone()),
+                error,
+            }),
+        }
+    }
+
+    /// What the handshake agreed on.
+    pub fn params(&self) -> &Params {
+        &self.shared.params
+    }
+
+    /// The connection's counters.
+    pub fn stats(&self) -> ConnStats {
+        self.shared.counters.snapshot()
+    }
+
+    /// Whether the writer is gone (the connection closed or failed).
+    pub fn is_closed(&self) -> bool {
+        self.tx.is_closed()
+    }
+
+    /// Waits until the writer is gone.
+    pub async fn closed(&self) {
+        self.tx.closed().await;
+    }
+}
+
+// ===== impl Receiver =====
+
+/// What the peer sent, in order: frames, and frames rejected for breaking a limit. Pings are
+/// answered by the driver and not shown here.
+pub struct Receiver {
+    rx: mpsc::Receiver<Inbound>,
+}
+
+impl Receiver {
+    /// The next inbound item; `None` once the peer's direction ended (cleanly or not: the driver's
+    /// result says which).
+    pub async fn recv(&mut self) -> Option<Inbound> {
+        self.rx.recv().await
+    }
+
+    /// The next inbound item if one is waiting.
+    pub fn try_recv(&mut self) -> Option<Inbound> {
+        self.rx.try_recv().ok()
+    }
+}
+
+// ===== impl Driver =====
+
+/// The future that runs the connection. Spawn [`run`](Driver::run); dropping it closes the
+/// connection.
+pub struct Driver<IO> {
+    io: IO,
+    read_buf: BytesMut,
+    encoder: Encoder,
+    decoder: Decoder,
+    batch: BatchPolicy,
+    outbound: mpsc::Receiver<Frame>,
+    inbound: mpsc::Sender<Inbound>,
+    shared: Arc<Shared>,
+}
+
+impl<IO> Driver<IO>
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+{
+    /// Runs the connection until both directions end, or until the first error.
+    pub async fn run(self) -> Result<(), Error> {
+        let Driver {
+            io,
+            read_buf,
+            encoder,
+            decoder,
+            batch,
+            outbound,
+            inbound,
+            shared,
+        } = self;
+        let (rd, wr) = tokio::io::split(io);
+        let (control_tx, control_rx) = mpsc::channel(CONTROL_QUEUE);
+        let reader = Reader {
+            io: rd,
+            buf: read_buf,
+            decoder,
+            inbound,
+            control: control_tx,
+            shared: &shared,
+        };
+        let writer = Writer {
+            io: wr,
+            encoder,
+            batcher: Batcher::new(batch),
+            max_bytes: batch.max_bytes,
+            outbound,
+            control: control_rx,
+            shared: &shared,
+        };
+        tokio::try_join!(reader.run(), writer.run()).map(drop)
+    }
+}
+
+struct Reader<'a, R> {
+    io: R,
+    buf: BytesMut,
+    decoder: Decoder,
+    inbound: mpsc::Sender<Inbound>,
+    control: mpsc::Sender<Frame>,
+    shared: &'a Shared,
+}
+
+impl<R: AsyncRead + Unpin> Reader<'_, R> {
+    async fn run(mut self) -> Result<(), Error> {
+        let counters = &self.shared.counters;
+        loop {
+            while let Some(item) = self.decoder.decode(&mut self.buf)? {
+                add(&counters.frames_received, 1);
+                match item {
+                    Inbound::Frame(Frame::Ping { payload }) => {
+                        // A gone writer means the connection is closing; nothing to answer.
+                        let _ = self.control.send(Frame::Pong { payload }).await;
+                    }
+                    item => {
+                        if self.inbound.send(item).await.is_err() {
+                            // No one listens any more: stop reading.
+                            return Ok(());
+                        }
+                    }
+                }
+            }
+            if self.buf.capacity() - self.buf.len() < READ_CHUNK / 4 {
+                self.buf.reserve(READ_CHUNK);
+            }
+            let n = self.io.read_buf(&mut self.buf).await.map_err(Error::Read)?;
+            if n == 0 {
+                if self.buf.is_empty() && self.decoder.is_idle() {
+                    return Ok(());
+                }
+                return Err(Error::Read(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "peer closed the connection in the middle of a frame",
+                )));
+            }
+            add(&counters.wire_bytes_received, n);
+        }
+    }
+}
+
+struct Writer<'a, W> {
+    io: W,
+    encoder: Encoder,
+    batcher: Batcher,
+    max_bytes: usize,
+    outbound: mpsc::Receiver<Frame>,
+    control: mpsc::Receiver<Frame>,
+    shared: &'a Shared,
+}
+
+impl<W: AsyncWrite + Unpin> Writer<'_, W> {
+    async fn run(mut self) -> Result<(), Error> {
+        loop {
+            let first = tokio::select! {
+                biased;
+                Some(frame) = self.control.recv() => frame,
+                frame = self.outbound.recv() => match frame {
+                    Some(frame) => frame,
+                    // Every Sender is gone and the queue is written: half-close.
+                    None => break,
+                },
+            };
+            self.push(&first);
+            let reason = self.fill_batch().await;
+            self.write_batch(reason).await?;
+        }
+        self.io.shutdown().await.map_err(Error::Write)
+    }
+
+    /// Takes queued frames until the policy says to flush.
+    async fn fill_batch(&mut self) -> FlushReason {
+        loop {
+            let mut queue_empty = false;
+            while self.encoder.batch_bytes() < self.max_bytes {
+                match self
+                    .control
+                    .try_recv()
+                    .or_else(|_| self.outbound.try_recv())
+                {
+                    Ok(frame) => self.push(&frame),
+                    Err(_) => {
+                        queue_empty = true;
+                        break;
+                    }
+                }
+            }
+            let now = Instant::now();
+            match self
+                .batcher
+                .decide(now, self.encoder.batch_bytes(), queue_empty)
+            {
+                Decision::Take => {}
+                Decision::Flush(reason) => return reason,
+                Decision::WaitUntil(deadline) => {
+                    tokio::select! {
+                        biased;
+                        Some(frame) = self.control.recv() => self.push(&frame),
+                        Some(frame) = self.outbound.recv() => self.push(&frame),
+                        () = tokio::time::sleep_until(deadline) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    fn push(&mut self, frame: &Frame) {
+        // Senders checked the frame against the same limits, so this cannot fail; a failure
+        // would be a bug, and the frame's request then times out on the peer.
+        if let Err(error) = self.encoder.push(frame) {
+            debug_assert!(false, "a checked frame failed to encode: {error}");
+            tracing::error!(%error, id = frame.id(), "dropping a frame that failed to encode");
+        }
+    }
+
+    async fn write_batch(&mut self, reason: FlushReason) -> Result<(), Error> {
+        let counters = &self.shared.counters;
+        add(&counters.frames_sent, self.encoder.batch_frames());
+        add(&counters.frame_bytes_sent, self.encoder.batch_bytes());
+        let wire = self.encoder.finish();
+        add(&counters.wire_bytes_sent, wire.len());
+        add(&counters.batches_sent, 1);
+        add(
+            match reason {
+                FlushReason::Idle => &counters.flushes_idle,
+                FlushReason::Delay => &counters.flushes_delay,
+                FlushReason::Bytes => &counters.flushes_bytes,
+            },
+            1,
+        );
+        self.io.write_all(wire).await.map_err(Error::Write)?;
+        self.io.flush().await.map_err(Error::Write)
+    }
+}

@@ -1,0 +1,673 @@
+//! Frames: the units of the teleport stream, and the binary encoding of HTTP messages in them.
+//!
+//! ```text
+//! frame:    +----------------+--------+--------+----------------+---------------------+
+//!           | length (u32 BE)| type   | flags  | id (u32 BE)    | payload (length B)  |
+//!           +----------------+--------+--------+----------------+---------------------+
+//!             0..4             4        5        6..10            10..
+//! ```
+//!
+//! `length` counts the payload only, and is checked against the receiver's
+//! [`Limits::max_frame`] before a byte of the payload is buffered. Every field inside a payload
+//! has a length prefix, so the stream stays in sync whatever a payload holds: a payload that
+//! breaks a limit or does not parse fails its own request only. The full layout of every payload
+//! is in `docs/PROTOCOL.md`; the golden-byte tests at the end of this file check its examples.
+
+use std::time::Duration;
+
+use bytes::{Buf, BufMut, Bytes};
+use http::header::{HeaderName, HeaderValue};
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{HeaderMap, Method, StatusCode, Uri};
+
+use crate::error::ProtocolError;
+
+/// The length of a frame header.
+pub const HEADER_LEN: usize = 10;
+
+/// Request flag: the payload carries a deadline.
+pub const FLAG_DEADLINE: u8 = 0x01;
+/// Response flag: the response has no body (HEAD, 204, 304): the receiver must not wait for or
+/// write one, whatever `content-length` says.
+pub const FLAG_NO_BODY: u8 = 0x01;
+
+/// A header name length with this bit set marks the value as sensitive (`authorization`,
+/// `cookie`, ...): a frame that holds one travels outside the compression context.
+const SENSITIVE_BIT: u16 = 0x8000;
+/// The longest header name the encoding carries (15 bits).
+const MAX_NAME_LEN: usize = 0x7fff;
+
+/// The kinds of frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum FrameType {
+    /// An HTTP request (client to server).
+    Request = 1,
+    /// An HTTP response (server to client).
+    Response = 2,
+    /// A request ended without a response: the error code says why.
+    Error = 3,
+    /// The client no longer wants the response (client to server).
+    Cancel = 4,
+    /// Graceful close: no request after `last_id` will be answered.
+    GoAway = 5,
+    /// Keepalive and round-trip probe; answered with a pong.
+    Ping = 6,
+    /// The answer to a ping, echoing its payload.
+    Pong = 7,
+}
+
+impl FrameType {
+    /// The type for a type byte. Unknown types are skipped by the receiver, which leaves room for
+    /// new frame types that old peers may ignore.
+    pub fn from_u8(byte: u8) -> Option<Self> {
+        Some(match byte {
+            1 => Self::Request,
+            2 => Self::Response,
+            3 => Self::Error,
+            4 => Self::Cancel,
+            5 => Self::GoAway,
+            6 => Self::Ping,
+            7 => Self::Pong,
+            _ => return None,
+        })
+    }
+}
+
+/// Why a request or the connection ended without an answer, as carried in error and goaway frames.
+/// Unknown codes are kept as they are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ErrorCode(pub u16);
+
+impl ErrorCode {
+    /// Nothing went wrong (a goaway for a planned shutdown).
+    pub const NO_ERROR: Self = Self(0);
+    /// The request or its response broke a size limit.
+    pub const TOO_LARGE: Self = Self(1);
+    /// The request did not parse.
+    pub const MALFORMED: Self = Self(2);
+    /// The server is at its concurrency limit. Not processed: safe to retry elsewhere.
+    pub const OVERLOADED: Self = Self(3);
+    /// The request's deadline or the server's handler timeout passed.
+    pub const TIMEOUT: Self = Self(4);
+    /// The handler or the upstream behind it failed.
+    pub const UPSTREAM: Self = Self(5);
+    /// The request was cancelled.
+    pub const CANCELLED: Self = Self(6);
+    /// The server is shutting down and did not process the request: safe to retry elsewhere.
+    pub const REFUSED: Self = Self(7);
+    /// The server failed (a panicking handler, say).
+    pub const INTERNAL: Self = Self(8);
+}
+
+/// Size limits of one receiver, announced in its handshake so senders can fail an oversized
+/// message locally instead of sending it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// The longest frame payload. Default 17 MiB: a 16 MiB body with headers.
+    pub max_frame: u32,
+    /// The most header fields in one message. Default 128.
+    pub max_headers: u16,
+    /// The most bytes of header names and values in one message. Default 64 KiB.
+    pub max_header_bytes: u32,
+    /// The longest body. Default 16 MiB.
+    pub max_body: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_frame: 17 << 20,
+            max_headers: 128,
+            max_header_bytes: 64 << 10,
+            max_body: 16 << 20,
+        }
+    }
+}
+
+/// A request with the id the client chose for it.
+#[derive(Debug, Clone)]
+pub struct RequestFrame {
+    /// The request id: not 0, unique among the client's requests in flight.
+    pub id: u32,
+    /// How long the client will wait, counted from when the frame was sent (a duration, not a
+    /// time of day, so the peers' clocks need not agree). Carried in whole milliseconds.
+    pub deadline: Option<Duration>,
+    /// The request. The URI's scheme may be `http`, `https` or absent.
+    pub request: http::Request<Bytes>,
+}
+
+/// A response to the request with the same id.
+#[derive(Debug, Clone)]
+pub struct ResponseFrame {
+    /// The id of the request answered.
+    pub id: u32,
+    /// The response has no body (an answer to HEAD, a 204 or 304). Its `content-length`, if any,
+    /// describes the body a GET would have had; the body must be empty.
+    pub bodiless: bool,
+    /// The response.
+    pub response: http::Response<Bytes>,
+}
+
+/// A request that ended without a response.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ErrorFrame {
+    /// The id of the request.
+    pub id: u32,
+    /// Why.
+    pub code: ErrorCode,
+    /// Details for people, at most 64 KiB of UTF-8.
+    pub message: String,
+}
+
+/// A graceful close.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GoAwayFrame {
+    /// The highest request id the sender has processed or will process; later ones were not
+    /// processed and are safe to send again elsewhere.
+    pub last_id: u32,
+    /// Why ([`ErrorCode::NO_ERROR`] for a planned shutdown).
+    pub code: ErrorCode,
+    /// Details for people.
+    pub message: String,
+}
+
+/// One frame.
+#[derive(Debug, Clone)]
+pub enum Frame {
+    /// An HTTP request.
+    Request(RequestFrame),
+    /// An HTTP response.
+    Response(ResponseFrame),
+    /// A request that ended without a response.
+    Error(ErrorFrame),
+    /// The client gave up on a request.
+    Cancel {
+        /// The id of the request.
+        id: u32,
+    },
+    /// A graceful close.
+    GoAway(GoAwayFrame),
+    /// A keepalive probe; the receiver answers with a pong carrying the same payload.
+    Ping {
+        /// Opaque to the receiver.
+        payload: u64,
+    },
+    /// The answer to a ping.
+    Pong {
+        /// The ping's payload.
+        payload: u64,
+    },
+}
+
+/// A parsed frame header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrameHeader {
+    /// The payload's length.
+    pub len: u32,
+    /// The type byte (possibly a type this build does not know).
+    pub ty: u8,
+    /// The flags byte.
+    pub flags: u8,
+    /// The request id (0 on connection-level frames).
+    pub id: u32,
+}
+
+impl FrameHeader {
+    /// Parses the first [`HEADER_LEN`] bytes of `buf`, which must hold them.
+    pub fn parse(buf: &[u8]) -> Self {
+        let mut buf = &buf[..HEADER_LEN];
+        Self {
+            len: buf.get_u32(),
+            ty: buf.get_u8(),
+            flags: buf.get_u8(),
+            id: buf.get_u32(),
+        }
+    }
+}
+
+// ===== impl Frame =====
+
+impl Frame {
+    /// The frame's type.
+    pub fn frame_type(&self) -> FrameType {
+        match self {
+            Frame::Request(_) => FrameType::Request,
+            Frame::Response(_) => FrameType::Response,
+            Frame::Error(_) => FrameType::Error,
+            Frame::Cancel { .. } => FrameType::Cancel,
+            Frame::GoAway(_) => FrameType::GoAway,
+            Frame::Ping { .. } => FrameType::Ping,
+            Frame::Pong { .. } => FrameType::Pong,
+        }
+    }
+
+    /// The id field: the request id, goaway's last id, or 0 for ping and pong.
+    pub fn id(&self) -> u32 {
+        match self {
+            Frame::Request(f) => f.id,
+            Frame::Response(f) => f.id,
+            Frame::Error(f) => f.id,
+            Frame::Cancel { id } => *id,
+            Frame::GoAway(f) => f.last_id,
+            Frame::Ping { .. } | Frame::Pong { .. } => 0,
+        }
+    }
+
+    /// Whether a header value is marked sensitive ([`HeaderValue::set_sensitive`]): such a frame
+    /// is sent outside the compression context, so that secrets never share a compressor with
+    /// data an attacker might choose (the precondition of CRIME-style attacks).
+    pub fn is_sensitive(&self) -> bool {
+        let headers = match self {
+            Frame::Request(f) => f.request.headers(),
+            Frame::Response(f) => f.response.headers(),
+            _ => return false,
+        };
+        headers.values().any(HeaderValue::is_sensitive)
+    }
+
+    /// Checks the frame against the receiver's limits and the encoding's field widths, and returns
+    /// its encoded length, header included. A frame that passes always encodes.
+    pub fn check(&self, peer: &Limits) -> Result<usize, ProtocolError> {
+        let payload = match self {
+            Frame::Request(f) => {
+                nonzero_id(f.id)?;
+                let head = request_head_len(&f.request)?;
+                let deadline = if f.deadline.is_some() { 4 } else { 0 };
+                head + deadline
+                    + headers_len(f.request.headers(), peer)?
+                    + body_len(f.request.body(), peer)?
+            }
+            Frame::Response(f) => {
+                nonzero_id(f.id)?;
+                let body = if f.bodiless {
+                    if !f.response.body().is_empty() {
+                        return Err(ProtocolError::Malformed {
+                            what: "bodiless response with a body",
+                        });
+                    }
+                    0
+                } else {
+                    body_len(f.response.body(), peer)?
+                };
+                2 + headers_len(f.response.headers(), peer)? + body
+            }
+            Frame::Error(f) => {
+                nonzero_id(f.id)?;
+                message_len(&f.message)?
+            }
+            Frame::Cancel { id } => {
+                nonzero_id(*id)?;
+                0
+            }
+            Frame::GoAway(f) => message_len(&f.message)?,
+            Frame::Ping { .. } | Frame::Pong { .. } => 8,
+        };
+        if payload > peer.max_frame as usize {
+            return Err(ProtocolError::FrameTooLarge {
+                ty: self.frame_type(),
+                len: payload as u64,
+                max: peer.max_frame,
+            });
+        }
+        Ok(HEADER_LEN + payload)
+    }
+
+    /// Appends the frame to `out` after [`check`](Self::check)ing it; nothing is appended when
+    /// the check fails. Returns the encoded length.
+    pub fn encode(&self, peer: &Limits, out: &mut Vec<u8>) -> Result<usize, ProtocolError> {
+        let len = self.check(peer)?;
+        out.reserve(len);
+        let start = out.len();
+        out.put_u32((len - HEADER_LEN) as u32);
+        out.put_u8(self.frame_type() as u8);
+        out.put_u8(self.flags());
+        out.put_u32(self.id());
+        match self {
+            Frame::Request(f) => {
+                let (parts, body) = (&f.request, f.request.body());
+                let method = parts.method().as_str();
+                out.put_u8(method.len() as u8);
+                out.put_slice(method.as_bytes());
+                let uri = parts.uri();
+                out.put_u8(match uri.scheme_str() {
+                    None => 0,
+                    Some("http") => 1,
+                    _ => 2,
+                });
+                put_str16(out, uri.authority().map_or("", Authority::as_str));
+                put_str16(out, uri.path_and_query().map_or("", PathAndQuery::as_str));
+                if let Some(deadline) = f.deadline {
+                    out.put_u32(u32::try_from(deadline.as_millis()).unwrap_or(u32::MAX));
+                }
+                put_headers(out, parts.headers());
+                out.put_u32(body.len() as u32);
+                out.put_slice(body);
+            }
+            Frame::Response(f) => {
+                out.put_u16(f.response.status().as_u16());
+                put_headers(out, f.response.headers());
+                if !f.bodiless {
+                    out.put_u32(f.response.body().len() as u32);
+                    out.put_slice(f.response.body());
+                }
+            }
+            Frame::Error(ErrorFrame { code, message, .. })
+            | Frame::GoAway(GoAwayFrame { code, message, .. }) => {
+                out.put_u16(code.0);
+                put_str16(out, message);
+            }
+            Frame::Cancel { .. } => {}
+            Frame::Ping { payload } | Frame::Pong { payload } => out.put_u64(*payload),
+        }
+        debug_assert_eq!(out.len() - start, len);
+        Ok(len)
+    }
+
+    fn flags(&self) -> u8 {
+        match self {
+            Frame::Request(f) if f.deadline.is_some() => FLAG_DEADLINE,
+            Frame::Response(f) if f.bodiless => FLAG_NO_BODY,
+            _ => 0,
+        }
+    }
+
+    /// Decodes a payload whose header has been parsed and whose length has been checked. Returns
+    /// `Ok(None)` for a frame type this build does not know (skipped). Errors are message-scoped:
+    /// the payload was delimited, so the stream is still in sync.
+    pub fn decode(
+        header: &FrameHeader,
+        payload: Bytes,
+        limits: &Limits,
+    ) -> Result<Option<Frame>, ProtocolError> {
+        let Some(ty) = FrameType::from_u8(header.ty) else {
+            return Ok(None);
+        };
+        let mut rd = Reader(payload);
+        let id = header.id;
+        let frame = match ty {
+            FrameType::Request => {
+                nonzero_id(id)?;
+                Frame::Request(decode_request(&mut rd, id, header.flags, limits)?)
+            }
+            FrameType::Response => {
+                nonzero_id(id)?;
+                let status = StatusCode::from_u16(rd.u16()?).map_err(|_| malformed("status"))?;
+                let headers = decode_headers(&mut rd, limits)?;
+                let bodiless = header.flags & FLAG_NO_BODY != 0;
+                let body = if bodiless {
+                    Bytes::new()
+                } else {
+                    decode_body(&mut rd, limits)?
+                };
+                let mut response = http::Response::new(body);
+                *response.status_mut() = status;
+                *response.headers_mut() = headers;
+                Frame::Response(ResponseFrame {
+                    id,
+                    bodiless,
+                    response,
+                })
+            }
+            FrameType::Error => {
+                nonzero_id(id)?;
+                let code = ErrorCode(rd.u16()?);
+                Frame::Error(ErrorFrame {
+                    id,
+                    code,
+                    message: rd.str16()?,
+                })
+            }
+            FrameType::Cancel => {
+                nonzero_id(id)?;
+                Frame::Cancel { id }
+            }
+            FrameType::GoAway => {
+                let code = ErrorCode(rd.u16()?);
+                Frame::GoAway(GoAwayFrame {
+                    last_id: id,
+                    code,
+                    message: rd.str16()?,
+                })
+            }
+            FrameType::Ping => Frame::Ping { payload: rd.u64()? },
+            FrameType::Pong => Frame::Pong { payload: rd.u64()? },
+        };
+        if rd.0.has_remaining() {
+            return Err(malformed("frame: bytes after the last field"));
+        }
+        Ok(Some(frame))
+    }
+}
+
+fn malformed(what: &'static str) -> ProtocolError {
+    ProtocolError::Malformed { what }
+}
+
+fn nonzero_id(id: u32) -> Result<(), ProtocolError> {
+    if id == 0 {
+        return Err(malformed("request id 0, which is reserved"));
+    }
+    Ok(())
+}
+
+// ===== encoding helpers =====
+
+fn request_head_len(request: &http::Request<Bytes>) -> Result<usize, ProtocolError> {
+    let method = request.method().as_str().len();
+    if method > u8::MAX as usize {
+        return Err(malformed("method longer than 255 bytes"));
+    }
+    let uri = request.uri();
+    if !matches!(uri.scheme_str(), None | Some("http") | Some("https")) {
+        return Err(malformed("scheme other than http or https"));
+    }
+    let authority = uri.authority().map_or(0, |a| a.as_str().len());
+    let path = uri.path_and_query().map_or(0, |p| p.as_str().len());
+    if authority > u16::MAX as usize || path > u16::MAX as usize {
+        return Err(malformed("authority or path longer than 64 KiB"));
+    }
+    Ok(1 + method + 1 + 2 + authority + 2 + path)
+}
+
+fn headers_len(headers: &HeaderMap, peer: &Limits) -> Result<usize, ProtocolError> {
+    let count = headers.len();
+    if count > peer.max_headers as usize {
+        return Err(ProtocolError::TooManyHeaders {
+            count,
+            max: peer.max_headers,
+        });
+    }
+    let mut bytes = 0;
+    for (name, value) in headers {
+        let (n, v) = (name.as_str().len(), value.len());
+        if n > MAX_NAME_LEN || v > u16::MAX as usize {
+            return Err(malformed("header name over 32 KiB or value over 64 KiB"));
+        }
+        bytes += n + v;
+    }
+    if bytes > peer.max_header_bytes as usize {
+        return Err(ProtocolError::HeadersTooLarge {
+            len: bytes,
+            max: peer.max_header_bytes,
+        });
+    }
+    Ok(2 + 4 * count + bytes)
+}
+
+fn body_len(body: &Bytes, peer: &Limits) -> Result<usize, ProtocolError> {
+    if body.len() > peer.max_body as usize {
+        return Err(ProtocolError::BodyTooLarge {
+            len: body.len() as u64,
+            max: peer.max_body,
+        });
+    }
+    Ok(4 + body.len())
+}
+
+fn message_len(message: &str) -> Result<usize, ProtocolError> {
+    if message.len() > u16::MAX as usize {
+        return Err(malformed("message longer than 64 KiB"));
+    }
+    Ok(2 + 2 + message.len())
+}
+
+fn put_str16(out: &mut Vec<u8>, s: &str) {
+    out.put_u16(s.len() as u16);
+    out.put_slice(s.as_bytes());
+}
+
+fn put_headers(out: &mut Vec<u8>, headers: &HeaderMap) {
+    out.put_u16(headers.len() as u16);
+    for (name, value) in headers {
+        let mut name_len = name.as_str().len() as u16;
+        if value.is_sensitive() {
+            name_len |= SENSITIVE_BIT;
+        }
+        out.put_u16(name_len);
+        out.put_slice(name.as_str().as_bytes());
+        out.put_u16(value.len() as u16);
+        out.put_slice(value.as_bytes());
+    }
+}
+
+// ===== decoding helpers =====
+
+/// A cursor over a payload whose reads fail, rather than panic, past its end.
+struct Reader(Bytes);
+
+impl Reader {
+    fn need(&self, n: usize) -> Result<(), ProtocolError> {
+        if self.0.remaining() < n {
+            return Err(malformed("frame: a field runs past the end"));
+        }
+        Ok(())
+    }
+
+    fn u8(&mut self) -> Result<u8, ProtocolError> {
+        self.need(1)?;
+        Ok(self.0.get_u8())
+    }
+
+    fn u16(&mut self) -> Result<u16, ProtocolError> {
+        self.need(2)?;
+        Ok(self.0.get_u16())
+    }
+
+    fn u32(&mut self) -> Result<u32, ProtocolError> {
+        self.need(4)?;
+        Ok(self.0.get_u32())
+    }
+
+    fn u64(&mut self) -> Result<u64, ProtocolError> {
+        self.need(8)?;
+        Ok(self.0.get_u64())
+    }
+
+    fn bytes(&mut self, n: usize) -> Result<Bytes, ProtocolError> {
+        self.need(n)?;
+        Ok(self.0.split_to(n))
+    }
+
+    fn str16(&mut self) -> Result<String, ProtocolError> {
+        let n = self.u16()? as usize;
+        let bytes = self.bytes(n)?;
+        String::from_utf8(bytes.to_vec()).map_err(|_| malformed("message: not UTF-8"))
+    }
+}
+
+fn decode_request(
+    rd: &mut Reader,
+    id: u32,
+    flags: u8,
+    limits: &Limits,
+) -> Result<RequestFrame, ProtocolError> {
+    let method_len = rd.u8()? as usize;
+    let method = Method::from_bytes(&rd.bytes(method_len)?).map_err(|_| malformed("method"))?;
+    let scheme = match rd.u8()? {
+        0 => None,
+        1 => Some(Scheme::HTTP),
+        2 => Some(Scheme::HTTPS),
+        _ => return Err(malformed("scheme byte")),
+    };
+    let authority_len = rd.u16()? as usize;
+    let authority = rd.bytes(authority_len)?;
+    let path_len = rd.u16()? as usize;
+    let path = rd.bytes(path_len)?;
+    let mut uri = http::uri::Parts::default();
+    uri.scheme = scheme;
+    if !authority.is_empty() {
+        uri.authority =
+            Some(Authority::from_maybe_shared(authority).map_err(|_| malformed("authority"))?);
+    }
+    if !path.is_empty() {
+        uri.path_and_query =
+            Some(PathAndQuery::from_maybe_shared(path).map_err(|_| malformed("path"))?);
+    }
+    let uri = Uri::from_parts(uri)
+        .map_err(|_| malformed("uri: scheme, authority and path do not fit together"))?;
+    let deadline = if flags & FLAG_DEADLINE != 0 {
+        Some(Duration::from_millis(u64::from(rd.u32()?)))
+    } else {
+        None
+    };
+    let headers = decode_headers(rd, limits)?;
+    let body = decode_body(rd, limits)?;
+    let mut request = http::Request::new(body);
+    *request.method_mut() = method;
+    *request.uri_mut() = uri;
+    *request.headers_mut() = headers;
+    Ok(RequestFrame {
+        id,
+        deadline,
+        request,
+    })
+}
+
+fn decode_headers(rd: &mut Reader, limits: &Limits) -> Result<HeaderMap, ProtocolError> {
+    let count = rd.u16()? as usize;
+    if count > limits.max_headers as usize {
+        return Err(ProtocolError::TooManyHeaders {
+            count,
+            max: limits.max_headers,
+        });
+    }
+    // Each field takes at least 4 bytes: a count the payload cannot hold is malformed, and
+    // checking it first keeps the allocation below proportional to bytes received.
+    rd.need(4 * count)?;
+    let mut headers = HeaderMap::with_capacity(count);
+    let mut total = 0usize;
+    for _ in 0..count {
+        let name_len = rd.u16()?;
+        let sensitive = name_len & SENSITIVE_BIT != 0;
+        let name_len = (name_len & !SENSITIVE_BIT) as usize;
+        rd.need(name_len)?;
+        let name =
+            HeaderName::from_bytes(&rd.0[..name_len]).map_err(|_| malformed("header name"))?;
+        rd.0.advance(name_len);
+        let value_len = rd.u16()? as usize;
+        total += name_len + value_len;
+        if total > limits.max_header_bytes as usize {
+            return Err(ProtocolError::HeadersTooLarge {
+                len: total,
+                max: limits.max_header_bytes,
+            });
+        }
+        let mut value = HeaderValue::from_maybe_shared(rd.bytes(value_len)?)
+            .map_err(|_| malformed("header value"))?;
+        value.set_sensitive(sensitive);
+        headers.append(name, value);
+    }
+    Ok(headers)
+}
+
+fn decode_body(rd: &mut Reader, limits: &Limits) -> Result<Bytes, ProtocolError> {
+    let len = rd.u32()?;
+    if len > limits.max_body {
+        return Err(ProtocolError::BodyTooLarge {
+            len: u64::from(len),
+            max: limits.max_body,
+        });
+    }
+    rd.bytes(len as usize)
+}
