@@ -322,3 +322,242 @@ impl Decoder {
         Ok(true)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+    use http::HeaderValue;
+
+    use super::*;
+    use crate::frame::ResponseFrame;
+    use crate::frame::tests::{assert_same, samples};
+
+    fn encode(codec: Codec, frames: &[Frame]) -> Vec<u8> {
+        let mut encoder = Encoder::new(codec, 6, Limits::default());
+        for frame in frames {
+            encoder.push(frame).unwrap();
+        }
+        encoder.finish().to_vec()
+    }
+
+    fn decode_all(decoder: &mut Decoder, wire: &[u8]) -> Vec<Inbound> {
+        let mut src = BytesMut::from(wire);
+        let mut items = Vec::new();
+        while let Some(item) = decoder.decode(&mut src).unwrap() {
+            items.push(item);
+        }
+        assert!(src.is_empty());
+        items
+    }
+
+    fn frame(item: Inbound) -> Frame {
+        match item {
+            Inbound::Frame(frame) => frame,
+            Inbound::Rejected { error, .. } => panic!("rejected: {error}"),
+        }
+    }
+
+    #[test]
+    fn bytes_fed_one_at_a_time_yield_nothing_until_a_frame_is_whole() {
+        for codec in Codec::ALL {
+            let frames = samples();
+            let wire = encode(codec, &frames);
+            let mut decoder = Decoder::new(codec, Limits::default());
+            let mut src = BytesMut::new();
+            let mut got = Vec::new();
+            for byte in &wire {
+                src.extend_from_slice(&[*byte]);
+                while let Some(item) = decoder.decode(&mut src).unwrap() {
+                    got.push(frame(item));
+                }
+            }
+            assert_eq!(got.len(), frames.len(), "{codec}");
+            for (a, b) in frames.iter().zip(&got) {
+                assert_same(a, b);
+            }
+            assert!(decoder.is_idle() && src.is_empty());
+        }
+    }
+
+    #[test]
+    fn frames_larger_than_a_block_span_blocks() {
+        let body: Vec<u8> = (0..3 * BLOCK_MAX + 17)
+            .map(|i| (i * 7 % 251) as u8)
+            .collect();
+        let big = Frame::Response(ResponseFrame {
+            id: 9,
+            bodiless: false,
+            response: http::Response::new(Bytes::from(body)),
+        });
+        let frames = [Frame::Cancel { id: 1 }, big, Frame::Cancel { id: 2 }];
+        for codec in Codec::ALL {
+            let wire = encode(codec, &frames);
+            let mut decoder = Decoder::new(codec, Limits::default());
+            let got = decode_all(&mut decoder, &wire);
+            assert_eq!(got.len(), 3);
+            for (a, b) in frames.iter().zip(got) {
+                assert_same(a, &frame(b));
+            }
+        }
+    }
+
+    #[test]
+    fn oversized_frames_fail_alone_and_the_stream_stays_in_sync() {
+        let long = Frame::Response(ResponseFrame {
+            id: 7,
+            bodiless: false,
+            response: http::Response::new(Bytes::from(vec![b'x'; 3 * BLOCK_MAX])),
+        });
+        let frames = [Frame::Cancel { id: 1 }, long, Frame::Cancel { id: 2 }];
+        let limits = Limits {
+            max_frame: 1024,
+            ..Limits::default()
+        };
+        for codec in Codec::ALL {
+            let mut decoder = Decoder::new(codec, limits);
+            let mut got = decode_all(&mut decoder, &encode(codec, &frames)).into_iter();
+            assert!(matches!(
+                got.next(),
+                Some(Inbound::Frame(Frame::Cancel { id: 1 }))
+            ));
+            match got.next() {
+                Some(Inbound::Rejected {
+                    id: 7,
+                    ty: FrameType::Response,
+                    error,
+                }) => assert_eq!(
+                    error,
+                    ProtocolError::FrameTooLarge {
+                        ty: FrameType::Response,
+                        len: 2 + 2 + 4 + 3 * BLOCK_MAX as u64,
+                        max: 1024
+                    }
+                ),
+                other => panic!("{codec}: {other:?}"),
+            }
+            assert!(matches!(
+                got.next(),
+                Some(Inbound::Frame(Frame::Cancel { id: 2 }))
+            ));
+            assert!(got.next().is_none());
+        }
+    }
+
+    #[test]
+    fn sensitive_frames_travel_outside_the_compression_context() {
+        let with_token = |sensitive: bool| {
+            let mut token = HeaderValue::from_static("Bearer s3cr3t-t0ken");
+            token.set_sensitive(sensitive);
+            let request = http::Request::builder()
+                .uri("/me")
+                .header("authorization", token)
+                .body(Bytes::new())
+                .unwrap();
+            Frame::Request(crate::frame::RequestFrame {
+                id: 1,
+                deadline: None,
+                request,
+            })
+        };
+        let count = |wire: &[u8]| wire.windows(12).filter(|w| w == b"s3cr3t-t0ken").count();
+        // In the context, the second and third copies are back-references to the first.
+        let shared = encode(
+            Codec::Deflate,
+            &[with_token(false), with_token(false), with_token(false)],
+        );
+        assert!(count(&shared) <= 1, "compressed together");
+        // Outside it, each copy travels in its own raw block, and none is a back-reference.
+        let outside = encode(
+            Codec::Deflate,
+            &[with_token(true), with_token(true), with_token(true)],
+        );
+        assert_eq!(count(&outside), 3);
+        let frames = [
+            Frame::Cancel { id: 5 },
+            with_token(true),
+            Frame::Cancel { id: 6 },
+        ];
+        let wire = encode(Codec::Deflate, &frames);
+        let kinds: Vec<u8> = {
+            let mut kinds = Vec::new();
+            let mut rest = &wire[..];
+            while !rest.is_empty() {
+                let len = u32::from_be_bytes([0, rest[1], rest[2], rest[3]]) as usize;
+                kinds.push(rest[0]);
+                rest = &rest[BLOCK_HEADER_LEN + len..];
+            }
+            kinds
+        };
+        assert_eq!(kinds, [BLOCK_COMPRESSED, BLOCK_RAW, BLOCK_COMPRESSED]);
+        let got = decode_all(&mut Decoder::new(Codec::Deflate, Limits::default()), &wire);
+        for (a, b) in frames.iter().zip(got) {
+            assert_same(a, &frame(b));
+        }
+    }
+
+    #[test]
+    fn bad_blocks_are_fatal_before_buffering() {
+        let mut decoder = Decoder::new(Codec::Deflate, Limits::default());
+        let mut src = BytesMut::from(&[7u8, 0, 0, 1][..]);
+        assert_eq!(
+            decoder.decode(&mut src).unwrap_err(),
+            ProtocolError::UnknownBlockKind { kind: 7 }
+        );
+        let mut src = BytesMut::from(&[BLOCK_COMPRESSED, 0xff, 0xff, 0xff][..]);
+        assert_eq!(
+            decoder.decode(&mut src).unwrap_err(),
+            ProtocolError::BlockTooLarge {
+                len: 0xff_ffff,
+                max: BLOCK_WIRE_MAX
+            }
+        );
+        let mut src = BytesMut::from(&[BLOCK_RAW, 0x01, 0x00, 0x01][..]);
+        assert_eq!(
+            decoder.decode(&mut src).unwrap_err(),
+            ProtocolError::BlockTooLarge {
+                len: BLOCK_MAX + 1,
+                max: BLOCK_MAX
+            }
+        );
+        assert!(decoder.is_idle());
+    }
+
+    // ===== golden bytes: the block examples of docs/PROTOCOL.md =====
+
+    #[test]
+    fn golden_blocks() {
+        #[rustfmt::skip]
+        let raw: &[u8] = &[
+            0x00, 0x00, 0x00, 0x12,                         // raw block, 18 bytes
+            0x00, 0x00, 0x00, 0x08, 0x07, 0x00, 0x00, 0x00, 0x00, 0x00, // pong frame header
+            0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x2a, // payload 42
+        ];
+        assert_eq!(encode(Codec::None, &[Frame::Pong { payload: 42 }]), raw);
+        // Deflate: the first ping costs 15 bytes; the same ping in the next batch, 9, because
+        // the context remembers the first. Each block ends with the sync-flush marker 00 00 ff ff.
+        let mut encoder = Encoder::new(Codec::Deflate, 6, Limits::default());
+        let ping = Frame::Ping { payload: 42 };
+        encoder.push(&ping).unwrap();
+        #[rustfmt::skip]
+        let first: &[u8] = &[
+            0x01, 0x00, 0x00, 0x0f,                         // compressed block, 15 bytes
+            0x62, 0x60, 0x60, 0xe0, 0x60, 0x63, 0x40, 0x02, 0x5a, 0x00, 0x00, 0x00, 0x00, 0xff, 0xff,
+        ];
+        assert_eq!(encoder.finish(), first);
+        encoder.push(&ping).unwrap();
+        #[rustfmt::skip]
+        let second: &[u8] = &[
+            0x01, 0x00, 0x00, 0x09,                         // compressed block, 9 bytes
+            0x62, 0xc0, 0x10, 0x01, 0x00, 0x00, 0x00, 0xff, 0xff,
+        ];
+        assert_eq!(encoder.finish(), second);
+        let mut decoder = Decoder::new(Codec::Deflate, Limits::default());
+        for wire in [first, second] {
+            let got = decode_all(&mut decoder, wire);
+            assert!(matches!(
+                got[..],
+                [Inbound::Frame(Frame::Ping { payload: 42 })]
+            ));
+        }
+    }
+}

@@ -671,3 +671,409 @@ fn decode_body(rd: &mut Reader, limits: &Limits) -> Result<Bytes, ProtocolError>
     }
     rd.bytes(len as usize)
 }
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// Compares two frames field by field (`http` types have no `PartialEq`).
+    pub(crate) fn assert_same(a: &Frame, b: &Frame) {
+        match (a, b) {
+            (Frame::Request(a), Frame::Request(b)) => {
+                assert_eq!(a.id, b.id);
+                assert_eq!(a.deadline, b.deadline);
+                assert_eq!(a.request.method(), b.request.method());
+                assert_eq!(a.request.uri(), b.request.uri());
+                assert_same_headers(a.request.headers(), b.request.headers());
+                assert_eq!(a.request.body(), b.request.body());
+            }
+            (Frame::Response(a), Frame::Response(b)) => {
+                assert_eq!(a.id, b.id);
+                assert_eq!(a.bodiless, b.bodiless);
+                assert_eq!(a.response.status(), b.response.status());
+                assert_same_headers(a.response.headers(), b.response.headers());
+                assert_eq!(a.response.body(), b.response.body());
+            }
+            (Frame::Error(a), Frame::Error(b)) => assert_eq!(a, b),
+            (Frame::GoAway(a), Frame::GoAway(b)) => assert_eq!(a, b),
+            (Frame::Cancel { id: a }, Frame::Cancel { id: b }) => assert_eq!(a, b),
+            (Frame::Ping { payload: a }, Frame::Ping { payload: b })
+            | (Frame::Pong { payload: a }, Frame::Pong { payload: b }) => assert_eq!(a, b),
+            (a, b) => panic!("{:?} is not {:?}", a.frame_type(), b.frame_type()),
+        }
+    }
+
+    fn assert_same_headers(a: &HeaderMap, b: &HeaderMap) {
+        let a: Vec<_> = a.iter().map(|(n, v)| (n, v, v.is_sensitive())).collect();
+        let b: Vec<_> = b.iter().map(|(n, v)| (n, v, v.is_sensitive())).collect();
+        assert_eq!(a, b);
+    }
+
+    /// One frame of each type, with the features each type has.
+    pub(crate) fn samples() -> Vec<Frame> {
+        let mut token = HeaderValue::from_static("Bearer abc");
+        token.set_sensitive(true);
+        let request = http::Request::builder()
+            .method("POST")
+            .uri("http://api.example.com/v1/items?page=2")
+            .header("content-type", "application/json")
+            .header("x-tag", "a")
+            .header("x-tag", "b")
+            .header("authorization", token)
+            .body(Bytes::from_static(br#"{"name":"teleport"}"#))
+            .unwrap();
+        let origin_form = http::Request::builder()
+            .method("PURGE")
+            .uri("/cache/key")
+            .body(Bytes::new())
+            .unwrap();
+        let response = http::Response::builder()
+            .status(201)
+            .header("content-type", "application/json")
+            .body(Bytes::from(vec![b'x'; 261]))
+            .unwrap();
+        let head = http::Response::builder()
+            .status(200)
+            .header("content-length", "1234")
+            .body(Bytes::new())
+            .unwrap();
+        vec![
+            Frame::Request(RequestFrame {
+                id: 1,
+                deadline: Some(Duration::from_millis(250)),
+                request,
+            }),
+            Frame::Request(RequestFrame {
+                id: u32::MAX,
+                deadline: None,
+                request: origin_form,
+            }),
+            Frame::Response(ResponseFrame {
+                id: 1,
+                bodiless: false,
+                response,
+            }),
+            Frame::Response(ResponseFrame {
+                id: 2,
+                bodiless: true,
+                response: head,
+            }),
+            Frame::Error(ErrorFrame {
+                id: 3,
+                code: ErrorCode::OVERLOADED,
+                message: "full: 100 in flight".into(),
+            }),
+            Frame::Error(ErrorFrame {
+                id: 4,
+                code: ErrorCode(999),
+                message: String::new(),
+            }),
+            Frame::Cancel { id: 5 },
+            Frame::GoAway(GoAwayFrame {
+                last_id: 5,
+                code: ErrorCode::NO_ERROR,
+                message: "restart".into(),
+            }),
+            Frame::Ping {
+                payload: 0x0102_0304_0506_0708,
+            },
+            Frame::Pong { payload: u64::MAX },
+        ]
+    }
+
+    fn decode_one(bytes: &[u8], limits: &Limits) -> Result<Option<Frame>, ProtocolError> {
+        let header = FrameHeader::parse(bytes);
+        assert_eq!(header.len as usize, bytes.len() - HEADER_LEN);
+        Frame::decode(
+            &header,
+            Bytes::copy_from_slice(&bytes[HEADER_LEN..]),
+            limits,
+        )
+    }
+
+    #[test]
+    fn every_frame_type_round_trips() {
+        let limits = Limits::default();
+        for frame in samples() {
+            let mut out = Vec::new();
+            let len = frame.encode(&limits, &mut out).unwrap();
+            assert_eq!(len, out.len());
+            assert_eq!(frame.check(&limits), Ok(len));
+            let back = decode_one(&out, &limits).unwrap().unwrap();
+            assert_same(&frame, &back);
+        }
+    }
+
+    #[test]
+    fn unknown_frame_types_are_skipped() {
+        let header = FrameHeader {
+            len: 3,
+            ty: 0x42,
+            flags: 0,
+            id: 1,
+        };
+        let decoded = Frame::decode(&header, Bytes::from_static(b"abc"), &Limits::default());
+        assert!(matches!(decoded, Ok(None)));
+    }
+
+    #[test]
+    fn senders_check_the_receivers_limits() {
+        let small = Limits {
+            max_frame: 100,
+            max_headers: 1,
+            max_header_bytes: 20,
+            max_body: 10,
+        };
+        let response = |headers: &[(&str, &str)], body: &'static [u8]| {
+            let mut r = http::Response::builder();
+            for (n, v) in headers {
+                r = r.header(*n, *v);
+            }
+            Frame::Response(ResponseFrame {
+                id: 1,
+                bodiless: false,
+                response: r.body(Bytes::from_static(body)).unwrap(),
+            })
+        };
+        let err = |f: Frame| {
+            let mut out = Vec::new();
+            let e = f.encode(&small, &mut out).unwrap_err();
+            assert!(out.is_empty(), "nothing is written for a refused frame");
+            e
+        };
+        assert_eq!(
+            err(response(&[("a", "1"), ("b", "2")], b"")),
+            ProtocolError::TooManyHeaders { count: 2, max: 1 }
+        );
+        assert_eq!(
+            err(response(&[("a", "0123456789012345678901")], b"")),
+            ProtocolError::HeadersTooLarge { len: 23, max: 20 }
+        );
+        assert_eq!(
+            err(response(&[], b"01234567890")),
+            ProtocolError::BodyTooLarge { len: 11, max: 10 }
+        );
+        let long = Frame::Error(ErrorFrame {
+            id: 1,
+            code: ErrorCode::INTERNAL,
+            message: "x".repeat(200),
+        });
+        assert_eq!(
+            err(long),
+            ProtocolError::FrameTooLarge {
+                ty: FrameType::Error,
+                len: 204,
+                max: 100
+            }
+        );
+        assert_eq!(
+            err(Frame::Cancel { id: 0 }),
+            malformed("request id 0, which is reserved")
+        );
+        let bodiless_with_body = Frame::Response(ResponseFrame {
+            id: 1,
+            bodiless: true,
+            response: http::Response::new(Bytes::from_static(b"x")),
+        });
+        assert_eq!(
+            err(bodiless_with_body),
+            malformed("bodiless response with a body")
+        );
+    }
+
+    #[test]
+    fn receivers_enforce_their_limits_on_decode() {
+        let [request, ..] = &samples()[..] else {
+            unreachable!()
+        };
+        let mut out = Vec::new();
+        request.encode(&Limits::default(), &mut out).unwrap();
+        let strict = |f: fn(&mut Limits)| {
+            let mut limits = Limits::default();
+            f(&mut limits);
+            decode_one(&out, &limits).unwrap_err()
+        };
+        assert_eq!(
+            strict(|l| l.max_headers = 3),
+            ProtocolError::TooManyHeaders { count: 4, max: 3 }
+        );
+        assert!(matches!(
+            strict(|l| l.max_header_bytes = 30),
+            ProtocolError::HeadersTooLarge { max: 30, .. }
+        ));
+        assert_eq!(
+            strict(|l| l.max_body = 5),
+            ProtocolError::BodyTooLarge { len: 19, max: 5 }
+        );
+    }
+
+    #[test]
+    fn truncated_and_padded_payloads_are_malformed_not_panics() {
+        let limits = Limits::default();
+        for frame in samples() {
+            let mut out = Vec::new();
+            frame.encode(&limits, &mut out).unwrap();
+            let header = FrameHeader::parse(&out);
+            let payload = Bytes::copy_from_slice(&out[HEADER_LEN..]);
+            for cut in 0..payload.len() {
+                let short = FrameHeader {
+                    len: cut as u32,
+                    ..header
+                };
+                let result = Frame::decode(&short, payload.slice(..cut), &limits);
+                assert!(
+                    matches!(result, Err(ProtocolError::Malformed { .. })),
+                    "{:?} cut at {cut}",
+                    header
+                );
+            }
+            let mut padded = out[HEADER_LEN..].to_vec();
+            padded.push(0);
+            let long = FrameHeader {
+                len: header.len + 1,
+                ..header
+            };
+            let result = Frame::decode(&long, padded.into(), &limits);
+            assert_eq!(
+                result.unwrap_err(),
+                malformed("frame: bytes after the last field")
+            );
+        }
+    }
+
+    // ===== golden bytes: the examples of docs/PROTOCOL.md =====
+
+    fn golden(frame: Frame, expected: &[u8]) {
+        let mut out = Vec::new();
+        frame.encode(&Limits::default(), &mut out).unwrap();
+        assert_eq!(out, expected);
+        assert_same(
+            &frame,
+            &decode_one(expected, &Limits::default()).unwrap().unwrap(),
+        );
+    }
+
+    #[test]
+    fn golden_request() {
+        let request = http::Request::builder()
+            .method("GET")
+            .uri("https://api.example.com/v1/items?page=2")
+            .header("accept", "application/json")
+            .body(Bytes::new())
+            .unwrap();
+        #[rustfmt::skip]
+        let expected = [
+            0x00, 0x00, 0x00, 0x4c,       // payload length 76
+            0x01,                         // type: request
+            0x01,                         // flags: deadline
+            0x00, 0x00, 0x00, 0x01,       // request id 1
+            0x03, b'G', b'E', b'T',       // method
+            0x02,                         // scheme: https
+            0x00, 0x0f, b'a', b'p', b'i', b'.', b'e', b'x', b'a', b'm', b'p', b'l', b'e', b'.',
+                  b'c', b'o', b'm',       // authority
+            0x00, 0x10, b'/', b'v', b'1', b'/', b'i', b't', b'e', b'm', b's', b'?', b'p', b'a',
+                  b'g', b'e', b'=', b'2', // path and query
+            0x00, 0x00, 0x05, 0xdc,       // deadline: 1500 ms
+            0x00, 0x01,                   // 1 header field
+            0x00, 0x06, b'a', b'c', b'c', b'e', b'p', b't',
+            0x00, 0x10, b'a', b'p', b'p', b'l', b'i', b'c', b'a', b't', b'i', b'o', b'n', b'/',
+                  b'j', b's', b'o', b'n',
+            0x00, 0x00, 0x00, 0x00,       // empty body
+        ];
+        golden(
+            Frame::Request(RequestFrame {
+                id: 1,
+                deadline: Some(Duration::from_millis(1500)),
+                request,
+            }),
+            &expected,
+        );
+    }
+
+    #[test]
+    fn golden_response() {
+        let response = http::Response::builder()
+            .header("content-type", "application/json")
+            .body(Bytes::from_static(br#"{"ok":true}"#))
+            .unwrap();
+        #[rustfmt::skip]
+        let expected = [
+            0x00, 0x00, 0x00, 0x33,       // payload length 51
+            0x02, 0x00,                   // type: response, no flags
+            0x00, 0x00, 0x00, 0x01,       // request id 1
+            0x00, 0xc8,                   // status 200
+            0x00, 0x01,                   // 1 header field
+            0x00, 0x0c, b'c', b'o', b'n', b't', b'e', b'n', b't', b'-', b't', b'y', b'p', b'e',
+            0x00, 0x10, b'a', b'p', b'p', b'l', b'i', b'c', b'a', b't', b'i', b'o', b'n', b'/',
+                  b'j', b's', b'o', b'n',
+            0x00, 0x00, 0x00, 0x0b,       // body length 11
+            b'{', b'"', b'o', b'k', b'"', b':', b't', b'r', b'u', b'e', b'}',
+        ];
+        golden(
+            Frame::Response(ResponseFrame {
+                id: 1,
+                bodiless: false,
+                response,
+            }),
+            &expected,
+        );
+    }
+
+    #[test]
+    fn golden_bodiless_response() {
+        let response = http::Response::builder()
+            .header("content-length", "1234")
+            .body(Bytes::new())
+            .unwrap();
+        #[rustfmt::skip]
+        let expected = [
+            0x00, 0x00, 0x00, 0x1a,       // payload length 26
+            0x02, 0x01,                   // type: response, flags: no body
+            0x00, 0x00, 0x00, 0x02,       // request id 2
+            0x00, 0xc8,                   // status 200
+            0x00, 0x01,                   // 1 header field
+            0x00, 0x0e, b'c', b'o', b'n', b't', b'e', b'n', b't', b'-', b'l', b'e', b'n', b'g',
+                  b't', b'h',
+            0x00, 0x04, b'1', b'2', b'3', b'4',
+                                          // no body length, no body
+        ];
+        golden(
+            Frame::Response(ResponseFrame {
+                id: 2,
+                bodiless: true,
+                response,
+            }),
+            &expected,
+        );
+    }
+
+    #[test]
+    fn golden_control_frames() {
+        #[rustfmt::skip]
+        let cases: [(Frame, &[u8]); 4] = [
+            (
+                Frame::Error(ErrorFrame { id: 3, code: ErrorCode::TIMEOUT, message: "deadline".into() }),
+                &[0x00, 0x00, 0x00, 0x0c, 0x03, 0x00, 0x00, 0x00, 0x00, 0x03, // error, id 3
+                  0x00, 0x04,                                                  // code 4: timeout
+                  0x00, 0x08, b'd', b'e', b'a', b'd', b'l', b'i', b'n', b'e'],
+            ),
+            (
+                Frame::Cancel { id: 4 },
+                &[0x00, 0x00, 0x00, 0x00, 0x04, 0x00, 0x00, 0x00, 0x00, 0x04], // cancel, id 4
+            ),
+            (
+                Frame::GoAway(GoAwayFrame { last_id: 9, code: ErrorCode::NO_ERROR, message: String::new() }),
+                &[0x00, 0x00, 0x00, 0x04, 0x05, 0x00, 0x00, 0x00, 0x00, 0x09, // goaway, last id 9
+                  0x00, 0x00, 0x00, 0x00],                                     // code 0, no message
+            ),
+            (
+                Frame::Ping { payload: 0x0102_0304_0506_0708 },
+                &[0x00, 0x00, 0x00, 0x08, 0x06, 0x00, 0x00, 0x00, 0x00, 0x00, // ping, id 0
+                  0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07, 0x08],             // payload
+            ),
+        ];
+        for (frame, expected) in cases {
+            golden(frame, expected);
+        }
+    }
+}

@@ -297,3 +297,153 @@ pub fn client_finish(local: &Settings, server: &Hello) -> Result<Params, Protoco
         features: local.features & server.features,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(codec: Codec, accept: CodecSet) -> Settings {
+        Settings {
+            codec,
+            accept,
+            limits: Limits::default(),
+            max_concurrent: 0,
+            features: 0,
+        }
+    }
+
+    fn encoded(hello: &Hello) -> Vec<u8> {
+        let mut out = Vec::new();
+        hello.encode(&mut out);
+        out
+    }
+
+    /// The hello example of docs/PROTOCOL.md.
+    #[test]
+    fn golden_hello() {
+        let hello = settings(Codec::Deflate, CodecSet::all()).hello();
+        #[rustfmt::skip]
+        let expected: &[u8] = &[
+            b'h', b't', b't', b'p', b't', b'e', b'l', b'e', b'p', b'o', b'r', b't', // magic
+            0x01,                   // version 1
+            0x00,                   // status: ok
+            0x00, 0x18,             // body length 24
+            0x02,                   // send codec: deflate
+            0x07,                   // accepts none, snappy, deflate
+            0x01, 0x10, 0x00, 0x00, // max frame 17 MiB
+            0x00, 0x01, 0x00, 0x00, // max header bytes 64 KiB
+            0x00, 0x80,             // max headers 128
+            0x01, 0x00, 0x00, 0x00, // max body 16 MiB
+            0x00, 0x00, 0x00, 0x00, // max concurrent: none announced
+            0x00, 0x00, 0x00, 0x00, // features: none
+        ];
+        assert_eq!(encoded(&hello), expected);
+        assert_eq!(Hello::decode(expected), Ok(Some((hello, HELLO_LEN))));
+    }
+
+    #[test]
+    fn a_hello_fed_byte_by_byte_decodes_once_whole() {
+        let bytes = encoded(&settings(Codec::Snappy, CodecSet::all()).hello());
+        for len in 0..bytes.len() {
+            assert_eq!(Hello::decode(&bytes[..len]), Ok(None), "{len} bytes");
+        }
+        let mut longer = bytes.clone();
+        longer.extend_from_slice(b"first frames");
+        assert_eq!(Hello::decode(&longer).unwrap().unwrap().1, HELLO_LEN);
+    }
+
+    #[test]
+    fn other_protocols_are_told_apart_by_their_first_bytes() {
+        assert_eq!(Hello::decode(b"G"), Err(ProtocolError::BadMagic));
+        assert_eq!(
+            Hello::decode(b"GET / HTTP/1.1\r\n"),
+            Err(ProtocolError::BadMagic)
+        );
+        assert_eq!(Hello::decode(b"httpteleporT"), Err(ProtocolError::BadMagic));
+        // The Go original: version 0, then its own fields.
+        assert_eq!(
+            Hello::decode(b"httpteleport\x00\x01\x00"),
+            Err(ProtocolError::UnsupportedVersion { version: 0 })
+        );
+    }
+
+    #[test]
+    fn bad_fields_are_typed_errors() {
+        let good = encoded(&settings(Codec::None, CodecSet::all()).hello());
+        let with = |at: usize, byte: u8| {
+            let mut bytes = good.clone();
+            bytes[at] = byte;
+            Hello::decode(&bytes)
+        };
+        assert_eq!(with(16, 9), Err(ProtocolError::UnknownCodec { codec: 9 }));
+        assert_eq!(
+            with(15, 4),
+            Err(ProtocolError::BadHello {
+                field: "body length"
+            })
+        );
+        let mut zero_frame = good.clone();
+        zero_frame[18..22].fill(0);
+        assert_eq!(
+            Hello::decode(&zero_frame),
+            Err(ProtocolError::BadHello { field: "max frame" })
+        );
+        // A longer body (a later minor version) is accepted; its extra bytes are skipped.
+        let mut longer = good[..16].to_vec();
+        longer[15] = 30;
+        longer.extend_from_slice(&good[16..]);
+        longer.extend_from_slice(&[0xee; 6]);
+        let (hello, len) = Hello::decode(&longer).unwrap().unwrap();
+        assert_eq!((hello.send_codec, len), (Codec::None, 46));
+    }
+
+    #[test]
+    fn the_server_falls_back_to_none_and_refuses_codecs_it_does_not_accept() {
+        let server = settings(Codec::Deflate, CodecSet::all());
+        // The client cannot inflate: the server sends uncompressed.
+        let client = settings(Codec::Snappy, CodecSet::none_only().with(Codec::Snappy));
+        let (reply, params) = server_reply(&server, Ok(&client.hello()));
+        let reply = reply.unwrap();
+        assert_eq!(reply.send_codec, Codec::None);
+        let params = params.unwrap();
+        assert_eq!(
+            (params.send_codec, params.recv_codec),
+            (Codec::None, Codec::Snappy)
+        );
+        let client_params = client_finish(&client, &reply).unwrap();
+        assert_eq!(
+            (client_params.send_codec, client_params.recv_codec),
+            (Codec::Snappy, Codec::None)
+        );
+
+        // The server does not accept deflate: refused, and the client learns why.
+        let picky = settings(Codec::None, CodecSet::none_only());
+        let client = settings(Codec::Deflate, CodecSet::all());
+        let (reply, outcome) = server_reply(&picky, Ok(&client.hello()));
+        assert_eq!(
+            outcome,
+            Err(ProtocolError::CodecNotAccepted {
+                codec: Codec::Deflate
+            })
+        );
+        let reply = Hello::decode(&encoded(&reply.unwrap())).unwrap().unwrap().0;
+        assert_eq!(
+            client_finish(&client, &reply),
+            Err(ProtocolError::Refused {
+                reason: Refusal::Codec
+            })
+        );
+    }
+
+    #[test]
+    fn undecodable_hellos_are_refused_except_from_strangers() {
+        let server = settings(Codec::None, CodecSet::all());
+        let version = ProtocolError::UnsupportedVersion { version: 2 };
+        let (reply, outcome) = server_reply(&server, Err(&version));
+        assert_eq!(reply.unwrap().refusal, Some(Refusal::Version));
+        assert_eq!(outcome, Err(version));
+        let (reply, outcome) = server_reply(&server, Err(&ProtocolError::BadMagic));
+        assert_eq!(reply, None);
+        assert_eq!(outcome, Err(ProtocolError::BadMagic));
+    }
+}
