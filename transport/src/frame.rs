@@ -603,6 +603,9 @@ fn decode_request(
     if !path.is_empty() {
         uri.path_and_query =
             Some(PathAndQuery::from_maybe_shared(path).map_err(|_| malformed("path"))?);
+    } else if uri.scheme.is_some() {
+        // An absolute URI needs a path; an empty one means the root.
+        uri.path_and_query = Some(PathAndQuery::from_static("/"));
     }
     let uri = Uri::from_parts(uri)
         .map_err(|_| malformed("uri: scheme, authority and path do not fit together"))?;
