@@ -20,6 +20,7 @@
 //! the queue is written (then it half-closes), the reader at the peer's clean end of stream. The
 //! driver returns the first error of either side instead, and dropping it closes the connection.
 
+use std::fmt;
 use std::io;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -279,8 +280,15 @@ where
             if let Some(reply) = reply {
                 let mut hello = Vec::with_capacity(handshake::HELLO_LEN);
                 reply.encode(&mut hello);
-                io.write_all(&hello).await.map_err(Error::Write)?;
-                io.flush().await.map_err(Error::Write)?;
+                let written = async {
+                    io.write_all(&hello).await?;
+                    io.flush().await
+                }
+                .await;
+                // A refusal is best effort: the reason matters more than a peer that already left.
+                let params = outcome?;
+                written.map_err(Error::Write)?;
+                return Ok((params, buf));
             }
             Ok::<_, Error>((outcome?, buf))
         };
@@ -327,7 +335,44 @@ where
             inbound: inbound_tx,
             shared: shared.clone(),
         };
-        (Sender { tx, shared }, Receiver { rx: inbound_rx }, driver)
+        let receiver = Receiver {
+            rx: inbound_rx,
+            shared: shared.clone(),
+        };
+        (Sender { tx, shared }, receiver, driver)
+    }
+}
+
+impl<IO> fmt::Debug for Conn<IO> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Conn")
+            .field("params", &self.params)
+            .finish_non_exhaustive()
+    }
+}
+
+impl fmt::Debug for Sender {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Sender")
+            .field("params", &self.shared.params)
+            .field("closed", &self.is_closed())
+            .finish_non_exhaustive()
+    }
+}
+
+impl fmt::Debug for Receiver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Receiver")
+            .field("params", &self.shared.params)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<IO> fmt::Debug for Driver<IO> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Driver")
+            .field("params", &self.shared.params)
+            .finish_non_exhaustive()
     }
 }
 
@@ -371,7 +416,7 @@ impl Sender {
     /// Queues a frame, waiting while the queue is full. The frame is checked against the peer's
     /// limits first, so an oversized message fails here and the connection is untouched.
     pub async fn send(&self, frame: Frame) -> Result<(), SendError> {
-        self.check(&frame)?;
+        let frame = self.check(frame)?;
         self.tx
             .send(frame)
             .await
@@ -380,18 +425,18 @@ impl Sender {
 
     /// Queues a frame if there is room now.
     pub fn try_send(&self, frame: Frame) -> Result<(), SendError> {
-        self.check(&frame)?;
+        let frame = self.check(frame)?;
         self.tx.try_send(frame).map_err(|e| match e {
             mpsc::error::TrySendError::Full(f) => SendError::Full(Box::new(f)),
             mpsc::error::TrySendError::Closed(f) => SendError::Closed(Box::new(f)),
         })
     }
 
-    fn check(&self, frame: &Frame) -> Result<(), SendError> {
+    fn check(&self, frame: Frame) -> Result<Frame, SendError> {
         match frame.check(&self.shared.params.peer_limits) {
-            Ok(_) => Ok(()),
+            Ok(_) => Ok(frame),
             Err(error) => Err(SendError::Refused {
-                frame: Box::new(frame.clone()),
+                frame: Box::new(frame),
                 error,
             }),
         }
@@ -422,8 +467,13 @@ impl Sender {
 
 /// What the peer sent, in order: frames, and frames rejected for breaking a limit. Pings are
 /// answered by the driver and not shown here.
+///
+/// Keep receiving while the connection lives: a full receive queue stops the reader, and with it
+/// every response on the connection. Dropping the receiver stops the reader for good (pings
+/// included, from the next frame on).
 pub struct Receiver {
     rx: mpsc::Receiver<Inbound>,
+    shared: Arc<Shared>,
 }
 
 impl Receiver {
@@ -433,9 +483,15 @@ impl Receiver {
         self.rx.recv().await
     }
 
-    /// The next inbound item if one is waiting.
-    pub fn try_recv(&mut self) -> Option<Inbound> {
-        self.rx.try_recv().ok()
+    /// The next inbound item if one is waiting: `Empty` when none is yet, `Disconnected` once the
+    /// peer's direction ended.
+    pub fn try_recv(&mut self) -> Result<Inbound, mpsc::error::TryRecvError> {
+        self.rx.try_recv()
+    }
+
+    /// The connection's counters; readable after every [`Sender`] is gone.
+    pub fn stats(&self) -> ConnStats {
+        self.shared.counters.snapshot()
     }
 }
 
@@ -552,38 +608,40 @@ struct Writer<'a, W> {
 impl<W: AsyncWrite + Unpin> Writer<'_, W> {
     async fn run(mut self) -> Result<(), Error> {
         loop {
-            let first = tokio::select! {
+            let (first, urgent) = tokio::select! {
                 biased;
-                Some(frame) = self.control.recv() => frame,
+                Some(frame) = self.control.recv() => (frame, true),
                 frame = self.outbound.recv() => match frame {
-                    Some(frame) => frame,
+                    Some(frame) => (frame, false),
                     // Every Sender is gone and the queue is written: half-close.
                     None => break,
                 },
             };
             self.push(&first);
-            let reason = self.fill_batch().await;
+            let reason = self.fill_batch(urgent).await;
             self.write_batch(reason).await?;
         }
         self.io.shutdown().await.map_err(Error::Write)
     }
 
     /// Takes queued frames until the policy says to flush.
-    async fn fill_batch(&mut self) -> FlushReason {
+    /// A pong in the batch skips the batch delay, so round-trip probes measure the link.
+    async fn fill_batch(&mut self, mut urgent: bool) -> FlushReason {
         loop {
             let mut queue_empty = false;
             while self.encoder.batch_bytes() < self.max_bytes {
-                match self
-                    .control
-                    .try_recv()
-                    .or_else(|_| self.outbound.try_recv())
-                {
-                    Ok(frame) => self.push(&frame),
-                    Err(_) => {
-                        queue_empty = true;
-                        break;
-                    }
+                if let Ok(frame) = self.control.try_recv() {
+                    self.push(&frame);
+                    urgent = true;
+                } else if let Ok(frame) = self.outbound.try_recv() {
+                    self.push(&frame);
+                } else {
+                    queue_empty = true;
+                    break;
                 }
+            }
+            if urgent && queue_empty {
+                return FlushReason::Idle;
             }
             let now = Instant::now();
             match self
@@ -595,7 +653,10 @@ impl<W: AsyncWrite + Unpin> Writer<'_, W> {
                 Decision::WaitUntil(deadline) => {
                     tokio::select! {
                         biased;
-                        Some(frame) = self.control.recv() => self.push(&frame),
+                        Some(frame) = self.control.recv() => {
+                            self.push(&frame);
+                            urgent = true;
+                        }
                         Some(frame) = self.outbound.recv() => self.push(&frame),
                         () = tokio::time::sleep_until(deadline) => {}
                     }
