@@ -1,15 +1,24 @@
 #!/usr/bin/env python3
-"""Ratios of the listener benches: teleport / bare tokio, taken within one criterion run.
+"""Ratios and targets of the benches, each ratio taken within one criterion run.
 
 Usage: python3 benches/ratios.py [target_dir]
 
 Reads <target_dir>/criterion/<group>/<function>/new/estimates.json (mean, in ns) as written by
-`cargo bench -p teleport-benches --bench listener`. target_dir defaults to $CARGO_TARGET_DIR, or
-the workspace's target/. Prints one line per group and whether it meets the issue's target:
-round trips no slower than bare tokio (ratio <= 1.00), accept rate within 10 % (ratio <= 1.10).
+`cargo bench -p teleport-benches`, and <target_dir>/compression-ratio.json. target_dir defaults
+to $CARGO_TARGET_DIR, or the workspace's target/. Prints one line per comparison and whether it
+meets the issue's target:
+
+- `--bench listener`: teleport / bare tokio; round trips no slower (ratio <= 1.00), accept rate
+  within 10 % (ratio <= 1.10).
+- `--bench protocol`: encode + decode of a 261-byte response under 150 ns; teleport / raw codec
+  crate time on the same blocks within 20 % (ratio <= 1.20), for compression and, to the same
+  bar, decompression (whose teleport side also parses the frames).
+- `--bench compression_ratio`: deflate with one stream context per direction at least 10x, per
+  message 2-3x (against the HTTP/1.1 bytes).
+
 A miss that the means' 95 % confidence intervals could still explain (teleport's lower bound over
-bare's upper bound meets the target) is marked as such. Always exits 0: it reports, it does not
-gate.
+the baseline's upper bound meets the target) is marked as such. Always exits 0: it reports, it
+does not gate.
 """
 
 import json
@@ -29,6 +38,8 @@ GROUPS = [
 def mean_ns(target: Path, group: str, function: str):
     """The mean and its confidence interval (lower, upper), in ns, or None."""
     path = target / "criterion" / group / function / "new" / "estimates.json"
+    if not function:
+        path = target / "criterion" / group / "new" / "estimates.json"
     try:
         with open(path) as f:
             mean = json.load(f)["mean"]
@@ -46,6 +57,24 @@ def main() -> int:
     else:
         target = Path(__file__).resolve().parent.parent / "target"
 
+    listener(target)
+    print()
+    protocol(target)
+    print()
+    compression(target)
+    return 0
+
+
+def verdict(ratio: float, best: float, limit: float) -> str:
+    if ratio <= limit:
+        return "meets"
+    if best <= limit:
+        # The best case the two confidence intervals allow still meets it: noise, not a result.
+        return "misses, within the 95% CIs"
+    return "MISSES"
+
+
+def listener(target: Path) -> None:
     header = f"{'group':<28} {'teleport ns':>12} {'bare ns':>12} {'ratio':>7}  {'target':>7}  verdict"
     print(header)
     print("-" * len(header))
@@ -58,16 +87,105 @@ def main() -> int:
                   f"no data ({missing} missing under {target / 'criterion' / group})")
             continue
         ratio = teleport[0] / bare[0]
-        if ratio <= limit:
-            verdict = "meets"
-        elif teleport[1] / bare[2] <= limit:
-            # The best case the two confidence intervals allow still meets it: noise, not a result.
-            verdict = "misses, within the 95% CIs"
-        else:
-            verdict = "MISSES"
         print(f"{group:<28} {teleport[0]:>12.0f} {bare[0]:>12.0f} {ratio:>7.3f}  "
-              f"{'<=' + format(limit, '.2f'):>7}  {verdict}")
-    return 0
+              f"{'<=' + format(limit, '.2f'):>7}  {verdict(ratio, teleport[1] / bare[2], limit)}")
+
+
+# (bench, most ns per operation)
+FRAME_TARGETS = [
+    ("frame_encode_decode_response_261b", 150.0),
+]
+FRAME_REPORTS = [
+    "frame_encode_response_261b",
+    "frame_decode_response_261b",
+    "frame_encode_decode_request_261b",
+    "codec_round_trip_response_261b_none",
+    "codec_round_trip_response_261b_snappy",
+    "codec_round_trip_response_261b_deflate",
+]
+# (group, highest acceptable teleport/raw ratio of mean times)
+THROUGHPUT = [
+    ("compress_throughput_snappy", 1.20),
+    ("compress_throughput_deflate", 1.20),
+    ("decompress_throughput_snappy", 1.20),
+    ("decompress_throughput_deflate", 1.20),
+]
+
+
+def throughput_bytes(target: Path, group: str, function: str):
+    path = target / "criterion" / group / function / "new" / "benchmark.json"
+    try:
+        with open(path) as f:
+            return float(json.load(f)["throughput"]["Bytes"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def protocol(target: Path) -> None:
+    header = f"{'bench':<40} {'mean ns':>10} {'target':>8}  verdict"
+    print(header)
+    print("-" * len(header))
+    for bench, limit in FRAME_TARGETS + [(b, None) for b in FRAME_REPORTS]:
+        m = mean_ns(target, bench, "")
+        if m is None:
+            print(f"{bench:<40} {'-':>10} {'':>8}  no data")
+            continue
+        if limit is None:
+            print(f"{bench:<40} {m[0]:>10.1f} {'-':>8}  (reported)")
+        else:
+            v = "meets" if m[0] <= limit else (
+                "misses, within the 95% CI" if m[1] <= limit else "MISSES")
+            print(f"{bench:<40} {m[0]:>10.1f} {'<' + format(limit, '.0f'):>8}  {v}")
+    print()
+    header = (f"{'group':<30} {'teleport MB/s':>13} {'blocks MB/s':>11} {'raw MB/s':>9} "
+              f"{'tp/raw':>7} {'blk/raw':>7} {'target':>7}  verdict")
+    print(header)
+    print("-" * len(header))
+    for group, limit in THROUGHPUT:
+        teleport = mean_ns(target, group, "teleport")
+        blocks = mean_ns(target, group, "teleport_blocks")
+        raw = mean_ns(target, group, "raw")
+        size = throughput_bytes(target, group, "raw")
+        if teleport is None or raw is None or size is None or raw[0] <= 0 or raw[2] <= 0:
+            print(f"{group:<30} no data (under {target / 'criterion' / group})")
+            continue
+        def mbs(m):
+            return f"{size / m[0] * 1e3:.0f}" if m else "-"
+
+        ratio = teleport[0] / raw[0]
+        blk = f"{blocks[0] / raw[0]:.3f}" if blocks else "-"
+        print(f"{group:<30} {mbs(teleport):>13} {mbs(blocks):>11} {mbs(raw):>9} {ratio:>7.3f} "
+              f"{blk:>7} {'<=' + format(limit, '.2f'):>7}  "
+              f"{verdict(ratio, teleport[1] / raw[2], limit)}")
+
+
+def compression(target: Path) -> None:
+    path = target / "compression-ratio.json"
+    try:
+        with open(path) as f:
+            report = json.load(f)
+        directions = report["directions"]
+    except (OSError, ValueError, KeyError, TypeError):
+        print(f"compression ratio: no data ({path} missing; run --bench compression_ratio)")
+        return
+    print(f"compression ratio vs HTTP/1.1, deflate level {report.get('deflate_level')}, "
+          f"corpus: {report.get('source')}")
+    header = f"{'direction':<10} {'mode':<12} {'ratio':>7} {'target':>8}  verdict"
+    print(header)
+    print("-" * len(header))
+    for name, d in directions.items():
+        modes = d["codecs"]["deflate"]
+        for mode, (lo, hi) in [("per_message", (2.0, 3.0)), ("stream_x1", (10.0, None)),
+                               ("stream_x16", (10.0, None))]:
+            r = modes[mode]["ratio_vs_http1"]
+            if hi is None:
+                want, v = f">={lo:.0f}x", "meets" if r >= lo else "MISSES"
+            else:
+                # An expected shape, not a target: above the range is better, not a failure.
+                want = f"{lo:.0f}-{hi:.0f}x"
+                v = "BELOW the expected range" if r < lo else (
+                    "above the expected range" if r > hi else "as expected")
+            print(f"{name:<10} {mode:<12} {r:>6.2f}x {want:>8}  {v}")
 
 
 if __name__ == "__main__":

@@ -186,20 +186,28 @@ impl Compressor {
 
 /// Compresses with a sync flush: the output ends on a byte boundary with every input byte
 /// decodable, and the window carries on into the next block.
+///
+/// flate2's `*_vec` calls zero the vector's whole spare capacity on every call, so this writes
+/// into a slice of `out` grown (and zeroed) only by what the block needs.
 fn deflate_block(deflate: &mut Compress, input: &[u8], out: &mut Vec<u8>) {
+    let start = out.len();
+    let mut written = start;
     let mut consumed = 0;
+    out.resize(start + input.len() + input.len() / 16 + 64, 0);
     loop {
-        out.reserve(input.len() - consumed + 64);
-        let before = deflate.total_in();
+        let (in_before, out_before) = (deflate.total_in(), deflate.total_out());
         deflate
-            .compress_vec(&input[consumed..], out, FlushCompress::Sync)
+            .compress(&input[consumed..], &mut out[written..], FlushCompress::Sync)
             .expect("a deflate stream in memory cannot fail");
-        consumed += (deflate.total_in() - before) as usize;
+        consumed += (deflate.total_in() - in_before) as usize;
+        written += (deflate.total_out() - out_before) as usize;
         // Done once all input is in and the flush did not run out of room.
-        if consumed == input.len() && out.len() < out.capacity() {
-            return;
+        if consumed == input.len() && written < out.len() {
+            break;
         }
+        out.resize(out.len() + input.len() / 4 + 64, 0);
     }
+    out.truncate(written);
 }
 
 // ===== impl Decompressor =====
@@ -226,7 +234,7 @@ impl Decompressor {
             Codec::Snappy => DecompressorInner::Snappy(snap::raw::Decoder::new()),
             Codec::Deflate => DecompressorInner::Deflate {
                 inflate: Box::new(Decompress::new(false)),
-                scratch: Vec::with_capacity(BLOCK_MAX + 1),
+                scratch: vec![0; BLOCK_MAX + 1],
             },
         };
         Self { inner }
@@ -264,35 +272,40 @@ impl Decompressor {
                 }
             }
             DecompressorInner::Deflate { inflate, scratch } => {
-                inflate_block(inflate, scratch, input)?;
-                out.extend_from_slice(scratch);
+                inflate_block(inflate, scratch, input, out)?;
             }
         }
         Ok(())
     }
 }
 
-/// Inflates into `scratch`, whose capacity is exactly `BLOCK_MAX + 1` bytes (`Vec::with_capacity`
-/// guarantees that) and which never grows: `decompress_vec` writes only into spare capacity, and
-/// one byte more than a block may hold is enough to know that it holds too much.
+/// Inflates one block and appends it to `out`. `scratch` holds `BLOCK_MAX + 1` bytes, zeroed
+/// once for the connection's life (flate2's `decompress_vec` would zero its spare capacity on
+/// every call): one byte more than a block may hold is enough to know that it holds too much.
 fn inflate_block(
     inflate: &mut Decompress,
-    scratch: &mut Vec<u8>,
+    scratch: &mut [u8],
     input: &[u8],
+    out: &mut BytesMut,
 ) -> Result<(), ProtocolError> {
-    debug_assert_eq!(scratch.capacity(), BLOCK_MAX + 1);
-    scratch.clear();
-    let mut consumed = 0;
+    debug_assert_eq!(scratch.len(), BLOCK_MAX + 1);
+    let (mut consumed, mut produced) = (0, 0);
     loop {
         let (in_before, out_before) = (inflate.total_in(), inflate.total_out());
         let status = inflate
-            .decompress_vec(&input[consumed..], scratch, FlushDecompress::Sync)
+            .decompress(
+                &input[consumed..],
+                &mut scratch[produced..],
+                FlushDecompress::Sync,
+            )
             .map_err(|_| ProtocolError::Decompress)?;
         consumed += (inflate.total_in() - in_before) as usize;
-        if scratch.len() > BLOCK_MAX {
+        produced += (inflate.total_out() - out_before) as usize;
+        if produced > BLOCK_MAX {
             return Err(ProtocolError::DecompressedTooLarge { max: BLOCK_MAX });
         }
         if consumed == input.len() {
+            out.extend_from_slice(&scratch[..produced]);
             return Ok(());
         }
         let stuck = inflate.total_in() == in_before && inflate.total_out() == out_before;

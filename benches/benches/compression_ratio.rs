@@ -1,0 +1,365 @@
+//! Compression ratio on recorded API traffic: how many bytes each codec puts on the wire for the
+//! corpus ([`Corpus::load`]), per direction, with one compression context per message or one per
+//! direction. Not a timing bench: it computes, prints a table and writes
+//! `<target>/compression-ratio.json`; it asserts nothing.
+//!
+//! Modes, each through teleport's [`Encoder`] (frames, blocks and the codec, block headers
+//! counted):
+//! - `per-message`: a fresh encoder for every message: each message is compressed alone, as
+//!   HTTP's `content-encoding` or a per-request compressor would (but headers included).
+//! - `stream x1`: one encoder for the direction, the batch ended after every message: the context
+//!   is shared, batching is not (a lightly loaded link; the worst case for batching).
+//! - `stream x16`: one encoder, batches of 16 messages.
+//!
+//! Ratios are taken against two baselines: the HTTP/1.1 bytes of the same messages (request or
+//! status line, header lines, blank line, body, as a plain proxy sends them; requests in origin
+//! form with their `host` header), and the uncompressed teleport frame bytes.
+//!
+//! A second table repeats the modes with credentials (`authorization`, `proxy-authorization`,
+//! `cookie`, `set-cookie`) marked sensitive, as a careful client or server would: those frames
+//! travel in raw blocks, outside the context.
+//!
+//! Run: `cargo bench -p teleport-benches --bench compression_ratio`. Without `--bench` (`cargo
+//! test --benches`) it runs on a small generated corpus and writes no file.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::{env, fs};
+
+use bytes::Bytes;
+use http::header::{AUTHORIZATION, COOKIE, HOST, HeaderMap, PROXY_AUTHORIZATION, SET_COOKIE};
+use http::{Method, Request, Response};
+use serde_json::{Value, json};
+use teleport_benches::corpus::Corpus;
+use teleport_transport::codec::Encoder;
+use teleport_transport::compress::Codec;
+use teleport_transport::frame::{Frame, Limits, RequestFrame, ResponseFrame};
+
+/// The deflate level: [`teleport_transport::conn::ConnConfig`]'s default.
+const DEFLATE_LEVEL: u32 = 6;
+/// Messages per batch of the batched stream mode.
+const BATCH: usize = 16;
+/// Exchanges of the generated corpus used when not benchmarking (test mode).
+const TEST_EXCHANGES: usize = 40;
+
+/// How messages share compression contexts and batches.
+#[derive(Clone, Copy)]
+enum Mode {
+    PerMessage,
+    Stream { batch: usize },
+}
+
+impl Mode {
+    const ALL: [Mode; 3] = [
+        Mode::PerMessage,
+        Mode::Stream { batch: 1 },
+        Mode::Stream { batch: BATCH },
+    ];
+
+    fn name(self) -> String {
+        match self {
+            Mode::PerMessage => "per-message".to_owned(),
+            Mode::Stream { batch } => format!("stream x{batch}"),
+        }
+    }
+
+    fn key(self) -> String {
+        match self {
+            Mode::PerMessage => "per_message".to_owned(),
+            Mode::Stream { batch } => format!("stream_x{batch}"),
+        }
+    }
+}
+
+/// One direction of the corpus as frames, with its baselines.
+struct Direction {
+    name: &'static str,
+    frames: Vec<Frame>,
+    /// The messages as HTTP/1.1 bytes.
+    http1: usize,
+    /// The messages as uncompressed teleport frames.
+    frame_bytes: usize,
+}
+
+impl Direction {
+    fn new(name: &'static str, frames: Vec<Frame>, http1: usize) -> Self {
+        let limits = Limits::default();
+        let frame_bytes = frames
+            .iter()
+            .map(|f| f.check(&limits).expect("corpus frames encode"))
+            .sum();
+        Self {
+            name,
+            frames,
+            http1,
+            frame_bytes,
+        }
+    }
+
+    /// Wire bytes of the direction through `codec` in `mode`.
+    fn wire(&self, codec: Codec, mode: Mode) -> usize {
+        let limits = Limits::default();
+        let push = |encoder: &mut Encoder, frame: &Frame| {
+            encoder.push(frame).expect("corpus frames encode");
+        };
+        match mode {
+            Mode::PerMessage => self
+                .frames
+                .iter()
+                .map(|frame| {
+                    let mut encoder = Encoder::new(codec, DEFLATE_LEVEL, limits);
+                    push(&mut encoder, frame);
+                    encoder.finish().len()
+                })
+                .sum(),
+            Mode::Stream { batch } => {
+                let mut encoder = Encoder::new(codec, DEFLATE_LEVEL, limits);
+                self.frames
+                    .chunks(batch)
+                    .map(|frames| {
+                        for frame in frames {
+                            push(&mut encoder, frame);
+                        }
+                        encoder.finish().len()
+                    })
+                    .sum()
+            }
+        }
+    }
+
+    /// The same frames with credentials marked sensitive.
+    fn with_sensitive_credentials(&self) -> Self {
+        let frames = self
+            .frames
+            .iter()
+            .cloned()
+            .map(|mut frame| {
+                match &mut frame {
+                    Frame::Request(f) => mark_credentials(f.request.headers_mut()),
+                    Frame::Response(f) => mark_credentials(f.response.headers_mut()),
+                    _ => {}
+                }
+                frame
+            })
+            .collect();
+        Self::new(self.name, frames, self.http1)
+    }
+}
+
+fn mark_credentials(headers: &mut HeaderMap) {
+    for name in [AUTHORIZATION, PROXY_AUTHORIZATION, COOKIE, SET_COOKIE] {
+        if let http::header::Entry::Occupied(mut entry) = headers.entry(name) {
+            for value in entry.iter_mut() {
+                value.set_sensitive(true);
+            }
+        }
+    }
+}
+
+// ===== HTTP/1.1 baseline =====
+
+fn http1_headers(headers: &HeaderMap, out: &mut Vec<u8>) {
+    for (name, value) in headers {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// A request as a proxy sends it to the origin: origin-form target, `host` from the URI when the
+/// headers lack one.
+fn http1_request(request: &Request<Bytes>) -> Vec<u8> {
+    let mut out = Vec::new();
+    let target = request.uri().path_and_query().map_or("/", |p| p.as_str());
+    out.extend_from_slice(format!("{} {target} HTTP/1.1\r\n", request.method()).as_bytes());
+    if !request.headers().contains_key(HOST)
+        && let Some(authority) = request.uri().authority()
+    {
+        out.extend_from_slice(format!("host: {authority}\r\n").as_bytes());
+    }
+    http1_headers(request.headers(), &mut out);
+    out.extend_from_slice(request.body());
+    out
+}
+
+fn http1_response(response: &Response<Bytes>) -> Vec<u8> {
+    let mut out = Vec::new();
+    let status = response.status();
+    let reason = status.canonical_reason().unwrap_or("");
+    out.extend_from_slice(format!("HTTP/1.1 {} {reason}\r\n", status.as_u16()).as_bytes());
+    http1_headers(response.headers(), &mut out);
+    out.extend_from_slice(response.body());
+    out
+}
+
+// ===== the run =====
+
+fn bench_mode() -> bool {
+    let args: Vec<String> = env::args().collect();
+    args.iter().any(|a| a == "--bench") && !args.iter().any(|a| a == "--test")
+}
+
+fn directions(corpus: Corpus) -> [Direction; 2] {
+    let http1_requests = corpus.requests.iter().map(|r| http1_request(r).len()).sum();
+    let http1_responses = corpus
+        .responses
+        .iter()
+        .map(|r| http1_response(r).len())
+        .sum();
+    let mut responses = Vec::with_capacity(corpus.responses.len());
+    for (i, (response, request)) in corpus
+        .responses
+        .into_iter()
+        .zip(&corpus.requests)
+        .enumerate()
+    {
+        let bodiless = response.body().is_empty()
+            && (request.method() == Method::HEAD
+                || response.status() == 204
+                || response.status() == 304);
+        responses.push(Frame::Response(ResponseFrame {
+            id: i as u32 + 1,
+            bodiless,
+            response,
+        }));
+    }
+    let requests = corpus
+        .requests
+        .into_iter()
+        .enumerate()
+        .map(|(i, request)| {
+            Frame::Request(RequestFrame {
+                id: i as u32 + 1,
+                deadline: None,
+                request,
+            })
+        })
+        .collect();
+    [
+        Direction::new("requests (client -> server)", requests, http1_requests),
+        Direction::new("responses (server -> client)", responses, http1_responses),
+    ]
+}
+
+/// Computes one table: a row per direction, codec and mode. Returns the text and the JSON.
+fn table(directions: &[Direction], codecs: &[Codec]) -> (String, Value) {
+    let mut text = String::new();
+    let _ = writeln!(
+        text,
+        "{:<30} {:<8} {:<12} {:>12} {:>12} {:>11}",
+        "direction", "codec", "mode", "wire bytes", "vs HTTP/1.1", "vs frames"
+    );
+    let _ = writeln!(text, "{}", "-".repeat(90));
+    let mut json_dirs = serde_json::Map::new();
+    for dir in directions {
+        let mut json_codecs = serde_json::Map::new();
+        for &codec in codecs {
+            let mut json_modes = serde_json::Map::new();
+            for mode in Mode::ALL {
+                let wire = dir.wire(codec, mode);
+                let vs_http1 = dir.http1 as f64 / wire as f64;
+                let vs_frames = dir.frame_bytes as f64 / wire as f64;
+                let _ = writeln!(
+                    text,
+                    "{:<30} {:<8} {:<12} {:>12} {:>11.2}x {:>10.2}x",
+                    dir.name,
+                    codec.name(),
+                    mode.name(),
+                    wire,
+                    vs_http1,
+                    vs_frames
+                );
+                json_modes.insert(
+                    mode.key(),
+                    json!({
+                        "wire_bytes": wire,
+                        "ratio_vs_http1": vs_http1,
+                        "ratio_vs_frames": vs_frames,
+                    }),
+                );
+            }
+            json_codecs.insert(codec.name().to_owned(), Value::Object(json_modes));
+        }
+        json_dirs.insert(
+            dir.name.split(' ').next().unwrap_or(dir.name).to_owned(),
+            json!({
+                "messages": dir.frames.len(),
+                "http1_bytes": dir.http1,
+                "frame_bytes": dir.frame_bytes,
+                "codecs": Value::Object(json_codecs),
+            }),
+        );
+    }
+    (text, Value::Object(json_dirs))
+}
+
+fn target_dir() -> PathBuf {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let root = manifest.parent().unwrap_or(manifest);
+    match env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) if !dir.is_empty() => root.join(dir),
+        _ => root.join("target"),
+    }
+}
+
+fn main() {
+    let bench = bench_mode();
+    let corpus = if bench {
+        Corpus::load()
+    } else {
+        let mut corpus = Corpus::generated();
+        corpus.requests.truncate(TEST_EXCHANGES);
+        corpus.responses.truncate(TEST_EXCHANGES);
+        corpus.source = format!("{} (first {TEST_EXCHANGES}: test mode)", corpus.source);
+        corpus
+    };
+    println!("corpus: {corpus}");
+    let source = corpus.source.clone();
+    let exchanges = corpus.requests.len();
+    let directions = directions(corpus);
+    for dir in &directions {
+        println!(
+            "{}: {} messages, {} bytes as HTTP/1.1, {} bytes as teleport frames",
+            dir.name,
+            dir.frames.len(),
+            dir.http1,
+            dir.frame_bytes
+        );
+    }
+    println!("deflate level {DEFLATE_LEVEL}; ratios are baseline bytes / wire bytes\n");
+
+    let (text, plain) = table(&directions, &Codec::ALL);
+    print!("{text}");
+
+    let sensitive: Vec<Direction> = directions
+        .iter()
+        .map(Direction::with_sensitive_credentials)
+        .collect();
+    let (text, marked) = table(&sensitive, &[Codec::Snappy, Codec::Deflate]);
+    println!(
+        "\nwith authorization, proxy-authorization, cookie and set-cookie marked sensitive \
+         (those frames go in raw blocks):"
+    );
+    print!("{text}");
+
+    if bench {
+        let report = json!({
+            "source": source,
+            "exchanges": exchanges,
+            "deflate_level": DEFLATE_LEVEL,
+            "batch": BATCH,
+            "directions": plain,
+            "credentials_sensitive": marked,
+        });
+        let path = target_dir().join("compression-ratio.json");
+        let written = serde_json::to_vec_pretty(&report)
+            .map_err(|e| e.to_string())
+            .and_then(|bytes| fs::write(&path, bytes).map_err(|e| e.to_string()));
+        match written {
+            Ok(()) => println!("\nwrote {}", path.display()),
+            Err(e) => eprintln!("\ncannot write {}: {e}", path.display()),
+        }
+    }
+}
