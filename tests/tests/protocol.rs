@@ -941,7 +941,11 @@ async fn pongs_skip_the_batch_delay() {
         other => panic!("expected a pong, got {other:?}"),
     }
     // Time is paused: only timers move it, so a pong held for the batch delay shows here.
-    assert!(sent.elapsed() < delay, "the pong waited {:?}", sent.elapsed());
+    assert!(
+        sent.elapsed() < delay,
+        "the pong waited {:?}",
+        sent.elapsed()
+    );
 }
 
 // ===== 7. backpressure =====

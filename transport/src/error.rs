@@ -209,7 +209,8 @@ pub enum ProtocolError {
     /// Header names and values longer in total than the receiver's limit.
     #[error("header fields of {len} bytes exceed the limit of {max}")]
     HeadersTooLarge {
-        /// The total length of names and values.
+        /// The length of names and values: the whole message's when a sender checks, the sum up
+        /// to the first field past the limit when a receiver does (it stops reading there).
         len: usize,
         /// The receiver's limit.
         max: u32,

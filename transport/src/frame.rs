@@ -638,7 +638,13 @@ fn decode_headers(rd: &mut Reader, limits: &Limits) -> Result<HeaderMap, Protoco
     // Each field takes at least 4 bytes: a count the payload cannot hold is malformed, and
     // checking it first keeps the allocation below proportional to bytes received.
     rd.need(4 * count)?;
-    let mut headers = HeaderMap::with_capacity(count);
+    let too_many = || ProtocolError::TooManyHeaders {
+        count,
+        max: limits.max_headers,
+    };
+    // HeaderMap has a capacity limit of its own (about 24 Ki fields): past it, the fallible
+    // calls refuse where the plain ones would panic.
+    let mut headers = HeaderMap::try_with_capacity(count).map_err(|_| too_many())?;
     let mut total = 0usize;
     for _ in 0..count {
         let name_len = rd.u16()?;
@@ -659,7 +665,7 @@ fn decode_headers(rd: &mut Reader, limits: &Limits) -> Result<HeaderMap, Protoco
         let mut value = HeaderValue::from_maybe_shared(rd.bytes(value_len)?)
             .map_err(|_| malformed("header value"))?;
         value.set_sensitive(sensitive);
-        headers.append(name, value);
+        headers.try_append(name, value).map_err(|_| too_many())?;
     }
     Ok(headers)
 }
