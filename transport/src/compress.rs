@@ -3,8 +3,10 @@
 //!
 //! A shared context is where teleport's bandwidth saving comes from. API traffic repeats itself
 //! across messages (the same header names and values, the same JSON keys, the same URLs), and a
-//! context that has seen the previous messages encodes the next one mostly as back-references:
-//! per-message compression gets 2-3x on such traffic, a stream context 10x and more.
+//! context that has seen the previous messages encodes the next one mostly as back-references.
+//! On recorded GitHub and Reddit API traffic (the `compression_ratio` bench), deflate takes
+//! requests from 3.5x per message to 13x with one context per direction; responses, whose large
+//! bodies outrun deflate's 32 KiB window, from 4.3x to 8x.
 //!
 //! | codec | context kept across blocks | sender memory | receiver memory |
 //! |---|---|---|---|
