@@ -371,19 +371,25 @@ async fn unknown_version_is_refused_with_a_version_refusal() {
     }
 }
 
-#[tokio::test]
-async fn a_client_facing_a_server_of_another_version_says_so() {
+/// What a real client's handshake fails with when a fake server answers with a valid hello whose
+/// byte `at` is `value`.
+async fn client_error_against_a_reply_with(at: usize, value: u8) -> Error {
     let (io, mut raw) = duplex(PIPE);
     let fake_server = async move {
         read_hello(&mut raw).await;
         let mut reply = hello_bytes(&settings(Codec::None));
-        reply[12] = 0;
+        reply[at] = value;
         raw.write_all(&reply).await.unwrap();
         raw
     };
     let config = ConnConfig::default();
     let (client, _raw) = tokio::join!(Conn::connect(io, &config), fake_server);
-    let error = error_of(client);
+    error_of(client)
+}
+
+#[tokio::test]
+async fn a_client_facing_a_server_of_another_version_says_so() {
+    let error = client_error_against_a_reply_with(12, 0).await;
     assert!(
         matches!(
             error,
@@ -438,17 +444,7 @@ async fn unknown_codec_byte_is_refused_with_a_codec_refusal() {
     );
 
     // A real client told of an unknown codec by its server.
-    let (io, mut raw) = duplex(PIPE);
-    let fake_server = async move {
-        read_hello(&mut raw).await;
-        let mut reply = hello_bytes(&settings(Codec::None));
-        reply[16] = 9;
-        raw.write_all(&reply).await.unwrap();
-        raw
-    };
-    let config = ConnConfig::default();
-    let (client, _raw) = tokio::join!(Conn::connect(io, &config), fake_server);
-    let error = error_of(client);
+    let error = client_error_against_a_reply_with(16, 9).await;
     assert!(
         matches!(
             error,
