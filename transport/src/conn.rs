@@ -30,6 +30,7 @@ use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 use crate::batch::{BatchPolicy, Batcher, Decision, FlushReason};
 use crate::codec::{Decoder, Encoder, Inbound};
@@ -516,6 +517,15 @@ where
 {
     /// Runs the connection until both directions end, or until the first error.
     pub async fn run(self) -> Result<(), Error> {
+        self.run_reclaim(CancellationToken::new()).await.0
+    }
+
+    /// Runs like [`run`](Self::run), and stops writing once `stop` is cancelled: the writer
+    /// takes no further frame, half-closes, and the reader goes on until the peer's end of
+    /// stream. Then gives back the frames still queued: they never reached the socket, so their
+    /// requests may go out on another connection. Frames the writer had already taken are not
+    /// among them: those may or may not have arrived.
+    pub async fn run_reclaim(self, stop: CancellationToken) -> (Result<(), Error>, Vec<Frame>) {
         let Driver {
             io,
             read_buf,
@@ -536,16 +546,23 @@ where
             control: control_tx,
             shared: &shared,
         };
-        let writer = Writer {
+        let mut writer = Writer {
             io: wr,
             encoder,
             batcher: Batcher::new(batch),
             max_bytes: batch.max_bytes,
             outbound,
             control: control_rx,
+            stop,
             shared: &shared,
         };
-        tokio::try_join!(reader.run(), writer.run()).map(drop)
+        let result = tokio::try_join!(reader.run(), writer.run()).map(drop);
+        let mut unsent = Vec::new();
+        writer.outbound.close();
+        while let Ok(frame) = writer.outbound.try_recv() {
+            unsent.push(frame);
+        }
+        (result, unsent)
     }
 }
 
@@ -602,14 +619,16 @@ struct Writer<'a, W> {
     max_bytes: usize,
     outbound: mpsc::Receiver<Frame>,
     control: mpsc::Receiver<Frame>,
+    stop: CancellationToken,
     shared: &'a Shared,
 }
 
 impl<W: AsyncWrite + Unpin> Writer<'_, W> {
-    async fn run(mut self) -> Result<(), Error> {
+    async fn run(&mut self) -> Result<(), Error> {
         loop {
             let (first, urgent) = tokio::select! {
                 biased;
+                () = self.stop.cancelled() => break,
                 Some(frame) = self.control.recv() => (frame, true),
                 frame = self.outbound.recv() => match frame {
                     Some(frame) => (frame, false),

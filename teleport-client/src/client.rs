@@ -1,0 +1,246 @@
+//! The client handle and the life of one request.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::{Method, Request, Response};
+use teleport_transport::conn::SendError;
+use teleport_transport::frame::{ErrorCode, Frame, RequestFrame};
+use tokio::time::Instant;
+use tokio_util::sync::DropGuard;
+
+use crate::conn::{ConnHandle, Reply};
+use crate::pool::Inner;
+use crate::{ClientBuilder, Error, Timeout};
+
+/// Sends HTTP requests to teleport servers. Cheap to clone; every clone shares the same
+/// connections. When the last clone is dropped the connections close once their requests
+/// are answered.
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+    _close: Arc<DropGuard>,
+}
+
+impl fmt::Debug for Client {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Client")
+            .field("addrs", &self.inner.config.addrs)
+            .field("stats", &self.stats())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The client's state, as a snapshot from [`Client::stats`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ClientStats {
+    /// Connections up and taking requests.
+    pub connections: usize,
+    /// Requests pending on them.
+    pub pending: usize,
+    /// Bytes written to the upstreams' connections, after compression.
+    pub wire_bytes_sent: u64,
+    /// Bytes read from them.
+    pub wire_bytes_received: u64,
+}
+
+impl Client {
+    /// A builder with the defaults.
+    pub fn builder() -> ClientBuilder {
+        ClientBuilder::default()
+    }
+
+    pub(crate) fn start(config: ClientBuilder) -> Result<Self, Error> {
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| Error::NoRuntime)?;
+        let inner = Arc::new(Inner::new(config));
+        inner.spawn_slots(&runtime);
+        Ok(Self {
+            _close: Arc::new(inner.token.clone().drop_guard()),
+            inner,
+        })
+    }
+
+    /// Sends one request and waits for its response, within the request's timeout (the
+    /// [`Timeout`] extension, or the client's). Dropping the future cancels the request on the
+    /// server.
+    pub async fn send(&self, request: Request<Bytes>) -> Result<Response<Bytes>, Error> {
+        let timeout = request
+            .extensions()
+            .get::<Timeout>()
+            .map_or(self.inner.config.timeout, |t| t.0);
+        let deadline = Instant::now() + timeout;
+        let mut down = false;
+        let outcome = tokio::time::timeout_at(deadline, self.execute(request, deadline, &mut down));
+        match outcome.await {
+            Ok(result) => result,
+            Err(_) if down => Err(Error::Unavailable {
+                source: self.inner.last_error(),
+            }),
+            Err(_) => Err(Error::Timeout { timeout }),
+        }
+    }
+
+    /// Waits until at least one connection is up (or `timeout` passes: then the latest
+    /// connection error).
+    pub async fn ready(&self, timeout: std::time::Duration) -> Result<(), Error> {
+        let mut down = true;
+        let wait = async {
+            loop {
+                if !self.inner.conns().is_empty() {
+                    return;
+                }
+                let _ = self.inner.pick(&mut down).await;
+            }
+        };
+        tokio::time::timeout(timeout, wait)
+            .await
+            .map_err(|_| Error::Unavailable {
+                source: self.inner.last_error(),
+            })
+    }
+
+    /// Connections, pending requests and bytes now.
+    pub fn stats(&self) -> ClientStats {
+        let conns = self.inner.conns();
+        let mut stats = ClientStats::default();
+        for conn in &conns {
+            let transport = conn.sender.stats();
+            stats.wire_bytes_sent += transport.wire_bytes_sent;
+            stats.wire_bytes_received += transport.wire_bytes_received;
+            stats.pending += conn.pending();
+            stats.connections += usize::from(!conn.is_retired());
+        }
+        stats
+    }
+
+    async fn execute(
+        &self,
+        request: Request<Bytes>,
+        deadline: Instant,
+        down: &mut bool,
+    ) -> Result<Response<Bytes>, Error> {
+        let inner = &*self.inner;
+        let mut retries = inner.config.retry.max_retries;
+        let copy = (retries > 0 && is_idempotent(request.method())).then(|| copy_of(&request));
+        let mut frame = RequestFrame {
+            id: 0,
+            deadline: None,
+            request,
+        };
+        loop {
+            let conn = inner.pick(down).await?;
+            *down = false;
+            let Some((id, reply)) = conn.register() else {
+                // Filled or retired since the pick.
+                continue;
+            };
+            frame.id = id;
+            frame.deadline = Some(deadline.saturating_duration_since(Instant::now()));
+            let mut flight = InFlight {
+                conn: &conn,
+                inner,
+                id,
+                sent: false,
+                done: false,
+            };
+            match conn.sender.send(Frame::Request(frame)).await {
+                Ok(()) => flight.sent = true,
+                Err(SendError::Refused { error, .. }) => return Err(Error::TooLarge(error)),
+                Err(error) => {
+                    // The connection closed before taking it: another one will.
+                    frame = request_of(error.into_frame());
+                    continue;
+                }
+            }
+            let reply = reply.await;
+            flight.done = true;
+            match reply {
+                Ok(Reply::Response(response)) => {
+                    conn.upstream.record_success();
+                    return Ok(response);
+                }
+                Ok(Reply::Unsent(unsent)) => frame = unsent,
+                Ok(Reply::Failed(error)) => {
+                    // Refused ones never ran; lost ones may have: idempotent only.
+                    let refused = error.remote_code() == Some(ErrorCode::REFUSED);
+                    match &copy {
+                        Some(copy) if retries > 0 && (refused || error.is_connection_lost()) => {
+                            retries -= 1;
+                            frame = RequestFrame {
+                                id: 0,
+                                deadline: None,
+                                request: copy_of(copy),
+                            };
+                        }
+                        _ => return Err(error),
+                    }
+                }
+                // The connection task answers every pending request before it ends.
+                Err(_) => unreachable!("a pending request was dropped unanswered"),
+            }
+        }
+    }
+}
+
+/// A request on a connection, until it is answered: dropped earlier (timeout, the caller's
+/// future dropped), it is forgotten, and cancelled on the server if it was sent.
+struct InFlight<'a> {
+    conn: &'a ConnHandle,
+    inner: &'a Inner,
+    id: u32,
+    sent: bool,
+    done: bool,
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.conn.abandon(self.id, self.sent, self.inner);
+        }
+    }
+}
+
+fn is_idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::PUT | Method::DELETE | Method::OPTIONS | Method::TRACE
+    )
+}
+
+/// A copy for a retry (extensions are not copied).
+fn copy_of(request: &Request<Bytes>) -> Request<Bytes> {
+    let mut copy = Request::new(request.body().clone());
+    *copy.method_mut() = request.method().clone();
+    *copy.uri_mut() = request.uri().clone();
+    *copy.version_mut() = request.version();
+    *copy.headers_mut() = request.headers().clone();
+    copy
+}
+
+fn request_of(frame: Frame) -> RequestFrame {
+    match frame {
+        Frame::Request(request) => request,
+        _ => unreachable!("only request frames are sent by requests"),
+    }
+}
+
+impl tower_service::Service<Request<Bytes>> for Client {
+    type Response = Response<Bytes>;
+    type Error = Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<Bytes>, Error>> + Send>>;
+
+    /// Always ready: [`send`](Client::send) waits for room within each request's deadline.
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<Bytes>) -> Self::Future {
+        let client = self.clone();
+        Box::pin(async move { client.send(request).await })
+    }
+}

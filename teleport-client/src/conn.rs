@@ -1,0 +1,354 @@
+//! One connection of the client: request ids, the requests pending on it, and the task that
+//! routes the server's answers to them.
+
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
+use std::io;
+use std::sync::atomic::Ordering::{Relaxed, SeqCst};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::Response;
+use teleport_transport::codec::Inbound;
+use teleport_transport::conn::{Driver, Receiver, Sender};
+use teleport_transport::frame::{ErrorCode, Frame, RequestFrame};
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::Error;
+use crate::config::BoxIo;
+use crate::pool::{Inner, Upstream};
+
+/// How a pending request ended on this connection.
+pub(crate) enum Reply {
+    /// The server's response.
+    Response(Response<Bytes>),
+    /// An error frame, a rejected response, or the connection's loss.
+    Failed(Error),
+    /// The request never reached the socket: send it on another connection.
+    Unsent(RequestFrame),
+}
+
+/// A connection as requests see it.
+pub(crate) struct ConnHandle {
+    pub(crate) sender: Sender,
+    pub(crate) upstream: Arc<Upstream>,
+    pending: Mutex<HashMap<u32, oneshot::Sender<Reply>>>,
+    /// `pending.len()`, readable without the lock, for balancing.
+    pending_count: AtomicUsize,
+    max_pending: usize,
+    next_id: AtomicU32,
+    /// Set on goaway, loss or shutdown: no new requests.
+    retired: AtomicBool,
+}
+
+impl ConnHandle {
+    pub(crate) fn new(sender: Sender, upstream: Arc<Upstream>, max_pending: usize) -> Self {
+        let announced = sender.params().peer_max_concurrent as usize;
+        let max_pending = match announced {
+            0 => max_pending,
+            n => max_pending.min(n),
+        };
+        Self {
+            sender,
+            upstream,
+            pending: Mutex::default(),
+            pending_count: AtomicUsize::new(0),
+            max_pending,
+            next_id: AtomicU32::new(1),
+            retired: AtomicBool::new(false),
+        }
+    }
+
+    /// Pending requests, or `None` when this connection takes no new one.
+    pub(crate) fn load(&self) -> Option<usize> {
+        let pending = self.pending_count.load(Relaxed);
+        (!self.retired.load(Relaxed) && pending < self.max_pending).then_some(pending)
+    }
+
+    pub(crate) fn is_retired(&self) -> bool {
+        self.retired.load(Relaxed)
+    }
+
+    pub(crate) fn pending(&self) -> usize {
+        self.pending_count.load(Relaxed)
+    }
+
+    /// Reserves a request id whose answer comes through the receiver; `None` when the
+    /// connection is full or retired (pick another).
+    pub(crate) fn register(&self) -> Option<(u32, oneshot::Receiver<Reply>)> {
+        if self.retired.load(SeqCst) {
+            return None;
+        }
+        if self.pending_count.fetch_add(1, SeqCst) >= self.max_pending {
+            self.pending_count.fetch_sub(1, SeqCst);
+            return None;
+        }
+        let (tx, rx) = oneshot::channel();
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        // Ids are u32 and wrap; 0 is reserved, and an id still pending is skipped.
+        loop {
+            let id = self.next_id.fetch_add(1, Relaxed);
+            if id == 0 {
+                continue;
+            }
+            if let Entry::Vacant(slot) = pending.entry(id) {
+                slot.insert(tx);
+                return Some((id, rx));
+            }
+        }
+    }
+
+    /// Answers a pending request; false when it is no longer pending.
+    fn complete(&self, id: u32, reply: Reply, inner: &Inner) -> bool {
+        let tx = self.take(id);
+        match tx {
+            Some(tx) => {
+                // A request that gave up meanwhile drops the reply.
+                let _ = tx.send(reply);
+                inner.capacity_freed();
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn take(&self, id: u32) -> Option<oneshot::Sender<Reply>> {
+        let tx = self
+            .pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&id);
+        if tx.is_some() {
+            self.pending_count.fetch_sub(1, SeqCst);
+        }
+        tx
+    }
+
+    /// The request gave up (timeout, dropped future): forget it, and tell the server when it may
+    /// be running there.
+    pub(crate) fn abandon(&self, id: u32, sent: bool, inner: &Inner) {
+        if self.take(id).is_none() {
+            return;
+        }
+        inner.capacity_freed();
+        if !sent {
+            return;
+        }
+        match self.sender.try_send(Frame::Cancel { id }) {
+            Ok(()) => {}
+            Err(teleport_transport::conn::SendError::Full(frame)) => {
+                if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                    let sender = self.sender.clone();
+                    runtime.spawn(async move { sender.send(*frame).await });
+                }
+            }
+            // Closed: the server drops the request with the connection.
+            Err(_) => {}
+        }
+    }
+
+    fn retire(&self) {
+        self.retired.store(true, SeqCst);
+    }
+
+    /// Ends every pending request: unsent ones go back to be sent elsewhere, the rest fail with
+    /// the connection's loss.
+    fn fail_all(&self, unsent: Vec<Frame>, error: &Arc<teleport_transport::Error>, inner: &Inner) {
+        self.retire();
+        for frame in unsent {
+            if let Frame::Request(request) = frame {
+                let id = request.id;
+                self.complete(id, Reply::Unsent(request), inner);
+            }
+        }
+        let drained: Vec<_> = {
+            let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+            pending.drain().collect()
+        };
+        self.pending_count.fetch_sub(drained.len(), SeqCst);
+        for (_, tx) in drained {
+            let _ = tx.send(Reply::Failed(Error::ConnectionLost {
+                addr: self.upstream.addr.clone(),
+                source: error.clone(),
+            }));
+        }
+        inner.capacity_freed();
+    }
+
+    /// Routes one inbound item; true when it was a goaway.
+    fn on_inbound(&self, item: Inbound, inner: &Inner) -> bool {
+        match item {
+            Inbound::Frame(Frame::Response(response)) => {
+                self.complete(response.id, Reply::Response(response.response), inner);
+            }
+            Inbound::Frame(Frame::Error(error)) => {
+                let code = error.code;
+                let failed = Error::Remote {
+                    code,
+                    message: error.message,
+                };
+                if self.complete(error.id, Reply::Failed(failed), inner)
+                    && matches!(
+                        code,
+                        ErrorCode::TIMEOUT | ErrorCode::OVERLOADED | ErrorCode::INTERNAL
+                    )
+                {
+                    self.upstream.record_failure(inner);
+                }
+            }
+            Inbound::Rejected { id, error, .. } => {
+                let failed = if error.is_fatal() {
+                    Error::Protocol(error)
+                } else {
+                    match error {
+                        teleport_transport::ProtocolError::Malformed { .. } => {
+                            Error::Protocol(error)
+                        }
+                        _ => Error::TooLarge(error),
+                    }
+                };
+                self.complete(id, Reply::Failed(failed), inner);
+            }
+            Inbound::Frame(Frame::GoAway(goaway)) => {
+                tracing::debug!(addr = %self.upstream.addr, last_id = goaway.last_id, message = %goaway.message, "server going away");
+                self.retire();
+                return true;
+            }
+            Inbound::Frame(Frame::Pong { .. }) => {}
+            Inbound::Frame(frame) => {
+                tracing::debug!(id = frame.id(), ty = ?frame.frame_type(), "unexpected frame from a server; ignored");
+            }
+        }
+        false
+    }
+}
+
+/// Runs one connection: the driver, the routing of answers, keepalive probes, and the drain
+/// after a goaway. `retired` fires as soon as the connection takes no new requests, so the
+/// pool can open its successor while this one drains.
+pub(crate) async fn run(
+    handle: Arc<ConnHandle>,
+    mut receiver: Receiver,
+    driver: Driver<BoxIo>,
+    inner: Arc<Inner>,
+    retired: oneshot::Sender<()>,
+) {
+    let stop = CancellationToken::new();
+    let drive = driver.run_reclaim(stop.clone());
+    tokio::pin!(drive);
+    let mut retired = Some(retired);
+    let mut retire = |handle: &ConnHandle| {
+        handle.retire();
+        if let Some(tx) = retired.take() {
+            let _ = tx.send(());
+        }
+    };
+    let keepalive = inner.config.keepalive;
+    let mut probe =
+        keepalive.map(|period| tokio::time::interval_at(Instant::now() + period, period));
+    let mut heard = true;
+    let mut ping_out = false;
+    let mut reader_done = false;
+    let (result, unsent) = loop {
+        tokio::select! {
+            biased;
+            (result, unsent) = &mut drive => break (result, unsent),
+            item = receiver.recv(), if !reader_done => match item {
+                Some(item) => {
+                    heard = true;
+                    if handle.on_inbound(item, &inner) {
+                        retire(&handle);
+                    }
+                    if handle.is_retired() && handle.pending() == 0 {
+                        // Drained: close our side; the server closes its own.
+                        stop.cancel();
+                    }
+                }
+                None => {
+                    // The server will send nothing more: stop writing and reclaim the queue.
+                    reader_done = true;
+                    retire(&handle);
+                    stop.cancel();
+                }
+            },
+            _ = tick(&mut probe) => {
+                if ping_out && !heard {
+                    tracing::debug!(addr = %handle.upstream.addr, "keepalive unanswered; closing");
+                    let error = io::Error::new(io::ErrorKind::TimedOut, "keepalive ping unanswered");
+                    break (Err(teleport_transport::Error::Read(error)), Vec::new());
+                }
+                ping_out = !heard;
+                if ping_out {
+                    let _ = handle.sender.try_send(Frame::Ping { payload: 0 });
+                }
+                heard = false;
+            }
+            () = inner.token.cancelled(), if !handle.is_retired() => {
+                retire(&handle);
+                if handle.pending() == 0 {
+                    stop.cancel();
+                }
+            }
+        }
+    };
+    retire(&handle);
+    // Answers decoded before the end still count.
+    while let Ok(item) = receiver.try_recv() {
+        handle.on_inbound(item, &inner);
+    }
+    let error = Arc::new(match result {
+        Ok(()) => teleport_transport::Error::Read(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "server closed the connection",
+        )),
+        Err(error) => error,
+    });
+    let lost = handle.pending() > unsent.len();
+    handle.fail_all(unsent, &error, &inner);
+    if lost {
+        handle.upstream.record_failure(&inner);
+    }
+    tracing::debug!(addr = %handle.upstream.addr, error = %error, "connection ended");
+}
+
+async fn tick(probe: &mut Option<tokio::time::Interval>) {
+    match probe {
+        Some(interval) => {
+            interval.tick().await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// Exponential backoff with full jitter.
+pub(crate) struct Backoff {
+    min: Duration,
+    max: Duration,
+    next: Duration,
+}
+
+impl Backoff {
+    pub(crate) fn new(min: Duration, max: Duration) -> Self {
+        Self {
+            min,
+            max,
+            next: min,
+        }
+    }
+
+    pub(crate) fn reset(&mut self) {
+        self.next = self.min;
+    }
+
+    /// The next wait: uniform in [min, next], then `next` doubles up to max.
+    pub(crate) fn next_wait(&mut self) -> Duration {
+        let span = self.next.saturating_sub(self.min);
+        let wait = self.min + span.mul_f64(fastrand::f64());
+        self.next = (self.next * 2).min(self.max);
+        wait
+    }
+}

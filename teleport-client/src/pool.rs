@@ -1,0 +1,381 @@
+//! The pool: connections to every upstream, picked by least pending with passive health, and
+//! one task per connection slot that connects, reconnects with backoff, and replaces a
+//! connection that goes away.
+//!
+//! ```text
+//!  send ─▶ pick: two random slots, the one with fewer pending (+ its upstream's failures) wins
+//!             │ none has room: wait (or fail fast); none is up: wait for a connection
+//!  slot task: connect ─▶ publish ─▶ run until retired (goaway, loss) ─▶ connect again
+//!                 └─ failure: record on the upstream, back off with jitter, try again
+//! ```
+
+use std::sync::atomic::Ordering::{Relaxed, SeqCst};
+use std::sync::atomic::{AtomicU32, AtomicUsize};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use teleport_transport::conn::Conn;
+use tokio::net::TcpStream;
+use tokio::sync::{Notify, oneshot};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::BoxIo;
+use crate::conn::{self, Backoff, ConnHandle};
+use crate::tls::{host_of, parse_server_name};
+use crate::{ClientBuilder, Error};
+
+/// Failures an upstream's load is charged with, per consecutive failure.
+const FAILURE_PENALTY: usize = 8;
+/// A connection that lived less than this before it ended counts as a failed attempt.
+const MIN_HEALTHY_LIFE: Duration = Duration::from_secs(1);
+/// The first ejection's length; each ejection in a row doubles it, up to `EJECT_MAX`.
+const EJECT_BASE: Duration = Duration::from_secs(1);
+const EJECT_MAX: Duration = Duration::from_secs(30);
+
+/// What the client shares with its tasks.
+pub(crate) struct Inner {
+    pub(crate) config: ClientBuilder,
+    slots: Vec<Slot>,
+    pub(crate) upstreams: Vec<Arc<Upstream>>,
+    /// Wakes requests waiting for room or for a connection.
+    changed: Notify,
+    waiters: AtomicUsize,
+    /// Cancelled when the last client handle is dropped.
+    pub(crate) token: CancellationToken,
+    started: Instant,
+}
+
+/// One upstream address and its health.
+pub(crate) struct Upstream {
+    pub(crate) addr: Arc<str>,
+    /// Consecutive failures since the last success.
+    failures: AtomicU32,
+    /// Ejections in a row.
+    ejections: AtomicU32,
+    /// Ejected until this many milliseconds after the client started (0: not ejected).
+    ejected_until_ms: std::sync::atomic::AtomicU64,
+    pub(crate) last_error: Mutex<Option<Arc<Error>>>,
+}
+
+struct Slot {
+    upstream: Arc<Upstream>,
+    conn: Mutex<Option<Arc<ConnHandle>>>,
+}
+
+/// What a pick found.
+pub(crate) enum Pick {
+    Conn(Arc<ConnHandle>),
+    /// Connections are up, but every one is full.
+    Full,
+    /// No connection is up.
+    Down,
+}
+
+impl Upstream {
+    fn new(addr: &str) -> Self {
+        Self {
+            addr: addr.into(),
+            failures: AtomicU32::new(0),
+            ejections: AtomicU32::new(0),
+            ejected_until_ms: Default::default(),
+            last_error: Mutex::new(None),
+        }
+    }
+
+    pub(crate) fn record_success(&self) {
+        if self.failures.load(Relaxed) != 0 {
+            self.failures.store(0, Relaxed);
+        }
+        if self.ejections.load(Relaxed) != 0 {
+            self.ejections.store(0, Relaxed);
+        }
+    }
+
+    pub(crate) fn record_failure(&self, inner: &Inner) {
+        let failures = self.failures.fetch_add(1, Relaxed) + 1;
+        let eject_after = inner.config.eject_after;
+        if eject_after == 0 || failures < eject_after {
+            return;
+        }
+        let ejections = self.ejections.fetch_add(1, Relaxed);
+        let length = EJECT_BASE
+            .saturating_mul(1 << ejections.min(16))
+            .min(EJECT_MAX);
+        let until = inner.elapsed_ms() + length.as_millis() as u64;
+        self.ejected_until_ms.store(until, Relaxed);
+        self.failures.store(0, Relaxed);
+        tracing::warn!(addr = %self.addr, ?length, "upstream ejected after {failures} failures in a row");
+    }
+
+    fn is_ejected(&self, now_ms: u64) -> bool {
+        self.ejected_until_ms.load(Relaxed) > now_ms
+    }
+
+    fn penalty(&self) -> usize {
+        self.failures.load(Relaxed) as usize * FAILURE_PENALTY
+    }
+
+    fn set_error(&self, error: Error) {
+        *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(error));
+    }
+}
+
+impl Inner {
+    pub(crate) fn new(config: ClientBuilder) -> Self {
+        let upstreams: Vec<_> = config
+            .addrs
+            .iter()
+            .map(|addr| Arc::new(Upstream::new(addr)))
+            .collect();
+        let slots = upstreams
+            .iter()
+            .flat_map(|upstream| {
+                (0..config.conns_per_addr).map(|_| Slot {
+                    upstream: upstream.clone(),
+                    conn: Mutex::new(None),
+                })
+            })
+            .collect();
+        Self {
+            config,
+            slots,
+            upstreams,
+            changed: Notify::new(),
+            waiters: AtomicUsize::new(0),
+            token: CancellationToken::new(),
+            started: Instant::now(),
+        }
+    }
+
+    fn elapsed_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    /// A request finished or gave up: wake those waiting for room.
+    pub(crate) fn capacity_freed(&self) {
+        if self.waiters.load(SeqCst) > 0 {
+            self.changed.notify_waiters();
+        }
+    }
+
+    /// The connections up now.
+    pub(crate) fn conns(&self) -> Vec<Arc<ConnHandle>> {
+        self.slots
+            .iter()
+            .filter_map(|slot| slot.current())
+            .collect()
+    }
+
+    /// Picks the connection for one request: power of two choices by pending requests, an
+    /// upstream's recent failures counted as extra load, ejected upstreams left out unless
+    /// nothing else has room.
+    pub(crate) fn try_pick(&self) -> Pick {
+        let n = self.slots.len();
+        let now_ms = self.elapsed_ms();
+        let score = |slot: &Slot| -> Option<(usize, Arc<ConnHandle>)> {
+            let conn = slot.current()?;
+            let load = conn.load()?;
+            if slot.upstream.is_ejected(now_ms) {
+                return None;
+            }
+            Some((load + slot.upstream.penalty(), conn))
+        };
+        if n == 1 {
+            if let Some((_, conn)) = score(&self.slots[0]) {
+                return Pick::Conn(conn);
+            }
+        } else {
+            let a = fastrand::usize(..n);
+            let b = (a + 1 + fastrand::usize(..n - 1)) % n;
+            match (score(&self.slots[a]), score(&self.slots[b])) {
+                (Some(x), Some(y)) => return Pick::Conn(if x.0 <= y.0 { x.1 } else { y.1 }),
+                (Some(x), None) | (None, Some(x)) => return Pick::Conn(x.1),
+                (None, None) => {}
+            }
+        }
+        // Both choices were down, full or ejected: look at every slot, ejected ones last.
+        let mut best: Option<(bool, usize, Arc<ConnHandle>)> = None;
+        let mut any_up = false;
+        for slot in &self.slots {
+            let Some(conn) = slot.current() else { continue };
+            any_up |= !conn.is_retired();
+            let Some(load) = conn.load() else { continue };
+            let key = (
+                slot.upstream.is_ejected(now_ms),
+                load + slot.upstream.penalty(),
+            );
+            if best.as_ref().is_none_or(|b| key < (b.0, b.1)) {
+                best = Some((key.0, key.1, conn));
+            }
+        }
+        match best {
+            Some((_, _, conn)) => Pick::Conn(conn),
+            None if any_up => Pick::Full,
+            None => Pick::Down,
+        }
+    }
+
+    /// Picks a connection, waiting for room or for a connection. `down` tells the caller's
+    /// timeout whether the wait was for a connection.
+    pub(crate) async fn pick(&self, down: &mut bool) -> Result<Arc<ConnHandle>, Error> {
+        loop {
+            // Count ourselves before looking, so a completion between the look and the wait
+            // wakes us.
+            self.waiters.fetch_add(1, SeqCst);
+            let notified = self.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let pick = self.try_pick();
+            let result = match pick {
+                Pick::Conn(conn) => Some(Ok(conn)),
+                Pick::Full if self.config.fail_fast => Some(Err(Error::Overloaded)),
+                _ if self.token.is_cancelled() => Some(Err(Error::Closed)),
+                Pick::Full => {
+                    *down = false;
+                    None
+                }
+                Pick::Down => {
+                    *down = true;
+                    None
+                }
+            };
+            if let Some(result) = result {
+                self.waiters.fetch_sub(1, SeqCst);
+                return result;
+            }
+            notified.await;
+            self.waiters.fetch_sub(1, SeqCst);
+        }
+    }
+
+    /// The latest connection error of any upstream.
+    pub(crate) fn last_error(&self) -> Option<Arc<Error>> {
+        self.upstreams.iter().find_map(|u| {
+            u.last_error
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone()
+        })
+    }
+
+    /// Starts one task per slot.
+    pub(crate) fn spawn_slots(self: &Arc<Self>, runtime: &tokio::runtime::Handle) {
+        for index in 0..self.slots.len() {
+            runtime.spawn(run_slot(self.clone(), index));
+        }
+    }
+}
+
+impl Slot {
+    fn current(&self) -> Option<Arc<ConnHandle>> {
+        self.conn.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn set(&self, conn: Option<Arc<ConnHandle>>) {
+        *self.conn.lock().unwrap_or_else(|e| e.into_inner()) = conn;
+    }
+}
+
+/// Keeps one slot connected until the client is dropped.
+async fn run_slot(inner: Arc<Inner>, index: usize) {
+    let slot = &inner.slots[index];
+    let upstream = slot.upstream.clone();
+    let mut backoff = Backoff::new(inner.config.backoff_min, inner.config.backoff_max);
+    loop {
+        let attempt = tokio::select! {
+            () = inner.token.cancelled() => return,
+            attempt = tokio::time::timeout(inner.config.connect_timeout, connect(&inner, &upstream.addr)) => attempt,
+        };
+        let attempt = attempt.unwrap_or_else(|_| {
+            Err(Error::Connect {
+                addr: upstream.addr.clone(),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "connection attempt timed out",
+                ),
+            })
+        });
+        let healthy = match attempt {
+            Ok(conn) => {
+                let (sender, receiver, driver) = conn.split();
+                let handle = Arc::new(ConnHandle::new(
+                    sender,
+                    upstream.clone(),
+                    inner.config.max_pending,
+                ));
+                let opened = Instant::now();
+                let (retired_tx, retired_rx) = oneshot::channel();
+                tokio::spawn(conn::run(
+                    handle.clone(),
+                    receiver,
+                    driver,
+                    inner.clone(),
+                    retired_tx,
+                ));
+                slot.set(Some(handle));
+                inner.changed.notify_waiters();
+                // Until it takes no new requests; it drains on its own meanwhile.
+                let _ = retired_rx.await;
+                slot.set(None);
+                opened.elapsed() >= MIN_HEALTHY_LIFE
+            }
+            Err(error) => {
+                tracing::debug!(addr = %upstream.addr, %error, "connection attempt failed");
+                upstream.set_error(error);
+                upstream.record_failure(&inner);
+                false
+            }
+        };
+        if healthy {
+            backoff.reset();
+            continue;
+        }
+        tokio::select! {
+            () = inner.token.cancelled() => return,
+            () = tokio::time::sleep(backoff.next_wait()) => {}
+        }
+    }
+}
+
+/// One connection attempt: TCP (or the custom connector), TLS when configured, the teleport
+/// handshake.
+async fn connect(inner: &Inner, addr: &Arc<str>) -> Result<Conn<BoxIo>, Error> {
+    let config = &inner.config;
+    let connect_error = |source| Error::Connect {
+        addr: addr.clone(),
+        source,
+    };
+    let io: BoxIo = match &config.connector {
+        Some(connector) => connector.connect(addr).await.map_err(connect_error)?,
+        None => {
+            let tcp = TcpStream::connect(&**addr).await.map_err(connect_error)?;
+            tcp.set_nodelay(true).map_err(connect_error)?;
+            Box::new(tcp)
+        }
+    };
+    let io: BoxIo = match &config.tls {
+        None => io,
+        Some(tls) => {
+            let name = match &tls.server_name {
+                Some(name) => name.clone(),
+                None => parse_server_name(host_of(addr))?,
+            };
+            let connector = tokio_rustls::TlsConnector::from(tls.config.clone());
+            let stream = connector
+                .connect(name, io)
+                .await
+                .map_err(|source| Error::Tls {
+                    addr: addr.clone(),
+                    source,
+                })?;
+            Box::new(stream)
+        }
+    };
+    Conn::connect(io, &config.conn)
+        .await
+        .map_err(|source| Error::Handshake {
+            addr: addr.clone(),
+            source,
+        })
+}

@@ -1,0 +1,78 @@
+//! Server settings.
+
+use std::time::Duration;
+
+use teleport_transport::conn::ConnConfig;
+
+/// Settings of a [`Server`](crate::Server). `Default` plus setters; each setter documents its
+/// default.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub(crate) conn: ConnConfig,
+    pub(crate) max_concurrent_per_conn: usize,
+    pub(crate) max_concurrent: usize,
+    pub(crate) overload_wait: Duration,
+    pub(crate) handler_timeout: Option<Duration>,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        let mut config = Self {
+            conn: ConnConfig::default(),
+            max_concurrent_per_conn: 1024,
+            max_concurrent: 0,
+            overload_wait: Duration::from_secs(1),
+            handler_timeout: Some(Duration::from_secs(60)),
+        };
+        config.sync_conn();
+        config
+    }
+}
+
+impl ServerConfig {
+    /// The connection settings: the codec this side sends with and the codecs it accepts,
+    /// limits on what clients send, the batch policy, the handshake timeout. Default
+    /// [`ConnConfig::default`]. The concurrency it announces is set from
+    /// [`max_concurrent_per_conn`](Self::max_concurrent_per_conn).
+    pub fn conn(&mut self, conn: ConnConfig) -> &mut Self {
+        self.conn = conn;
+        self.sync_conn();
+        self
+    }
+
+    /// Requests one connection may have running at once, announced to clients in the
+    /// handshake. At the limit the connection stops reading, so the client's writes back up
+    /// through TCP. Default 1024, at least 1.
+    pub fn max_concurrent_per_conn(&mut self, max: usize) -> &mut Self {
+        self.max_concurrent_per_conn = max.max(1);
+        self.sync_conn();
+        self
+    }
+
+    /// Requests running at once over all connections (0: no limit besides the per-connection
+    /// one). Default 0.
+    pub fn max_concurrent(&mut self, max: usize) -> &mut Self {
+        self.max_concurrent = max;
+        self
+    }
+
+    /// How long a full connection stops reading before it answers new requests with an
+    /// `overloaded` error instead of running them. Default 1 s.
+    pub fn overload_wait(&mut self, wait: Duration) -> &mut Self {
+        self.overload_wait = wait;
+        self
+    }
+
+    /// The longest a handler may run; the request's own deadline, when it carries one, is
+    /// applied too, whichever is sooner. At the limit the handler's future is dropped and the
+    /// client gets a `timeout` error. `None`: only the request's deadline. Default 60 s.
+    pub fn handler_timeout(&mut self, timeout: Option<Duration>) -> &mut Self {
+        self.handler_timeout = timeout;
+        self
+    }
+
+    fn sync_conn(&mut self) {
+        let announced = u32::try_from(self.max_concurrent_per_conn).unwrap_or(u32::MAX);
+        self.conn.max_concurrent(announced);
+    }
+}

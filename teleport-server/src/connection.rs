@@ -1,0 +1,365 @@
+//! One teleport connection on the server: read requests, run each in its own task, send the
+//! responses as they complete, and drain on shutdown.
+//!
+//! ```text
+//!  reader ─▶ dispatch: capacity? ──yes──▶ spawn handler ─▶ service.call ─▶ response frame ─▶ writer
+//!                        │ no: stop reading (TCP backs up)
+//!                        └─ still full after overload_wait: answer `overloaded` without running
+//! ```
+
+use std::collections::HashMap;
+use std::future::poll_fn;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::FutureExt;
+use http::{Method, Response, StatusCode};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use teleport_transport::ProtocolError;
+use teleport_transport::codec::Inbound;
+use teleport_transport::conn::{Conn, Receiver, SendError, Sender};
+use teleport_transport::frame::{
+    ErrorCode, ErrorFrame, Frame, FrameType, GoAwayFrame, RequestFrame, ResponseFrame,
+};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::task::{AbortHandle, JoinError, JoinSet};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::service::{BoxError, HttpService};
+use crate::stats::{Counters, bump};
+use crate::{Body, Error, ServerConfig};
+
+/// What every connection of one server shares.
+pub(crate) struct Shared<S> {
+    pub(crate) service: S,
+    pub(crate) config: ServerConfig,
+    /// The server-wide limit, when there is one.
+    pub(crate) global: Option<Arc<Semaphore>>,
+    pub(crate) counters: Arc<Counters>,
+}
+
+/// Serves one connection until the client closes it, or until it fails.
+pub(crate) async fn serve<S, IO>(
+    io: IO,
+    shared: Arc<Shared<S>>,
+    shutdown: CancellationToken,
+) -> Result<(), Error>
+where
+    S: HttpService,
+    IO: AsyncRead + AsyncWrite + Unpin,
+{
+    let conn = match Conn::accept(io, &shared.config.conn).await {
+        Ok(conn) => conn,
+        Err(error) => {
+            bump(&shared.counters.connection_errors);
+            return Err(Error::Conn(error));
+        }
+    };
+    bump(&shared.counters.connections);
+    let (sender, receiver, driver) = conn.split();
+    let dispatch = Dispatch {
+        sender,
+        tasks: JoinSet::new(),
+        in_flight: HashMap::new(),
+        last_id: 0,
+        going_away: false,
+        shared,
+    };
+    let counters = dispatch.shared.counters.clone();
+    let (result, ()) = tokio::join!(driver.run(), dispatch.run(receiver, shutdown));
+    result.map_err(|error| {
+        bump(&counters.connection_errors);
+        Error::Conn(error)
+    })
+}
+
+struct Dispatch<S> {
+    sender: Sender,
+    /// The handlers running; each returns its request id.
+    tasks: JoinSet<u32>,
+    /// For cancel frames: the handler of each request id.
+    in_flight: HashMap<u32, AbortHandle>,
+    /// The last request id received, announced in the goaway.
+    last_id: u32,
+    going_away: bool,
+    shared: Arc<Shared<S>>,
+}
+
+/// Room for one more request: the server-wide permit, when there is a server-wide limit.
+type Room = Option<OwnedSemaphorePermit>;
+
+impl<S: HttpService> Dispatch<S> {
+    async fn run(mut self, mut receiver: Receiver, shutdown: CancellationToken) {
+        let max_local = self.shared.config.max_concurrent_per_conn;
+        let overload_wait = self.shared.config.overload_wait;
+        let mut permit: Option<OwnedSemaphorePermit> = None;
+        // When the connection last ran out of room; after overload_wait it sheds load.
+        let mut full_since: Option<Instant> = None;
+        loop {
+            let local_room = self.tasks.len() < max_local;
+            let global = self.shared.global.clone();
+            if let (Some(global), None) = (&global, &permit) {
+                permit = global.clone().try_acquire_owned().ok();
+            }
+            let global_room = global.is_none() || permit.is_some();
+            let room = local_room && global_room;
+            let shed_at = if room {
+                full_since = None;
+                None
+            } else {
+                Some(*full_since.get_or_insert_with(Instant::now) + overload_wait)
+            };
+            let shedding = shed_at.is_some_and(|at| Instant::now() >= at);
+            tokio::select! {
+                biased;
+                Some(done) = self.tasks.join_next(), if !self.tasks.is_empty() => {
+                    self.reap(done);
+                }
+                () = shutdown.cancelled(), if !self.going_away => self.go_away().await,
+                acquired = acquire(global), if local_room && !global_room => permit = acquired,
+                () = sleep_until(shed_at), if !room && !shedding => {}
+                item = receiver.recv(), if room || shedding => match item {
+                    Some(item) => {
+                        let room = if room { Some(permit.take()) } else { None };
+                        self.on_inbound(item, room).await;
+                    }
+                    None => break,
+                },
+            }
+        }
+        // The client's direction ended. A gone writer cannot carry answers: stop the handlers.
+        if self.sender.is_closed() {
+            self.tasks.abort_all();
+        }
+        while let Some(done) = self.tasks.join_next().await {
+            self.reap(done);
+        }
+    }
+
+    /// Handles one inbound item; `room` is `None` when the connection is shedding load.
+    async fn on_inbound(&mut self, item: Inbound, room: Option<Room>) {
+        match item {
+            Inbound::Frame(Frame::Request(request)) => {
+                bump(&self.shared.counters.requests);
+                self.last_id = request.id;
+                match room {
+                    Some(permit) => self.spawn(request, permit),
+                    None => {
+                        bump(&self.shared.counters.overloaded);
+                        let error = error_frame(request.id, ErrorCode::OVERLOADED, "overloaded");
+                        self.send(error).await;
+                    }
+                }
+            }
+            Inbound::Frame(Frame::Cancel { id }) => {
+                if let Some(handler) = self.in_flight.remove(&id) {
+                    handler.abort();
+                }
+            }
+            Inbound::Rejected { id, ty, error } => {
+                bump(&self.shared.counters.rejected);
+                if ty == FrameType::Request {
+                    let code = rejection_code(&error);
+                    self.send(error_frame(id, code, &error.to_string())).await;
+                }
+            }
+            // The client is closing: it sends nothing more and closes when its answers are in.
+            Inbound::Frame(Frame::GoAway(_)) | Inbound::Frame(Frame::Pong { .. }) => {}
+            Inbound::Frame(frame) => {
+                tracing::debug!(id = frame.id(), ty = ?frame.frame_type(), "unexpected frame from a client; ignored");
+            }
+        }
+    }
+
+    fn spawn(&mut self, request: RequestFrame, permit: Room) {
+        let id = request.id;
+        let shared = self.shared.clone();
+        let sender = self.sender.clone();
+        let max_body = sender.params().peer_limits.max_body as usize;
+        shared.counters.in_flight.fetch_add(1, Relaxed);
+        let task = self.tasks.spawn(async move {
+            let _permit = permit;
+            let frame = handle(&shared, request, max_body).await;
+            send(&sender, frame, &shared.counters).await;
+            shared.counters.in_flight.fetch_sub(1, Relaxed);
+            id
+        });
+        // An id still running is a client bug; the newer request wins the cancel slot.
+        self.in_flight.insert(id, task);
+    }
+
+    fn reap(&mut self, done: Result<u32, JoinError>) {
+        match done {
+            Ok(id) => {
+                self.in_flight.remove(&id);
+            }
+            // Cancelled: the cancel frame removed it already (or the connection is ending).
+            Err(error) if error.is_cancelled() => {
+                bump(&self.shared.counters.cancelled);
+                self.shared.counters.in_flight.fetch_sub(1, Relaxed);
+            }
+            // Handler panics are caught inside the task; this would be a bug in this crate.
+            Err(error) => std::panic::resume_unwind(error.into_panic()),
+        }
+    }
+
+    /// Graceful close: tell the client to send nothing new. Requests already on their way are
+    /// still served; the connection ends when the client, its answers in, closes it.
+    async fn go_away(&mut self) {
+        self.going_away = true;
+        let goaway = Frame::GoAway(GoAwayFrame {
+            last_id: self.last_id,
+            code: ErrorCode::NO_ERROR,
+            message: "server shutting down".into(),
+        });
+        self.send(goaway).await;
+    }
+
+    async fn send(&self, frame: Frame) {
+        send(&self.sender, frame, &self.shared.counters).await;
+    }
+}
+
+/// Waits for a server-wide permit; pending forever without a server-wide limit.
+async fn acquire(global: Option<Arc<Semaphore>>) -> Option<OwnedSemaphorePermit> {
+    match global {
+        // The semaphore is never closed.
+        Some(global) => global.acquire_owned().await.ok(),
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Runs the service on one request and turns the outcome into the frame that answers it.
+async fn handle<S: HttpService>(
+    shared: &Shared<S>,
+    request: RequestFrame,
+    max_body: usize,
+) -> Frame {
+    let RequestFrame {
+        id,
+        deadline,
+        request,
+    } = request;
+    let head = request.method() == Method::HEAD;
+    let timeout = match (shared.config.handler_timeout, deadline) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+    let mut service = shared.service.clone();
+    let call = AssertUnwindSafe(async move {
+        poll_fn(|cx| service.poll_ready(cx)).await?;
+        service.call(request.map(Body::from)).await
+    })
+    .catch_unwind();
+    let outcome = match timeout {
+        Some(Duration::ZERO) => None,
+        Some(timeout) => tokio::time::timeout(timeout, call).await.ok(),
+        None => Some(call.await),
+    };
+    let counters = &shared.counters;
+    let response = match outcome {
+        None => {
+            bump(&counters.timeouts);
+            return error_frame(id, ErrorCode::TIMEOUT, "handler timed out");
+        }
+        Some(Err(_panic)) => {
+            bump(&counters.failures);
+            tracing::error!(id, "handler panicked; answered 500");
+            return internal_error(id);
+        }
+        Some(Ok(Err(error))) => {
+            bump(&counters.failures);
+            let error: BoxError = error.into();
+            tracing::warn!(id, %error, "service failed; answered 500");
+            return internal_error(id);
+        }
+        Some(Ok(Ok(response))) => response,
+    };
+    let (parts, body) = response.into_parts();
+    let bodiless = head
+        || parts.status.is_informational()
+        || parts.status == StatusCode::NO_CONTENT
+        || parts.status == StatusCode::NOT_MODIFIED;
+    let body = if bodiless {
+        Bytes::new()
+    } else {
+        match Limited::new(body, max_body).collect().await {
+            Ok(collected) => collected.to_bytes(),
+            Err(error) if error.is::<LengthLimitError>() => {
+                bump(&counters.rejected);
+                let message = format!("response body over the client's limit of {max_body} bytes");
+                return error_frame(id, ErrorCode::TOO_LARGE, &message);
+            }
+            Err(error) => {
+                bump(&counters.failures);
+                tracing::warn!(id, %error, "response body failed; answered 500");
+                return internal_error(id);
+            }
+        }
+    };
+    bump(&counters.responses);
+    Frame::Response(ResponseFrame {
+        id,
+        bodiless,
+        response: Response::from_parts(parts, body),
+    })
+}
+
+/// Queues a frame; one the client's limits refuse becomes an error for its request instead.
+async fn send(sender: &Sender, frame: Frame, counters: &Counters) {
+    match sender.send(frame).await {
+        Ok(()) => {}
+        Err(SendError::Refused { frame, error }) => {
+            bump(&counters.rejected);
+            let error = error_frame(frame.id(), ErrorCode::TOO_LARGE, &error.to_string());
+            // An error frame is a few bytes: only a closed connection can refuse it.
+            let _ = sender.send(error).await;
+        }
+        // The connection is gone; the client fails its requests itself.
+        Err(_) => {}
+    }
+}
+
+fn error_frame(id: u32, code: ErrorCode, message: &str) -> Frame {
+    Frame::Error(ErrorFrame {
+        id,
+        code,
+        message: message.into(),
+    })
+}
+
+fn internal_error(id: u32) -> Frame {
+    let mut response = Response::new(Bytes::from_static(b"internal server error\n"));
+    *response.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    Frame::Response(ResponseFrame {
+        id,
+        bodiless: false,
+        response,
+    })
+}
+
+fn rejection_code(error: &ProtocolError) -> ErrorCode {
+    match error {
+        ProtocolError::FrameTooLarge { .. }
+        | ProtocolError::TooManyHeaders { .. }
+        | ProtocolError::HeadersTooLarge { .. }
+        | ProtocolError::BodyTooLarge { .. } => ErrorCode::TOO_LARGE,
+        _ => ErrorCode::MALFORMED,
+    }
+}
