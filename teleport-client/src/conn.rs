@@ -14,7 +14,7 @@ use http::Response;
 use teleport_transport::codec::Inbound;
 use teleport_transport::conn::{Driver, Receiver, Sender};
 use teleport_transport::frame::{ErrorCode, Frame, RequestFrame};
-use tokio::sync::oneshot;
+use tokio::sync::{Notify, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -43,6 +43,8 @@ pub(crate) struct ConnHandle {
     next_id: AtomicU32,
     /// Set on goaway, loss or shutdown: no new requests.
     retired: AtomicBool,
+    /// Signalled when a retired connection's last request gives up, so it can close.
+    drained: Notify,
 }
 
 impl ConnHandle {
@@ -60,6 +62,7 @@ impl ConnHandle {
             max_pending,
             next_id: AtomicU32::new(1),
             retired: AtomicBool::new(false),
+            drained: Notify::new(),
         }
     }
 
@@ -135,6 +138,9 @@ impl ConnHandle {
             return;
         }
         inner.capacity_freed();
+        if self.is_retired() && self.pending() == 0 {
+            self.drained.notify_one();
+        }
         if !sent {
             return;
         }
@@ -238,8 +244,7 @@ pub(crate) async fn run(
     retired: oneshot::Sender<()>,
 ) {
     let stop = CancellationToken::new();
-    let drive = driver.run_reclaim(stop.clone());
-    tokio::pin!(drive);
+    let mut drive = Box::pin(driver.run_reclaim(stop.clone()));
     let mut retired = Some(retired);
     let mut retire = |handle: &ConnHandle| {
         handle.retire();
@@ -287,6 +292,11 @@ pub(crate) async fn run(
                 }
                 heard = false;
             }
+            () = handle.drained.notified(), if handle.is_retired() => {
+                if handle.pending() == 0 {
+                    stop.cancel();
+                }
+            }
             () = inner.token.cancelled(), if !handle.is_retired() => {
                 retire(&handle);
                 if handle.pending() == 0 {
@@ -295,6 +305,8 @@ pub(crate) async fn run(
             }
         }
     };
+    // No frame may be queued from here on: a request racing the end finds the queue closed.
+    drop(drive);
     retire(&handle);
     // Answers decoded before the end still count.
     while let Ok(item) = receiver.try_recv() {

@@ -55,7 +55,8 @@ pub(crate) struct Upstream {
     ejections: AtomicU32,
     /// Ejected until this many milliseconds after the client started (0: not ejected).
     ejected_until_ms: std::sync::atomic::AtomicU64,
-    pub(crate) last_error: Mutex<Option<Arc<Error>>>,
+    /// The latest failed connection attempt, cleared by a successful one.
+    last_error: Mutex<Option<(Instant, Arc<Error>)>>,
 }
 
 struct Slot {
@@ -116,8 +117,9 @@ impl Upstream {
         self.failures.load(Relaxed) as usize * FAILURE_PENALTY
     }
 
-    fn set_error(&self, error: Error) {
-        *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(error));
+    fn set_error(&self, error: Option<Error>) {
+        *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) =
+            error.map(|error| (Instant::now(), Arc::new(error)));
     }
 }
 
@@ -249,14 +251,13 @@ impl Inner {
         }
     }
 
-    /// The latest connection error of any upstream.
+    /// The latest failed connection attempt of any upstream, unless one has connected since.
     pub(crate) fn last_error(&self) -> Option<Arc<Error>> {
-        self.upstreams.iter().find_map(|u| {
-            u.last_error
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .clone()
-        })
+        self.upstreams
+            .iter()
+            .filter_map(|u| u.last_error.lock().unwrap_or_else(|e| e.into_inner()).clone())
+            .max_by_key(|(at, _)| *at)
+            .map(|(_, error)| error)
     }
 
     /// Starts one task per slot.
@@ -298,6 +299,7 @@ async fn run_slot(inner: Arc<Inner>, index: usize) {
         });
         let healthy = match attempt {
             Ok(conn) => {
+                upstream.set_error(None);
                 let (sender, receiver, driver) = conn.split();
                 let handle = Arc::new(ConnHandle::new(
                     sender,
@@ -322,7 +324,7 @@ async fn run_slot(inner: Arc<Inner>, index: usize) {
             }
             Err(error) => {
                 tracing::debug!(addr = %upstream.addr, %error, "connection attempt failed");
-                upstream.set_error(error);
+                upstream.set_error(Some(error));
                 upstream.record_failure(&inner);
                 false
             }

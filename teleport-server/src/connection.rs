@@ -68,10 +68,12 @@ where
         in_flight: HashMap::new(),
         last_id: 0,
         going_away: false,
+        full_since: None,
+        shutdown,
         shared,
     };
     let counters = dispatch.shared.counters.clone();
-    let (result, ()) = tokio::join!(driver.run(), dispatch.run(receiver, shutdown));
+    let (result, ()) = tokio::join!(driver.run(), dispatch.run(receiver));
     result.map_err(|error| {
         bump(&counters.connection_errors);
         Error::Conn(error)
@@ -87,6 +89,9 @@ struct Dispatch<S> {
     /// The last request id received, announced in the goaway.
     last_id: u32,
     going_away: bool,
+    /// Since when the connection has been full without a break; past `overload_wait` it sheds.
+    full_since: Option<Instant>,
+    shutdown: CancellationToken,
     shared: Arc<Shared<S>>,
 }
 
@@ -94,40 +99,17 @@ struct Dispatch<S> {
 type Room = Option<OwnedSemaphorePermit>;
 
 impl<S: HttpService> Dispatch<S> {
-    async fn run(mut self, mut receiver: Receiver, shutdown: CancellationToken) {
-        let max_local = self.shared.config.max_concurrent_per_conn;
-        let overload_wait = self.shared.config.overload_wait;
-        let mut permit: Option<OwnedSemaphorePermit> = None;
-        // When the connection last ran out of room; after overload_wait it sheds load.
-        let mut full_since: Option<Instant> = None;
+    async fn run(mut self, mut receiver: Receiver) {
         loop {
-            let local_room = self.tasks.len() < max_local;
-            let global = self.shared.global.clone();
-            if let (Some(global), None) = (&global, &permit) {
-                permit = global.clone().try_acquire_owned().ok();
-            }
-            let global_room = global.is_none() || permit.is_some();
-            let room = local_room && global_room;
-            let shed_at = if room {
-                full_since = None;
-                None
-            } else {
-                Some(*full_since.get_or_insert_with(Instant::now) + overload_wait)
-            };
-            let shedding = shed_at.is_some_and(|at| Instant::now() >= at);
+            let shutdown = self.shutdown.clone();
             tokio::select! {
                 biased;
                 Some(done) = self.tasks.join_next(), if !self.tasks.is_empty() => {
                     self.reap(done);
                 }
                 () = shutdown.cancelled(), if !self.going_away => self.go_away().await,
-                acquired = acquire(global), if local_room && !global_room => permit = acquired,
-                () = sleep_until(shed_at), if !room && !shedding => {}
-                item = receiver.recv(), if room || shedding => match item {
-                    Some(item) => {
-                        let room = if room { Some(permit.take()) } else { None };
-                        self.on_inbound(item, room).await;
-                    }
+                item = receiver.recv() => match item {
+                    Some(item) => self.on_inbound(item).await,
                     None => break,
                 },
             }
@@ -141,13 +123,12 @@ impl<S: HttpService> Dispatch<S> {
         }
     }
 
-    /// Handles one inbound item; `room` is `None` when the connection is shedding load.
-    async fn on_inbound(&mut self, item: Inbound, room: Option<Room>) {
+    async fn on_inbound(&mut self, item: Inbound) {
         match item {
             Inbound::Frame(Frame::Request(request)) => {
                 bump(&self.shared.counters.requests);
                 self.last_id = request.id;
-                match room {
+                match self.room().await {
                     Some(permit) => self.spawn(request, permit),
                     None => {
                         bump(&self.shared.counters.overloaded);
@@ -172,6 +153,45 @@ impl<S: HttpService> Dispatch<S> {
             Inbound::Frame(Frame::GoAway(_)) | Inbound::Frame(Frame::Pong { .. }) => {}
             Inbound::Frame(frame) => {
                 tracing::debug!(id = frame.id(), ty = ?frame.frame_type(), "unexpected frame from a client; ignored");
+            }
+        }
+    }
+
+    /// Waits for room to run one more request, reading nothing meanwhile: the client's frames
+    /// back up in the socket. `None` once the connection has been full for `overload_wait`:
+    /// shed the request.
+    async fn room(&mut self) -> Option<Room> {
+        let max_local = self.shared.config.max_concurrent_per_conn;
+        let global = self.shared.global.clone();
+        loop {
+            let local_room = self.tasks.len() < max_local;
+            if local_room {
+                let permit = match &global {
+                    None => Some(None),
+                    Some(global) => global.clone().try_acquire_owned().ok().map(Some),
+                };
+                if let Some(permit) = permit {
+                    self.full_since = None;
+                    return Some(permit);
+                }
+            }
+            let now = Instant::now();
+            let shed_at = *self.full_since.get_or_insert(now) + self.shared.config.overload_wait;
+            if now >= shed_at {
+                return None;
+            }
+            let shutdown = self.shutdown.clone();
+            tokio::select! {
+                biased;
+                Some(done) = self.tasks.join_next(), if !self.tasks.is_empty() => {
+                    self.reap(done);
+                }
+                () = shutdown.cancelled(), if !self.going_away => self.go_away().await,
+                permit = acquire(global.clone()), if local_room => {
+                    self.full_since = None;
+                    return Some(permit);
+                }
+                () = tokio::time::sleep_until(shed_at) => {}
             }
         }
     }
@@ -226,17 +246,10 @@ impl<S: HttpService> Dispatch<S> {
 }
 
 /// Waits for a server-wide permit; pending forever without a server-wide limit.
-async fn acquire(global: Option<Arc<Semaphore>>) -> Option<OwnedSemaphorePermit> {
+async fn acquire(global: Option<Arc<Semaphore>>) -> Room {
     match global {
         // The semaphore is never closed.
         Some(global) => global.acquire_owned().await.ok(),
-        None => std::future::pending().await,
-    }
-}
-
-async fn sleep_until(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
     }
 }
