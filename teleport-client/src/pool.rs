@@ -255,7 +255,12 @@ impl Inner {
     pub(crate) fn last_error(&self) -> Option<Arc<Error>> {
         self.upstreams
             .iter()
-            .filter_map(|u| u.last_error.lock().unwrap_or_else(|e| e.into_inner()).clone())
+            .filter_map(|u| {
+                u.last_error
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clone()
+            })
             .max_by_key(|(at, _)| *at)
             .map(|(_, error)| error)
     }
@@ -376,8 +381,20 @@ async fn connect(inner: &Inner, addr: &Arc<str>) -> Result<Conn<BoxIo>, Error> {
     };
     Conn::connect(io, &config.conn)
         .await
-        .map_err(|source| Error::Handshake {
-            addr: addr.clone(),
-            source,
+        .map_err(|source| match source {
+            // In TLS 1.3 the server checks the client's certificate after the client's side of
+            // the TLS handshake is done: its refusal is an alert read here.
+            teleport_transport::Error::Read(source) | teleport_transport::Error::Write(source)
+                if source.get_ref().is_some_and(|e| e.is::<rustls::Error>()) =>
+            {
+                Error::Tls {
+                    addr: addr.clone(),
+                    source,
+                }
+            }
+            source => Error::Handshake {
+                addr: addr.clone(),
+                source,
+            },
         })
 }

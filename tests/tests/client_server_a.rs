@@ -1,0 +1,751 @@
+//! End-to-end tests of teleport-client against teleport-server: out-of-order answers and
+//! thousands of requests on one connection, every codec, TLS and mutual TLS, bodiless answers,
+//! size limits, panicking and slow handlers, and the client as a `tower::Service`.
+//!
+//! Each test starts a real server on loopback (or, where a paused clock drives the timers, on an
+//! in-memory duplex) and talks to it with a real client. Waits that must end "soon" are bounded
+//! by [`SOON`], far above what any of them needs, so a pass never depends on the machine's speed.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderValue, Method, Request, Response, StatusCode};
+use teleport_client::{BoxIo, Client, ClientBuilder, ClientTls, Error};
+use teleport_server::{Body, HttpService, Server, ServerConfig, ServerHandle};
+use teleport_tests::Pki;
+use teleport_transport::compress::Codec;
+use teleport_transport::conn::ConnConfig;
+use teleport_transport::frame::{ErrorCode, Limits};
+use teleport_transport::listener::{Listener, ListenerConfig, TlsConfig};
+use tokio::sync::{Notify, Semaphore};
+use tokio::task::JoinSet;
+use tokio::time::timeout;
+use tokio_util::sync::CancellationToken;
+use tower::{Service, ServiceExt};
+
+/// Generous bound for things that must happen "soon".
+const SOON: Duration = Duration::from_secs(10);
+
+// ===== helpers =====
+
+fn loopback(tls: Option<TlsConfig>) -> ListenerConfig {
+    let mut config = ListenerConfig::default();
+    config
+        .listen(SocketAddr::from(([127, 0, 0, 1], 0)))
+        .tls(tls);
+    config
+}
+
+/// Serves `service` on a loopback listener.
+fn serve<S: HttpService>(
+    service: S,
+    config: ServerConfig,
+    listener: &ListenerConfig,
+) -> (ServerHandle, SocketAddr) {
+    let running = Server::with_config(service, config)
+        .serve(Listener::bind(listener).expect("bind"))
+        .expect("serve");
+    let addr = running.local_addrs()[0];
+    (running, addr)
+}
+
+/// Serves `service` with the default settings on a plaintext loopback listener.
+fn serve_plain<S: HttpService>(service: S) -> (ServerHandle, SocketAddr) {
+    serve(service, ServerConfig::default(), &loopback(None))
+}
+
+/// A builder for one connection to `addr`, with a bounded request timeout.
+fn client_to(addr: SocketAddr) -> ClientBuilder {
+    let mut builder = Client::builder();
+    builder.addr(addr.to_string()).timeout(SOON);
+    builder
+}
+
+fn get(path: &str) -> Request<Bytes> {
+    request(Method::GET, path, Bytes::new())
+}
+
+fn request(method: Method, path: &str, body: impl Into<Bytes>) -> Request<Bytes> {
+    Request::builder()
+        .method(method)
+        .uri(format!("http://upstream{path}"))
+        .body(body.into())
+        .unwrap()
+}
+
+fn text(body: impl Into<Body>) -> Result<Response<Body>, Infallible> {
+    Ok(Response::new(body.into()))
+}
+
+/// Deterministic bytes that do not compress (xorshift64).
+fn noise(len: usize, seed: u64) -> Bytes {
+    let mut state = seed | 1;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 24) as u8
+        })
+        .collect::<Vec<u8>>()
+        .into()
+}
+
+/// Bytes that compress well.
+fn prose(len: usize) -> Bytes {
+    b"teleport carries http over pipelined, compressed frames; "
+        .iter()
+        .copied()
+        .cycle()
+        .take(len)
+        .collect::<Vec<u8>>()
+        .into()
+}
+
+/// Drops the client, then shuts the server down; every connection must end by itself.
+async fn finish(client: Client, running: ServerHandle) {
+    drop(client);
+    let report = running.shutdown(SOON).await;
+    assert_eq!(report.forced, 0, "{report}");
+}
+
+// ===== pipelining =====
+
+/// A request whose handler has not finished does not hold back the answers of requests sent
+/// after it on the same connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fast_answers_overtake_a_slow_one_on_one_connection() {
+    let slow_started = Arc::new(Notify::new());
+    let release_slow = Arc::new(Semaphore::new(0));
+    let service = {
+        let (slow_started, release_slow) = (slow_started.clone(), release_slow.clone());
+        tower::service_fn(move |request: Request<Body>| {
+            let (slow_started, release_slow) = (slow_started.clone(), release_slow.clone());
+            async move {
+                let path = request.uri().path().to_owned();
+                if path == "/slow" {
+                    slow_started.notify_one();
+                    release_slow.acquire().await.unwrap().forget();
+                }
+                text(path)
+            }
+        })
+    };
+    let (running, addr) = serve_plain(service);
+    let client = client_to(addr).conns_per_addr(1).build().unwrap();
+
+    let slow = tokio::spawn({
+        let client = client.clone();
+        async move { client.send(get("/slow")).await }
+    });
+    timeout(SOON, slow_started.notified())
+        .await
+        .expect("the slow handler never started");
+
+    let mut fast = JoinSet::new();
+    for i in 0..64 {
+        let client = client.clone();
+        fast.spawn(async move { (i, client.send(get(&format!("/fast/{i}"))).await) });
+    }
+    let fast = timeout(SOON, fast.join_all())
+        .await
+        .expect("fast answers waited for the slow one");
+    for (i, response) in fast {
+        let response = response.unwrap();
+        assert_eq!(response.body(), format!("/fast/{i}").as_bytes());
+    }
+    assert!(
+        !slow.is_finished(),
+        "the slow request ended before its handler was released"
+    );
+    assert_eq!(client.stats().connections, 1);
+    assert_eq!(client.stats().pending, 1, "only the slow request is left");
+
+    release_slow.add_permits(1);
+    let slow = timeout(SOON, slow).await.unwrap().unwrap().unwrap();
+    assert_eq!(slow.body(), "/slow".as_bytes());
+    let stats = running.stats();
+    assert_eq!(stats.connections, 1, "{stats:?}");
+    assert_eq!((stats.requests, stats.responses), (65, 65), "{stats:?}");
+    finish(client, running).await;
+}
+
+/// Thousands of requests run at once on one connection, and each answer reaches its own
+/// request. Every handler waits until all have arrived, so the test passes only if they were
+/// truly in flight together.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_thousand_concurrent_requests_on_one_connection() {
+    const N: usize = 5000;
+    let arrived = Arc::new(AtomicUsize::new(0));
+    let all_in = Arc::new(Semaphore::new(0));
+    let service = {
+        let (arrived, all_in) = (arrived.clone(), all_in.clone());
+        tower::service_fn(move |request: Request<Body>| {
+            let (arrived, all_in) = (arrived.clone(), all_in.clone());
+            async move {
+                if arrived.fetch_add(1, Ordering::SeqCst) + 1 == N {
+                    all_in.add_permits(N);
+                }
+                all_in.acquire().await.unwrap().forget();
+                let (parts, body) = request.into_parts();
+                let mut echo = format!("{}|", parts.uri.path()).into_bytes();
+                echo.extend_from_slice(&body);
+                text(echo)
+            }
+        })
+    };
+    let mut config = ServerConfig::default();
+    config.max_concurrent_per_conn(2 * N);
+    let (running, addr) = serve(service, config, &loopback(None));
+    let client = client_to(addr)
+        .conns_per_addr(1)
+        .max_pending(2 * N)
+        .build()
+        .unwrap();
+
+    let mut requests = JoinSet::new();
+    for i in 0..N {
+        let client = client.clone();
+        requests.spawn(async move {
+            let body = format!("body of request {i}: {}", "x".repeat(i % 97));
+            let request = request(Method::POST, &format!("/item/{i}"), body.clone());
+            let response = client.send(request).await;
+            (i, body, response)
+        });
+    }
+    let done = timeout(SOON, requests.join_all())
+        .await
+        .expect("the requests did not all complete");
+    assert_eq!(done.len(), N);
+    for (i, body, response) in done {
+        let response = response.unwrap_or_else(|e| panic!("request {i}: {e:?}"));
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(
+            response.body(),
+            format!("/item/{i}|{body}").as_bytes(),
+            "request {i} got another request's answer"
+        );
+    }
+    let stats = running.stats();
+    assert_eq!(stats.connections, 1, "{stats:?}");
+    assert_eq!(stats.responses, N as u64, "{stats:?}");
+    finish(client, running).await;
+}
+
+// ===== codecs =====
+
+/// Echoes the request body, the request's `x-multi` values as `x-multi-echo`, and adds three
+/// `x-resp` values of its own.
+fn echo_service() -> impl HttpService {
+    tower::service_fn(|request: Request<Body>| async move {
+        let (parts, body) = request.into_parts();
+        let mut response = Response::new(body);
+        let headers = response.headers_mut();
+        for value in parts.headers.get_all("x-multi") {
+            headers.append("x-multi-echo", value.clone());
+        }
+        for value in ["one", "two", "three"] {
+            headers.append("x-resp", HeaderValue::from_static(value));
+        }
+        Ok::<_, Infallible>(response)
+    })
+}
+
+fn values<'a>(headers: &'a http::HeaderMap, name: &str) -> Vec<&'a [u8]> {
+    headers
+        .get_all(name)
+        .iter()
+        .map(HeaderValue::as_bytes)
+        .collect()
+}
+
+async fn bodies_and_headers_survive(codec: Codec) {
+    let mut conn = ConnConfig::default();
+    conn.codec(codec);
+    let mut config = ServerConfig::default();
+    config.conn(conn);
+    let (running, addr) = serve(echo_service(), config, &loopback(None));
+    let client = client_to(addr).compression(codec).build().unwrap();
+
+    let bodies = [
+        Bytes::new(),
+        noise(261, 1),
+        noise(100 << 10, 2),
+        noise(1 << 20, 3),
+    ];
+    for body in bodies {
+        let mut request = request(Method::POST, "/echo", body.clone());
+        for value in ["c", "a", "b"] {
+            request
+                .headers_mut()
+                .append("x-multi", HeaderValue::from_static(value));
+        }
+        let response = client.send(request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        assert!(
+            response.body() == &body,
+            "{} body of {} bytes came back as {} different bytes",
+            codec.name(),
+            body.len(),
+            response.body().len()
+        );
+        let headers = response.headers();
+        assert_eq!(values(headers, "x-multi-echo"), [b"c", b"a", b"b"]);
+        assert_eq!(
+            values(headers, "x-resp"),
+            [&b"one"[..], &b"two"[..], &b"three"[..]]
+        );
+    }
+
+    // The codec is really in use, both ways: text crosses the wire smaller than it is.
+    let before = client.stats();
+    let body = prose(1 << 20);
+    let response = client
+        .send(request(Method::POST, "/echo", body.clone()))
+        .await
+        .unwrap();
+    assert!(response.body() == &body);
+    let after = client.stats();
+    let sent = after.wire_bytes_sent - before.wire_bytes_sent;
+    let received = after.wire_bytes_received - before.wire_bytes_received;
+    let len = body.len() as u64;
+    if codec == Codec::None {
+        assert!(sent >= len && received >= len, "{sent} {received}");
+    } else {
+        assert!(
+            sent < len / 4 && received < len / 4,
+            "{} did not compress: {sent} bytes sent, {received} received for {len}",
+            codec.name()
+        );
+    }
+    finish(client, running).await;
+}
+
+#[tokio::test]
+async fn codec_none_keeps_bodies_and_headers() {
+    bodies_and_headers_survive(Codec::None).await;
+}
+
+#[tokio::test]
+async fn codec_snappy_keeps_bodies_and_headers() {
+    bodies_and_headers_survive(Codec::Snappy).await;
+}
+
+#[tokio::test]
+async fn codec_deflate_keeps_bodies_and_headers() {
+    bodies_and_headers_survive(Codec::Deflate).await;
+}
+
+// ===== TLS =====
+
+fn hello_service() -> impl HttpService {
+    tower::service_fn(|request: Request<Body>| async move { text(request.uri().path().to_owned()) })
+}
+
+/// A client that gives up quickly on a server that refuses it.
+fn impatient(addr: SocketAddr, tls: Option<ClientTls>) -> Client {
+    let mut builder = Client::builder();
+    builder
+        .addr(addr.to_string())
+        .timeout(Duration::from_secs(1))
+        .connect_timeout(Duration::from_millis(500))
+        .reconnect_backoff(Duration::from_millis(10), Duration::from_millis(100));
+    if let Some(tls) = tls {
+        builder.tls(tls);
+    }
+    builder.build().unwrap()
+}
+
+fn client_tls(pki: &Pki, identity: Option<&teleport_tests::Identity>) -> ClientTls {
+    let identity = identity.map(|id| (id.cert_pem.as_bytes(), id.key_pem.as_bytes()));
+    ClientTls::from_pem(pki.ca_pem.as_bytes(), identity).unwrap()
+}
+
+#[tokio::test]
+async fn tls_listener_serves_a_tls_client() {
+    let pki = Pki::generate();
+    let (running, addr) = serve(
+        hello_service(),
+        ServerConfig::default(),
+        &loopback(Some(pki.server_tls())),
+    );
+    let client = client_to(addr).tls(client_tls(&pki, None)).build().unwrap();
+    let response = client.send(get("/over-tls")).await.unwrap();
+    assert_eq!(response.body(), "/over-tls".as_bytes());
+    assert_eq!(running.listener_stats().handshake_failures, 0);
+    finish(client, running).await;
+}
+
+#[tokio::test]
+async fn mtls_listener_accepts_only_clients_of_its_ca() {
+    let pki = Pki::generate();
+    let (running, addr) = serve(
+        hello_service(),
+        ServerConfig::default(),
+        &loopback(Some(pki.server_mtls())),
+    );
+
+    let trusted = client_to(addr)
+        .tls(client_tls(&pki, Some(&pki.client)))
+        .build()
+        .unwrap();
+    let response = trusted.send(get("/mtls")).await.unwrap();
+    assert_eq!(response.body(), "/mtls".as_bytes());
+    assert_eq!(running.stats().connections, 1);
+
+    for (who, identity) in [("stranger", Some(&pki.stranger)), ("anonymous", None)] {
+        let refused = impatient(addr, Some(client_tls(&pki, identity)));
+        let error = refused.send(get("/mtls")).await.unwrap_err();
+        assert!(error.is_unavailable(), "{who}: {error:?}");
+        assert!(error.is_tls(), "{who}: not classified as TLS: {error:?}");
+    }
+    let stats = running.stats();
+    assert_eq!(
+        stats.connections, 1,
+        "a refused client got through: {stats:?}"
+    );
+    assert_eq!(stats.requests, 1, "{stats:?}");
+    assert!(running.listener_stats().handshake_failures >= 2);
+
+    // The trusted client is unaffected.
+    let response = trusted.send(get("/again")).await.unwrap();
+    assert_eq!(response.body(), "/again".as_bytes());
+    finish(trusted, running).await;
+}
+
+#[tokio::test]
+async fn tls_required_listener_refuses_a_plaintext_client() {
+    let pki = Pki::generate();
+    let mut tls = pki.server_tls();
+    tls.allow_plaintext(false);
+    let (running, addr) = serve(
+        hello_service(),
+        ServerConfig::default(),
+        &loopback(Some(tls)),
+    );
+
+    let plaintext = impatient(addr, None);
+    let error = plaintext.send(get("/plain")).await.unwrap_err();
+    assert!(error.is_unavailable(), "{error:?}");
+    assert_eq!(running.stats().requests, 0);
+    assert!(running.listener_stats().rejected >= 1);
+
+    // The same listener still serves TLS clients.
+    let client = client_to(addr).tls(client_tls(&pki, None)).build().unwrap();
+    let response = client.send(get("/tls")).await.unwrap();
+    assert_eq!(response.body(), "/tls".as_bytes());
+    drop(plaintext);
+    finish(client, running).await;
+}
+
+// ===== bodiless answers =====
+
+/// HEAD answers, 204 and 304 carry no body whatever the service returns, keep their headers,
+/// and leave the connection in step for the requests after them.
+#[tokio::test]
+async fn head_204_and_304_have_no_body_and_keep_the_stream_in_sync() {
+    let service = tower::service_fn(|request: Request<Body>| async move {
+        let body = Body::from("eleven char");
+        let status = match request.uri().path() {
+            "/no-content" => StatusCode::NO_CONTENT,
+            "/not-modified" => StatusCode::NOT_MODIFIED,
+            _ => StatusCode::OK,
+        };
+        let response = Response::builder()
+            .status(status)
+            .header(http::header::CONTENT_LENGTH, "11")
+            .header(http::header::ETAG, "\"v1\"")
+            .body(body)
+            .unwrap();
+        Ok::<_, Infallible>(response)
+    });
+    let (running, addr) = serve_plain(service);
+    let client = client_to(addr).build().unwrap();
+
+    for round in 0..3 {
+        let head = client
+            .send(request(Method::HEAD, "/resource", Bytes::new()))
+            .await
+            .unwrap();
+        assert_eq!(head.status(), StatusCode::OK);
+        assert!(head.body().is_empty(), "round {round}: HEAD got a body");
+        assert_eq!(head.headers()[http::header::CONTENT_LENGTH], "11");
+
+        let no_content = client.send(get("/no-content")).await.unwrap();
+        assert_eq!(no_content.status(), StatusCode::NO_CONTENT);
+        assert!(no_content.body().is_empty());
+
+        let not_modified = client.send(get("/not-modified")).await.unwrap();
+        assert_eq!(not_modified.status(), StatusCode::NOT_MODIFIED);
+        assert!(not_modified.body().is_empty());
+        assert_eq!(not_modified.headers()[http::header::ETAG], "\"v1\"");
+
+        let full = client.send(get("/resource")).await.unwrap();
+        assert_eq!(full.status(), StatusCode::OK);
+        assert_eq!(full.body(), "eleven char".as_bytes());
+        assert_eq!(full.headers()[http::header::CONTENT_LENGTH], "11");
+    }
+
+    // All at once, interleaved on the one connection.
+    let mut set = JoinSet::new();
+    for i in 0..40 {
+        let client = client.clone();
+        let (method, path) = match i % 4 {
+            0 => (Method::HEAD, "/resource"),
+            1 => (Method::GET, "/no-content"),
+            2 => (Method::GET, "/not-modified"),
+            _ => (Method::GET, "/resource"),
+        };
+        set.spawn(async move {
+            let response = client
+                .send(request(method.clone(), path, Bytes::new()))
+                .await;
+            (method, path, response.unwrap())
+        });
+    }
+    for (method, path, response) in timeout(SOON, set.join_all()).await.unwrap() {
+        let full = method == Method::GET && path == "/resource";
+        let expected: &[u8] = if full { b"eleven char" } else { b"" };
+        assert_eq!(response.body(), expected, "{method} {path}");
+    }
+    assert_eq!(running.stats().connections, 1);
+    finish(client, running).await;
+}
+
+// ===== size limits =====
+
+/// A response over the client's body limit fails its own request only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_response_fails_only_its_request() {
+    let service = tower::service_fn(|request: Request<Body>| async move {
+        match request.uri().path() {
+            "/big" => text(noise(1 << 20, 9)),
+            path => text(path.to_owned()),
+        }
+    });
+    let (running, addr) = serve_plain(service);
+    let client = client_to(addr)
+        .limits(Limits {
+            max_body: 64 * 1024,
+            ..Limits::default()
+        })
+        .build()
+        .unwrap();
+
+    let mut set = JoinSet::new();
+    for i in 0..20 {
+        let client = client.clone();
+        set.spawn(async move {
+            let path = if i % 5 == 0 {
+                "/big".to_owned()
+            } else {
+                format!("/small/{i}")
+            };
+            let response = client.send(get(&path)).await;
+            (path, response)
+        });
+    }
+    for (path, response) in timeout(SOON, set.join_all()).await.unwrap() {
+        if path == "/big" {
+            let error = response.unwrap_err();
+            assert!(error.is_too_large(), "{error:?}");
+        } else {
+            assert_eq!(response.unwrap().body(), path.as_bytes());
+        }
+    }
+    let error = client.send(get("/big")).await.unwrap_err();
+    assert!(error.is_too_large(), "{error:?}");
+    let response = client.send(get("/after")).await.unwrap();
+    assert_eq!(response.body(), "/after".as_bytes());
+    let stats = running.stats();
+    assert_eq!(stats.connections, 1, "{stats:?}");
+    assert_eq!(stats.rejected, 5, "{stats:?}");
+    finish(client, running).await;
+}
+
+/// A request over the server's body limit fails with `too large`; requests within it, before
+/// and after, are served on the same connection.
+#[tokio::test]
+async fn oversized_request_fails_only_itself() {
+    let mut conn = ConnConfig::default();
+    conn.limits(Limits {
+        max_body: 1024,
+        ..Limits::default()
+    });
+    let mut config = ServerConfig::default();
+    config.conn(conn);
+    let (running, addr) = serve(echo_service(), config, &loopback(None));
+    let client = client_to(addr).build().unwrap();
+
+    let fits = noise(1024, 4);
+    let response = client
+        .send(request(Method::POST, "/fits", fits.clone()))
+        .await
+        .unwrap();
+    assert!(response.body() == &fits);
+
+    let error = client
+        .send(request(Method::POST, "/too-big", noise(1025, 5)))
+        .await
+        .unwrap_err();
+    assert!(error.is_too_large(), "{error:?}");
+
+    let response = client
+        .send(request(Method::POST, "/after", fits.clone()))
+        .await
+        .unwrap();
+    assert!(response.body() == &fits);
+    let stats = running.stats();
+    assert_eq!((stats.connections, stats.responses), (1, 2), "{stats:?}");
+    finish(client, running).await;
+}
+
+// ===== failing handlers =====
+
+/// A handler's panic becomes a 500 for its request; requests running beside it are answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn panicking_handler_fails_only_its_request() {
+    const OTHERS: usize = 8;
+    let started = Arc::new(Semaphore::new(0));
+    let release = Arc::new(Semaphore::new(0));
+    let service = {
+        let (started, release) = (started.clone(), release.clone());
+        tower::service_fn(move |request: Request<Body>| {
+            let (started, release) = (started.clone(), release.clone());
+            async move {
+                let path = request.uri().path().to_owned();
+                if path == "/panic" {
+                    panic!("handler panics on purpose");
+                }
+                if path.starts_with("/ok/") {
+                    started.add_permits(1);
+                    release.acquire().await.unwrap().forget();
+                }
+                text(path)
+            }
+        })
+    };
+    let (running, addr) = serve_plain(service);
+    let client = client_to(addr).build().unwrap();
+
+    let mut others = JoinSet::new();
+    for i in 0..OTHERS {
+        let client = client.clone();
+        others.spawn(async move { (i, client.send(get(&format!("/ok/{i}"))).await) });
+    }
+    // Every other handler is running when the panic happens.
+    timeout(SOON, started.acquire_many(OTHERS as u32))
+        .await
+        .expect("handlers did not start")
+        .unwrap()
+        .forget();
+    let response = client.send(get("/panic")).await.unwrap();
+    assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(running.stats().failures, 1);
+
+    release.add_permits(OTHERS);
+    for (i, response) in timeout(SOON, others.join_all()).await.unwrap() {
+        let response = response.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(response.body(), format!("/ok/{i}").as_bytes());
+    }
+    let response = client.send(get("/after")).await;
+    assert_eq!(response.unwrap().status(), StatusCode::OK);
+    let stats = running.stats();
+    assert_eq!(stats.failures, 1, "{stats:?}");
+    assert_eq!(stats.connections, 1, "{stats:?}");
+    assert_eq!(running.listener_stats().panics, 0);
+    finish(client, running).await;
+}
+
+/// Connects a client to `server` over in-memory duplexes, one per connection attempt, so a
+/// paused clock can drive every timer.
+fn in_memory<S: HttpService>(server: &Server<S>) -> ClientBuilder {
+    let server = server.clone();
+    let mut builder = Client::builder();
+    builder.addr("in-memory:1").connector(move |_addr: &str| {
+        let (client_io, server_io) = tokio::io::duplex(256 << 10);
+        let server = server.clone();
+        tokio::spawn(async move {
+            let _ = server
+                .serve_connection(server_io, CancellationToken::new())
+                .await;
+        });
+        async move { Ok(Box::new(client_io) as BoxIo) }
+    });
+    builder
+}
+
+/// A handler past the server's handler timeout is dropped and its client gets a `timeout`
+/// error from the server, well before its own deadline.
+#[tokio::test(start_paused = true)]
+async fn handler_timeout_answers_with_a_timeout_error() {
+    let handler_timeout = Duration::from_secs(10);
+    let client_timeout = Duration::from_secs(60);
+    let service = tower::service_fn(|request: Request<Body>| async move {
+        if request.uri().path() == "/forever" {
+            std::future::pending::<()>().await;
+        }
+        text("quick")
+    });
+    let mut config = ServerConfig::default();
+    config.handler_timeout(Some(handler_timeout));
+    let server = Server::with_config(service, config);
+    let client = in_memory(&server).timeout(client_timeout).build().unwrap();
+
+    let started = tokio::time::Instant::now();
+    let error = client.send(get("/forever")).await.unwrap_err();
+    let waited = started.elapsed();
+    assert!(error.is_timeout(), "{error:?}");
+    assert_eq!(error.remote_code(), Some(ErrorCode::TIMEOUT), "{error:?}");
+    assert!(
+        waited >= handler_timeout && waited < client_timeout,
+        "answered after {waited:?}"
+    );
+    let stats = server.stats();
+    assert_eq!((stats.timeouts, stats.in_flight), (1, 0), "{stats:?}");
+
+    let response = client.send(get("/quick")).await.unwrap();
+    assert_eq!(response.body(), "quick".as_bytes());
+    assert_eq!(server.stats().connections, 1);
+}
+
+// ===== tower =====
+
+/// The client is a `tower::Service`: `oneshot` on a clone sends the request.
+#[tokio::test]
+async fn client_is_a_tower_service() {
+    let (running, addr) = serve_plain(echo_service());
+    let client = client_to(addr).build().unwrap();
+
+    let response = client
+        .clone()
+        .oneshot(request(Method::PUT, "/tower", "through tower"))
+        .await
+        .unwrap();
+    assert_eq!(response.body(), "through tower".as_bytes());
+
+    // Composed with tower's combinators: errors stay the client's typed errors.
+    let mut service = client
+        .clone()
+        .map_response(|response: Response<Bytes>| response.into_body());
+    let body = service
+        .ready()
+        .await
+        .unwrap()
+        .call(request(Method::POST, "/mapped", "mapped"))
+        .await
+        .unwrap();
+    assert_eq!(body, "mapped".as_bytes());
+    let error: Error = client
+        .clone()
+        .oneshot(request(Method::POST, "/big", vec![0u8; 17 << 20]))
+        .await
+        .unwrap_err();
+    assert!(error.is_too_large(), "{error:?}");
+    finish(client, running).await;
+}
