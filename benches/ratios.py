@@ -15,6 +15,9 @@ meets the issue's target:
   bar, decompression (whose teleport side also parses the frames).
 - `--bench compression_ratio`: deflate with one stream context per direction at least 10x, per
   message 2-3x (against the HTTP/1.1 bytes).
+- `--bench e2e`: time per request of every end-to-end scenario, with <target_dir>/e2e-allocs.json
+  (allocations and wire bytes per request); at x1000 at most 1.0 us without compression and
+  2.0 us with deflate, sequential latency over loopback TCP at most 10 us.
 
 A miss that the means' 95 % confidence intervals could still explain (teleport's lower bound over
 the baseline's upper bound meets the target) is marked as such. Always exits 0: it reports, it
@@ -23,6 +26,7 @@ does not gate.
 
 import json
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -62,6 +66,8 @@ def main() -> int:
     protocol(target)
     print()
     compression(target)
+    print()
+    e2e(target)
     return 0
 
 
@@ -186,6 +192,70 @@ def compression(target: Path) -> None:
                 v = "BELOW the expected range" if r < lo else (
                     "above the expected range" if r > hi else "as expected")
             print(f"{name:<10} {mode:<12} {r:>6.2f}x {want:>8}  {v}")
+
+
+# (bench, most ns per request) for the issue's targets; every other e2e bench is reported.
+E2E_TARGETS = {
+    "e2e_inmem_none_delay0_x1000_get_261b": 1000.0,
+    "e2e_tcp_none_delay0_x1000_get_261b": 1000.0,
+    "e2e_inmem_deflate_delay0_x1000_get_261b": 2000.0,
+    "e2e_tcp_deflate_delay0_x1000_get_261b": 2000.0,
+    "e2e_tcp_none_delay0_x1_get_261b": 10000.0,
+}
+# The Go original's BenchmarkEndToEndGet, for comparison: printed below the table.
+E2E_GO = ("Go original: 2.6 us/req without compression, 5.1 us/req deflate, 2.2 us/req pipelined, "
+          "14 us sequential")
+E2E_ORDER = {"inmem": 0, "tcp": 1, "tls": 2, "none": 0, "snappy": 1, "deflate": 2}
+
+
+def e2e_key(name: str):
+    """The bench's own order: transport, codec, delay, parallelism, retry last."""
+    m = re.match(r"e2e_(\w+?)_(\w+?)_delay(\d+)(?:ms)?_x(\d+)_get_261b(_retry)?$", name)
+    if not m:
+        return (9, name)
+    transport, codec, delay, par, retry = m.groups()
+    return (E2E_ORDER.get(transport, 9), E2E_ORDER.get(codec, 9), int(delay), int(par),
+            bool(retry))
+
+
+def e2e(target: Path) -> None:
+    """Every e2e scenario with results, in the bench's order of names (transport, codec, ...)."""
+    root = target / "criterion"
+    names = sorted((p.name for p in root.glob("e2e_*") if (p / "new" / "estimates.json").exists()),
+                   key=e2e_key)
+    if not names:
+        print(f"e2e: no data (no {root}/e2e_*; run --bench e2e)")
+        return
+    try:
+        with open(target / "e2e-allocs.json") as f:
+            allocs = json.load(f)
+    except (OSError, ValueError):
+        allocs = {}
+    header = (f"{'bench':<46} {'us/req':>8} {'allocs':>7} {'B alloc':>8} {'wire out':>8} "
+              f"{'wire in':>8} {'target':>7}  verdict")
+    print(header)
+    print("-" * len(header))
+    for name in names:
+        m = mean_ns(target, name, "")
+        a = allocs.get(name, {})
+
+        def num(key, fmt):
+            return format(a[key], fmt) if key in a else "-"
+
+        limit = E2E_TARGETS.get(name)
+        if limit is None:
+            want, v = "-", "(reported)"
+        else:
+            want = f"<={limit / 1000:.0f}"
+            v = "meets" if m[0] <= limit else (
+                "misses, within the 95% CI" if m[1] <= limit else "MISSES")
+        print(f"{name:<46} {m[0] / 1000:>8.2f} {num('allocs_per_request', '.2f'):>7} "
+              f"{num('alloc_bytes_per_request', '.0f'):>8} "
+              f"{num('client_wire_bytes_sent_per_request', '.1f'):>8} "
+              f"{num('client_wire_bytes_received_per_request', '.1f'):>8} {want:>7}  {v}")
+    print("(allocs, B alloc: heap allocations and bytes per request, client and server together; "
+          "wire out/in: the client's bytes per request after compression)")
+    print(E2E_GO)
 
 
 if __name__ == "__main__":

@@ -258,6 +258,8 @@ pub(crate) async fn run(
     let mut heard = true;
     let mut ping_out = false;
     let mut reader_done = false;
+    let closing = inner.token.cancelled();
+    tokio::pin!(closing);
     let (result, unsent) = loop {
         tokio::select! {
             biased;
@@ -297,7 +299,7 @@ pub(crate) async fn run(
                     stop.cancel();
                 }
             }
-            () = inner.token.cancelled(), if !handle.is_retired() => {
+            () = &mut closing, if !handle.is_retired() => {
                 retire(&handle);
                 if handle.pending() == 0 {
                     stop.cancel();

@@ -10,14 +10,15 @@
 use std::collections::HashMap;
 use std::future::poll_fn;
 use std::panic::AssertUnwindSafe;
+use std::pin::pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
+use std::task::Poll;
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use futures_util::FutureExt;
 use http::{Method, Response, StatusCode};
-use http_body_util::{BodyExt, LengthLimitError, Limited};
 use teleport_transport::ProtocolError;
 use teleport_transport::codec::Inbound;
 use teleport_transport::conn::{Conn, Receiver, SendError, Sender};
@@ -100,14 +101,15 @@ type Room = Option<OwnedSemaphorePermit>;
 
 impl<S: HttpService> Dispatch<S> {
     async fn run(mut self, mut receiver: Receiver) {
+        let shutdown = self.shutdown.clone().cancelled_owned();
+        tokio::pin!(shutdown);
         loop {
-            let shutdown = self.shutdown.clone();
             tokio::select! {
                 biased;
                 Some(done) = self.tasks.join_next(), if !self.tasks.is_empty() => {
                     self.reap(done);
                 }
-                () = shutdown.cancelled(), if !self.going_away => self.go_away().await,
+                () = &mut shutdown, if !self.going_away => self.go_away().await,
                 item = receiver.recv() => match item {
                     Some(item) => self.on_inbound(item).await,
                     None => break,
@@ -129,7 +131,7 @@ impl<S: HttpService> Dispatch<S> {
                 bump(&self.shared.counters.requests);
                 self.last_id = request.id;
                 match self.room().await {
-                    Some(permit) => self.spawn(request, permit),
+                    Some(permit) => self.run_request(request, permit).await,
                     None => {
                         bump(&self.shared.counters.overloaded);
                         let error = error_frame(request.id, ErrorCode::OVERLOADED, "overloaded");
@@ -196,19 +198,28 @@ impl<S: HttpService> Dispatch<S> {
         }
     }
 
-    fn spawn(&mut self, request: RequestFrame, permit: Room) {
+    /// Runs one request. Most handlers answer at once, so the first poll happens here, on the
+    /// connection's task; only a handler that must wait gets a task of its own (and a timer).
+    async fn run_request(&mut self, request: RequestFrame, permit: Room) {
         let id = request.id;
         let shared = self.shared.clone();
         let sender = self.sender.clone();
         let max_body = sender.params().peer_limits.max_body as usize;
         shared.counters.in_flight.fetch_add(1, Relaxed);
-        let task = self.tasks.spawn(async move {
+        let mut work = Box::pin(async move {
             let _permit = permit;
             let frame = handle(&shared, request, max_body).await;
             send(&sender, frame, &shared.counters).await;
             shared.counters.in_flight.fetch_sub(1, Relaxed);
             id
         });
+        if poll_fn(|cx| Poll::Ready(work.as_mut().poll(cx)))
+            .await
+            .is_ready()
+        {
+            return;
+        }
+        let task = self.tasks.spawn(work);
         // An id still running is a client bug; the newer request wins the cancel slot.
         self.in_flight.insert(id, task);
     }
@@ -308,14 +319,14 @@ async fn handle<S: HttpService>(
     let body = if bodiless {
         Bytes::new()
     } else {
-        match Limited::new(body, max_body).collect().await {
-            Ok(collected) => collected.to_bytes(),
-            Err(error) if error.is::<LengthLimitError>() => {
+        match collect(body, max_body).await {
+            Ok(bytes) => bytes,
+            Err(BodyError::TooLarge) => {
                 bump(&counters.rejected);
                 let message = format!("response body over the client's limit of {max_body} bytes");
                 return error_frame(id, ErrorCode::TOO_LARGE, &message);
             }
-            Err(error) => {
+            Err(BodyError::Failed(error)) => {
                 bump(&counters.failures);
                 tracing::warn!(id, %error, "response body failed; answered 500");
                 return internal_error(id);
@@ -328,6 +339,43 @@ async fn handle<S: HttpService>(
         bodiless,
         response: Response::from_parts(parts, body),
     })
+}
+
+enum BodyError {
+    TooLarge,
+    Failed(BoxError),
+}
+
+/// Reads a whole response body, up to `max` bytes. A body of one chunk (the usual case) is
+/// taken as it is, without a copy; trailers are dropped (frames carry none).
+async fn collect<B>(body: B, max: usize) -> Result<Bytes, BodyError>
+where
+    B: http_body::Body<Error: Into<BoxError>>,
+{
+    let mut body = pin!(body);
+    let mut first: Option<Bytes> = None;
+    let mut rest = BytesMut::new();
+    let mut total = 0usize;
+    while let Some(frame) = poll_fn(|cx| body.as_mut().poll_frame(cx)).await {
+        let frame = frame.map_err(|e| BodyError::Failed(e.into()))?;
+        let Ok(mut data) = frame.into_data() else {
+            continue;
+        };
+        let len = data.remaining();
+        total = total.saturating_add(len);
+        if total > max {
+            return Err(BodyError::TooLarge);
+        }
+        if first.is_none() && rest.is_empty() {
+            first = Some(data.copy_to_bytes(len));
+            continue;
+        }
+        if let Some(first) = first.take() {
+            rest.extend_from_slice(&first);
+        }
+        rest.put(data);
+    }
+    Ok(first.unwrap_or_else(|| rest.freeze()))
 }
 
 /// Queues a frame; one the client's limits refuse becomes an error for its request instead.

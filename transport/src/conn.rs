@@ -625,10 +625,13 @@ struct Writer<'a, W> {
 
 impl<W: AsyncWrite + Unpin> Writer<'_, W> {
     async fn run(&mut self) -> Result<(), Error> {
+        let stop = self.stop.clone();
+        let stopped = stop.cancelled();
+        tokio::pin!(stopped);
         loop {
             let (first, urgent) = tokio::select! {
                 biased;
-                () = self.stop.cancelled() => break,
+                () = &mut stopped => break,
                 Some(frame) = self.control.recv() => (frame, true),
                 frame = self.outbound.recv() => match frame {
                     Some(frame) => (frame, false),
