@@ -1,0 +1,1087 @@
+//! Failure semantics of teleport-client against teleport-server, end to end: timeouts on a paused
+//! clock, cancellation reaching the handler, a server that vanishes mid-flight, a restart with a
+//! goaway under load, backpressure then overload, unreachable upstreams, retries of lost
+//! requests, keepalive against a silent peer, and passive health over two upstreams.
+//!
+//! Tests that need exact timings run over `tokio::io::duplex` (a custom connector that serves each
+//! connection with `Server::serve_connection`) with the clock paused, so a 5 s timeout takes 5 s
+//! of virtual time and no real time. Tests of sockets (a server killed, a port with nothing
+//! behind it, a restart) use loopback TCP and the real clock, with generous bounds that only
+//! catch hangs: no test asserts wall-clock speed.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use teleport_client::{BoxIo, Client, Connect, Error, RetryPolicy, Timeout};
+use teleport_server::{Body, HttpService, Server, ServerConfig, ServerHandle};
+use teleport_transport::frame::ErrorCode;
+use teleport_transport::listener::{Listener, ListenerConfig};
+use tokio::sync::{Notify, Semaphore, mpsc};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tower::service_fn;
+
+// ===== helpers =====
+
+fn get(path: &str) -> Request<Bytes> {
+    Request::get(format!("http://upstream{path}"))
+        .body(Bytes::new())
+        .unwrap()
+}
+
+fn post(path: &str, body: impl Into<Bytes>) -> Request<Bytes> {
+    Request::post(format!("http://upstream{path}"))
+        .body(body.into())
+        .unwrap()
+}
+
+/// What [`echo`] answers to `method path` with `body`.
+fn echoed(method: &str, path: &str, body: &str) -> Bytes {
+    Bytes::from(format!("{method} {path} {body}"))
+}
+
+/// Answers `METHOD PATH BODY`.
+fn echo() -> impl HttpService {
+    service_fn(|request: Request<Body>| async move {
+        let (parts, body) = request.into_parts();
+        let text = format!(
+            "{} {} {}",
+            parts.method,
+            parts.uri.path(),
+            String::from_utf8_lossy(&body)
+        );
+        Ok::<_, Infallible>(Response::new(Body::from(text)))
+    })
+}
+
+/// A handler that never answers.
+fn silent() -> impl HttpService {
+    service_fn(|_: Request<Body>| std::future::pending::<Result<Response<Body>, Infallible>>())
+}
+
+/// How many handlers run now, and the most that ever ran at once.
+#[derive(Default)]
+struct Gauge {
+    now: AtomicUsize,
+    peak: AtomicUsize,
+}
+
+struct Entered(Arc<Gauge>);
+
+impl Gauge {
+    fn enter(self: &Arc<Self>) -> Entered {
+        let now = self.now.fetch_add(1, SeqCst) + 1;
+        self.peak.fetch_max(now, SeqCst);
+        Entered(self.clone())
+    }
+}
+
+impl Drop for Entered {
+    fn drop(&mut self) {
+        self.0.now.fetch_sub(1, SeqCst);
+    }
+}
+
+/// Handlers that each take a permit of `gate` for good (closed: `Semaphore::new(0)`;
+/// `add_permits(n)` lets `n` handlers through), then answer with their path.
+fn gated(gate: Arc<Semaphore>, gauge: Arc<Gauge>) -> impl HttpService {
+    service_fn(move |request: Request<Body>| {
+        let (gate, gauge) = (gate.clone(), gauge.clone());
+        async move {
+            let _entered = gauge.enter();
+            gate.acquire()
+                .await
+                .expect("the gate is never closed")
+                .forget();
+            let path = request.uri().path().to_owned();
+            Ok::<_, Infallible>(Response::new(Body::from(path)))
+        }
+    })
+}
+
+/// A connector that serves every connection of the client with `server` over an in-memory duplex.
+fn in_memory<S: HttpService>(server: Server<S>) -> impl Connect {
+    move |_addr: &str| {
+        let server = server.clone();
+        async move {
+            let (client_half, server_half) = tokio::io::duplex(64 << 10);
+            tokio::spawn(async move {
+                let _ = server
+                    .serve_connection(server_half, CancellationToken::new())
+                    .await;
+            });
+            Ok::<BoxIo, std::io::Error>(Box::new(client_half))
+        }
+    }
+}
+
+fn listener_at(addr: SocketAddr) -> std::io::Result<Listener> {
+    let mut config = ListenerConfig::default();
+    config.listen(addr);
+    Listener::bind(&config).map_err(std::io::Error::other)
+}
+
+/// Serves `server` on a fresh loopback port.
+fn serve_tcp<S: HttpService>(server: &Server<S>) -> ServerHandle {
+    let listener = listener_at(SocketAddr::from(([127, 0, 0, 1], 0))).unwrap();
+    server.serve(listener).unwrap()
+}
+
+/// Waits until `condition` holds, polling; panics after 10 s (virtual time on a paused clock).
+async fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
+    let wait = async {
+        while !condition() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    };
+    if tokio::time::timeout(Duration::from_secs(10), wait)
+        .await
+        .is_err()
+    {
+        panic!("timed out waiting for {what}");
+    }
+}
+
+/// Sends `request` in a task of its own; the task also reports when the request ended.
+fn spawn_send(
+    client: &Client,
+    request: Request<Bytes>,
+) -> JoinHandle<(Result<Response<Bytes>, Error>, Instant)> {
+    let client = client.clone();
+    tokio::spawn(async move {
+        let result = client.send(request).await;
+        (result, Instant::now())
+    })
+}
+
+/// Awaits a spawned request, within a bound that only catches hangs.
+async fn finish(
+    task: JoinHandle<(Result<Response<Bytes>, Error>, Instant)>,
+) -> (Result<Response<Bytes>, Error>, Instant) {
+    tokio::time::timeout(Duration::from_secs(10), task)
+        .await
+        .expect("the request did not end")
+        .expect("the request task panicked")
+}
+
+// ===== timeouts =====
+
+#[tokio::test(start_paused = true)]
+async fn timeout_fires_exactly_at_the_deadline_and_the_extension_overrides_it() {
+    let server = Server::new(silent());
+    let client = Client::builder()
+        .addr("in-memory")
+        .timeout(Duration::from_secs(5))
+        .connector(in_memory(server.clone()))
+        .build()
+        .unwrap();
+    client.ready(Duration::from_secs(1)).await.unwrap();
+
+    let start = Instant::now();
+    let error = client.send(get("/never")).await.unwrap_err();
+    assert_eq!(start.elapsed(), Duration::from_secs(5));
+    assert!(
+        matches!(error, Error::Timeout { timeout } if timeout == Duration::from_secs(5)),
+        "{error:?}"
+    );
+    assert!(error.is_timeout());
+
+    // The extension wins over the client's default, shorter or longer.
+    for timeout in [Duration::from_millis(1500), Duration::from_secs(8)] {
+        let mut request = get("/never");
+        request.extensions_mut().insert(Timeout(timeout));
+        let start = Instant::now();
+        let error = client.send(request).await.unwrap_err();
+        assert_eq!(start.elapsed(), timeout);
+        assert!(
+            matches!(error, Error::Timeout { timeout: t } if t == timeout),
+            "{error:?}"
+        );
+    }
+    assert_eq!(server.stats().requests, 3);
+    assert_eq!(server.stats().responses, 0);
+}
+
+// ===== cancellation =====
+
+/// Sends on its channel when dropped.
+struct OnDrop(mpsc::UnboundedSender<()>);
+
+impl Drop for OnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.send(());
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn dropping_the_request_future_drops_the_handler_on_the_server() {
+    let (started_tx, mut started) = mpsc::unbounded_channel();
+    let (dropped_tx, mut dropped) = mpsc::unbounded_channel();
+    let service = service_fn(move |request: Request<Body>| {
+        let (started_tx, dropped_tx) = (started_tx.clone(), dropped_tx.clone());
+        async move {
+            if request.uri().path() == "/hold" {
+                let _guard = OnDrop(dropped_tx);
+                let _ = started_tx.send(());
+                std::future::pending::<()>().await;
+            }
+            Ok::<_, Infallible>(Response::new(Body::from("quick")))
+        }
+    });
+    let server = Server::new(service);
+    let client = Client::builder()
+        .addr("in-memory")
+        .connector(in_memory(server.clone()))
+        .build()
+        .unwrap();
+
+    let send = client.send(get("/hold"));
+    tokio::select! {
+        result = send => panic!("the handler never answers, yet: {result:?}"),
+        _ = started.recv() => {}
+    }
+    // The request's future is gone; its cancel must reach the handler well before the request's
+    // own 30 s deadline would stop it.
+    tokio::time::timeout(Duration::from_secs(5), dropped.recv())
+        .await
+        .expect("the handler was not dropped")
+        .unwrap();
+    eventually("the server to count the cancel", || {
+        server.stats().cancelled == 1
+    })
+    .await;
+    let stats = server.stats();
+    assert_eq!(stats.in_flight, 0);
+    assert_eq!(stats.timeouts, 0);
+    assert_eq!(stats.responses, 0);
+
+    // The connection itself is unharmed.
+    let response = client.send(get("/quick")).await.unwrap();
+    assert_eq!(response.body(), "quick");
+    assert_eq!(server.stats().connections, 1);
+}
+
+// ===== connection loss =====
+
+#[tokio::test]
+async fn a_killed_server_fails_requests_in_flight_promptly_and_the_client_recovers() {
+    let service = service_fn(|request: Request<Body>| async move {
+        if request.uri().path().starts_with("/hold") {
+            std::future::pending::<()>().await;
+        }
+        Ok::<_, Infallible>(Response::new(Body::from("back")))
+    });
+    let first = Server::new(service);
+    let running = serve_tcp(&first);
+    let addr = running.local_addrs()[0];
+    let client = Client::builder()
+        .addr(addr.to_string())
+        // Far beyond the bounds below: the loss, not the timer, must end the requests.
+        .timeout(Duration::from_secs(60))
+        .retry(RetryPolicy::none())
+        .reconnect_backoff(Duration::from_millis(10), Duration::from_millis(100))
+        .build()
+        .unwrap();
+    let tasks: Vec<_> = (0..5)
+        .map(|i| {
+            let request = if i % 2 == 0 {
+                get(&format!("/hold/{i}"))
+            } else {
+                post(&format!("/hold/{i}"), "x")
+            };
+            spawn_send(&client, request)
+        })
+        .collect();
+    eventually("5 requests in flight", || first.stats().in_flight == 5).await;
+
+    // Dropping the handle halts the server at once: no goaway, the sockets just close.
+    drop(running);
+    for task in tasks {
+        let (result, _) = finish(task).await;
+        let error = result.unwrap_err();
+        assert!(error.is_connection_lost(), "{error:?}");
+    }
+
+    // A new server on the same port: the listening socket closes once its accept loops see
+    // the halt, so the bind may need a few tries.
+    let second = Server::new(service);
+    let mut listener = None;
+    eventually("the port to be free again", || {
+        listener = listener_at(addr).ok();
+        listener.is_some()
+    })
+    .await;
+    let _running = second.serve(listener.unwrap()).unwrap();
+    let response = tokio::time::timeout(Duration::from_secs(10), client.send(get("/again")))
+        .await
+        .expect("the client did not recover")
+        .unwrap();
+    assert_eq!(response.body(), "back");
+    assert_eq!(second.stats().responses, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn losing_one_connection_fails_only_the_requests_on_it() {
+    let gate = Arc::new(Semaphore::new(0));
+    let doomed = Server::new(gated(gate.clone(), Arc::default()));
+    let survivor = Server::new(gated(gate.clone(), Arc::default()));
+    let kill = CancellationToken::new();
+    let connector = {
+        let (doomed, survivor, kill) = (doomed.clone(), survivor.clone(), kill.clone());
+        move |addr: &str| {
+            let to_doomed = addr == "doomed";
+            let (doomed, survivor, kill) = (doomed.clone(), survivor.clone(), kill.clone());
+            async move {
+                let (client_half, server_half) = tokio::io::duplex(64 << 10);
+                let token = CancellationToken::new();
+                tokio::spawn(async move {
+                    if to_doomed {
+                        tokio::select! {
+                            _ = doomed.serve_connection(server_half, token) => {}
+                            () = kill.cancelled() => {}
+                        }
+                    } else {
+                        let _ = survivor.serve_connection(server_half, token).await;
+                    }
+                });
+                Ok::<BoxIo, std::io::Error>(Box::new(client_half))
+            }
+        }
+    };
+    let client = Client::builder()
+        .addrs(["doomed", "survivor"])
+        .timeout(Duration::from_secs(60))
+        .retry(RetryPolicy::none())
+        .connector(connector)
+        .build()
+        .unwrap();
+    eventually("connections to both upstreams", || {
+        client.stats().connections == 2
+    })
+    .await;
+    let tasks: Vec<_> = (0..8)
+        .map(|i| spawn_send(&client, post(&format!("/{i}"), "x")))
+        .collect();
+    eventually("8 requests running", || {
+        doomed.stats().in_flight + survivor.stats().in_flight == 8
+    })
+    .await;
+    let (on_doomed, on_survivor) = (doomed.stats().in_flight, survivor.stats().in_flight);
+    assert!(
+        on_doomed > 0 && on_survivor > 0,
+        "{on_doomed} and {on_survivor}"
+    );
+
+    kill.cancel();
+    eventually("the lost requests to fail", || {
+        tasks.iter().filter(|t| t.is_finished()).count() as u64 == on_doomed
+    })
+    .await;
+    let (alive, lost): (Vec<_>, Vec<_>) = tasks.into_iter().partition(|t| !t.is_finished());
+    for task in lost {
+        let error = finish(task).await.0.unwrap_err();
+        assert!(error.is_connection_lost(), "{error:?}");
+    }
+    assert_eq!(alive.len() as u64, on_survivor);
+    gate.add_permits(100);
+    for task in alive {
+        finish(task).await.0.unwrap();
+    }
+    assert_eq!(survivor.stats().responses, on_survivor);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_with_goaway_loses_no_request() {
+    const TOTAL: usize = 200;
+    const CONCURRENCY: usize = 20;
+    let service = service_fn(|request: Request<Body>| async move {
+        // Long enough that the goaway finds requests in flight.
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        let (parts, body) = request.into_parts();
+        let text = format!(
+            "{} {} {}",
+            parts.method,
+            parts.uri.path(),
+            String::from_utf8_lossy(&body)
+        );
+        Ok::<_, Infallible>(Response::new(Body::from(text)))
+    });
+    let old = Server::new(service);
+    let new = Server::new(service);
+    let old_running = serve_tcp(&old);
+    let new_running = serve_tcp(&new);
+    let client = Client::builder()
+        .addrs([old_running.local_addrs()[0], new_running.local_addrs()[0]].map(|a| a.to_string()))
+        .timeout(Duration::from_secs(20))
+        // No retries: a request lost in the switch would fail, not be hidden by a second try.
+        .retry(RetryPolicy::none())
+        .reconnect_backoff(Duration::from_millis(10), Duration::from_millis(200))
+        .build()
+        .unwrap();
+    eventually("connections to both servers", || {
+        client.stats().connections == 2
+    })
+    .await;
+
+    let next = Arc::new(AtomicUsize::new(0));
+    let done = Arc::new(AtomicUsize::new(0));
+    let halfway = Arc::new(Notify::new());
+    let workers: Vec<_> = (0..CONCURRENCY)
+        .map(|_| {
+            let (client, next, done, halfway) =
+                (client.clone(), next.clone(), done.clone(), halfway.clone());
+            tokio::spawn(async move {
+                let mut results = Vec::new();
+                loop {
+                    let i = next.fetch_add(1, SeqCst);
+                    if i >= TOTAL {
+                        return results;
+                    }
+                    let path = format!("/r/{i}");
+                    let (request, expected) = if i % 2 == 0 {
+                        (get(&path), echoed("GET", &path, ""))
+                    } else {
+                        let body = format!("body {i}");
+                        (post(&path, body.clone()), echoed("POST", &path, &body))
+                    };
+                    let result = client.send(request).await;
+                    if done.fetch_add(1, SeqCst) + 1 == TOTAL / 4 {
+                        halfway.notify_one();
+                    }
+                    results.push((i, result, expected));
+                }
+            })
+        })
+        .collect();
+
+    halfway.notified().await;
+    let done_at_shutdown = done.load(SeqCst);
+    let old_requests_before = old.stats().requests;
+    let drain = tokio::spawn(old_running.shutdown(Duration::from_secs(10)));
+
+    let mut answered = 0;
+    for worker in workers {
+        let results = tokio::time::timeout(Duration::from_secs(30), worker)
+            .await
+            .expect("requests did not end")
+            .unwrap();
+        for (i, result, expected) in results {
+            let response = result.unwrap_or_else(|e| panic!("request {i} failed: {e:?}"));
+            assert_eq!(response.body(), &expected, "request {i}");
+            answered += 1;
+        }
+    }
+    assert_eq!(answered, TOTAL);
+    let report = tokio::time::timeout(Duration::from_secs(30), drain)
+        .await
+        .expect("the drain did not end")
+        .unwrap();
+    assert_eq!(report.forced, 0, "{report}");
+
+    // The switch happened with requests still to go, both servers took part, and every request
+    // ran exactly once.
+    assert!(done_at_shutdown < TOTAL);
+    assert!(old_requests_before > 0);
+    let (old, new) = (old.stats(), new.stats());
+    assert!(new.responses > 0);
+    assert_eq!(old.responses + new.responses, TOTAL as u64);
+    assert_eq!(old.requests + new.requests, TOTAL as u64);
+}
+
+#[tokio::test(start_paused = true)]
+async fn on_goaway_requests_in_flight_finish_while_new_ones_go_to_the_successor() {
+    // One address; the process behind it restarts: connections opened before the restart reach
+    // the old server (its handlers held at a gate), those after it the new one.
+    let gate = Arc::new(Semaphore::new(0));
+    let old = Server::new(gated(gate.clone(), Arc::default()));
+    let new = Server::new(echo());
+    let restarted = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let shutdown = CancellationToken::new();
+    let (old_done_tx, mut old_done) = mpsc::unbounded_channel();
+    let connector = {
+        let (old, new, restarted, shutdown) = (
+            old.clone(),
+            new.clone(),
+            restarted.clone(),
+            shutdown.clone(),
+        );
+        move |_addr: &str| {
+            let (old, new, shutdown, old_done_tx) = (
+                old.clone(),
+                new.clone(),
+                shutdown.clone(),
+                old_done_tx.clone(),
+            );
+            let restarted = restarted.load(SeqCst);
+            async move {
+                let (client_half, server_half) = tokio::io::duplex(64 << 10);
+                if restarted {
+                    tokio::spawn(async move {
+                        let _ = new
+                            .serve_connection(server_half, CancellationToken::new())
+                            .await;
+                    });
+                } else {
+                    tokio::spawn(async move {
+                        let result = old.serve_connection(server_half, shutdown).await;
+                        let _ = old_done_tx.send(result.is_ok());
+                    });
+                }
+                Ok::<BoxIo, std::io::Error>(Box::new(client_half))
+            }
+        }
+    };
+    let client = Client::builder()
+        .addr("svc")
+        .retry(RetryPolicy::none())
+        .connector(connector)
+        .build()
+        .unwrap();
+    let before: Vec<_> = (0..4)
+        .map(|i| spawn_send(&client, post(&format!("/before/{i}"), "x")))
+        .collect();
+    eventually("4 requests running on the old server", || {
+        old.stats().in_flight == 4
+    })
+    .await;
+
+    // The old server says goaway: its connection takes nothing new, and a successor connects.
+    restarted.store(true, SeqCst);
+    shutdown.cancel();
+    // Requests sent before the goaway arrives still go to the old server (it serves them too);
+    // the successor's connection shows the client has it.
+    eventually("the successor's connection", || {
+        new.stats().connections == 1
+    })
+    .await;
+    let after: Vec<_> = (0..4)
+        .map(|i| spawn_send(&client, post(&format!("/after/{i}"), "y")))
+        .collect();
+    for (i, task) in after.into_iter().enumerate() {
+        let response = finish(task).await.0.unwrap();
+        let path = format!("/after/{i}");
+        assert_eq!(response.body(), &echoed("POST", &path, "y"));
+    }
+    assert!(before.iter().all(|t| !t.is_finished()));
+    assert_eq!(old.stats().requests, 4);
+
+    // The old server finishes what it had, and its connection then ends cleanly.
+    gate.add_permits(4);
+    for (i, task) in before.into_iter().enumerate() {
+        let response = finish(task).await.0.unwrap();
+        assert_eq!(response.body(), &format!("/before/{i}"));
+    }
+    let clean = tokio::time::timeout(Duration::from_secs(10), old_done.recv())
+        .await
+        .expect("the old connection did not close")
+        .unwrap();
+    assert!(clean, "the old connection failed");
+    assert_eq!(old.stats().responses, 4);
+    assert_eq!(new.stats().responses, 4);
+}
+
+// ===== keepalive =====
+
+#[tokio::test(start_paused = true)]
+async fn a_silent_server_is_detected_by_keepalive_before_the_timeout() {
+    use teleport_transport::conn::{Conn, ConnConfig};
+    let keepalive = Duration::from_secs(1);
+    // A server that completes the handshake, then neither reads nor answers, and never closes:
+    // a peer behind a partition.
+    let connector = |_addr: &str| async move {
+        let (client_half, server_half) = tokio::io::duplex(64 << 10);
+        tokio::spawn(async move {
+            let conn = Conn::accept(server_half, &ConnConfig::default()).await;
+            std::future::pending::<()>().await;
+            drop(conn);
+        });
+        Ok::<BoxIo, std::io::Error>(Box::new(client_half))
+    };
+    let client = Client::builder()
+        .addr("silent")
+        .timeout(Duration::from_secs(60))
+        .keepalive(Some(keepalive))
+        .retry(RetryPolicy::none())
+        .connector(connector)
+        .build()
+        .unwrap();
+    client.ready(Duration::from_secs(1)).await.unwrap();
+    let start = Instant::now();
+    let error = client.send(get("/")).await.unwrap_err();
+    assert!(error.is_connection_lost(), "{error:?}");
+    // Probed within two periods of quiet, closed one unanswered period later.
+    assert!(start.elapsed() <= keepalive * 3, "{:?}", start.elapsed());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_busy_handler_does_not_trip_keepalive() {
+    let server = Server::new(service_fn(|_: Request<Body>| async move {
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        Ok::<_, Infallible>(Response::new(Body::from("slow")))
+    }));
+    let client = Client::builder()
+        .addr("in-memory")
+        .keepalive(Some(Duration::from_secs(1)))
+        .connector(in_memory(server.clone()))
+        .build()
+        .unwrap();
+    client.ready(Duration::from_secs(1)).await.unwrap();
+    let start = Instant::now();
+    let response = client.send(get("/")).await.unwrap();
+    assert_eq!(response.body(), "slow");
+    assert_eq!(start.elapsed(), Duration::from_secs(10));
+    assert_eq!(server.stats().connections, 1);
+}
+
+// ===== overload =====
+
+#[tokio::test(start_paused = true)]
+async fn the_per_connection_limit_holds_requests_back_at_the_client() {
+    let gate = Arc::new(Semaphore::new(0));
+    let gauge = Arc::new(Gauge::default());
+    let mut config = ServerConfig::default();
+    config
+        .max_concurrent_per_conn(2)
+        .overload_wait(Duration::from_millis(100));
+    let server = Server::with_config(gated(gate.clone(), gauge.clone()), config);
+    let client = Client::builder()
+        .addr("in-memory")
+        .connector(in_memory(server.clone()))
+        .build()
+        .unwrap();
+    let tasks: Vec<_> = (0..6)
+        .map(|i| spawn_send(&client, get(&format!("/{i}"))))
+        .collect();
+    eventually("2 requests running", || server.stats().in_flight == 2).await;
+
+    // Long past the overload wait, the client still holds the rest back: the server announced 2,
+    // so it never had to shed anything.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(tasks.iter().all(|t| !t.is_finished()));
+    let stats = server.stats();
+    assert_eq!(
+        (stats.requests, stats.in_flight, stats.overloaded),
+        (2, 2, 0)
+    );
+    assert_eq!(client.stats().pending, 2);
+
+    gate.add_permits(100);
+    for (i, task) in tasks.into_iter().enumerate() {
+        let response = finish(task).await.0.unwrap();
+        assert_eq!(response.body(), &format!("/{i}"));
+    }
+    assert_eq!(gauge.peak.load(SeqCst), 2);
+    assert_eq!(server.stats().overloaded, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_request_sent_into_the_room_a_cancel_frees_is_not_shed() {
+    let gate = Arc::new(Semaphore::new(0));
+    let gauge = Arc::new(Gauge::default());
+    let mut config = ServerConfig::default();
+    config
+        .max_concurrent_per_conn(2)
+        .overload_wait(Duration::from_secs(1));
+    let server = Server::with_config(gated(gate.clone(), gauge.clone()), config);
+    let client = Client::builder()
+        .addr("in-memory")
+        // One batch carries the cancel and the request behind it.
+        .max_batch_delay(Duration::from_millis(1))
+        .connector(in_memory(server.clone()))
+        .build()
+        .unwrap();
+    let impatient = spawn_send(&client, get("/impatient"));
+    let patient = spawn_send(&client, get("/patient"));
+    eventually("2 requests running", || server.stats().in_flight == 2).await;
+    // The client keeps the third back: the server announced 2.
+    let third = spawn_send(&client, get("/third"));
+
+    // Long past the overload wait, the impatient caller gives up: its cancel frees the room the
+    // third is then sent into, and the server must count that room at once.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(!third.is_finished());
+    impatient.abort();
+    eventually("the third request to run", || {
+        server.stats().requests == 3 && gauge.now.load(SeqCst) == 2
+    })
+    .await;
+    let stats = server.stats();
+    assert_eq!((stats.cancelled, stats.overloaded), (1, 0));
+    gate.add_permits(100);
+    finish(patient).await.0.unwrap();
+    let response = finish(third).await.0.unwrap();
+    assert_eq!(response.body(), "/third");
+    assert_eq!(gauge.peak.load(SeqCst), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_full_server_stops_reading_then_sheds_with_overloaded() {
+    let overload_wait = Duration::from_secs(1);
+    let gate = Arc::new(Semaphore::new(0));
+    let gauge = Arc::new(Gauge::default());
+    let mut config = ServerConfig::default();
+    // A server-wide limit: the client sees no per-connection limit, so it sends everything.
+    config.max_concurrent(2).overload_wait(overload_wait);
+    let server = Server::with_config(gated(gate.clone(), gauge.clone()), config);
+    let client = Client::builder()
+        .addr("in-memory")
+        .connector(in_memory(server.clone()))
+        .build()
+        .unwrap();
+    client.ready(Duration::from_secs(1)).await.unwrap();
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..6)
+        .map(|i| spawn_send(&client, get(&format!("/{i}"))))
+        .collect();
+    eventually("2 requests running", || server.stats().in_flight == 2).await;
+
+    // Backpressure first: before the overload wait nothing fails, and nothing more runs.
+    tokio::time::sleep(overload_wait / 2).await;
+    assert!(tasks.iter().all(|t| !t.is_finished()));
+    let stats = server.stats();
+    assert_eq!((stats.in_flight, stats.overloaded), (2, 0));
+
+    // Then the shed ones fail with the server's overload error, not before the wait.
+    eventually("4 requests shed", || {
+        tasks.iter().filter(|t| t.is_finished()).count() == 4
+    })
+    .await;
+    let (running, shed): (Vec<_>, Vec<_>) = tasks.into_iter().partition(|t| !t.is_finished());
+    for task in shed {
+        let (result, ended) = finish(task).await;
+        let error = result.unwrap_err();
+        assert!(error.is_overloaded(), "{error:?}");
+        assert_eq!(error.remote_code(), Some(ErrorCode::OVERLOADED));
+        assert!(ended - start >= overload_wait);
+    }
+    assert_eq!(server.stats().overloaded, 4);
+    assert_eq!(server.stats().in_flight, 2);
+
+    // Released, the running ones answer, and the server takes new requests again.
+    gate.add_permits(100);
+    for task in running {
+        finish(task).await.0.unwrap();
+    }
+    let response = client.send(get("/after")).await.unwrap();
+    assert_eq!(response.body(), "/after");
+    assert_eq!(gauge.peak.load(SeqCst), 2);
+    assert_eq!(server.stats().overloaded, 4);
+}
+
+#[tokio::test(start_paused = true)]
+async fn fail_fast_refuses_at_once_and_waiting_succeeds_once_room_frees() {
+    let gate = Arc::new(Semaphore::new(0));
+    let server = Server::new(gated(gate.clone(), Arc::default()));
+    let build = |fail_fast| {
+        Client::builder()
+            .addr("in-memory")
+            .max_pending(2)
+            .fail_fast(fail_fast)
+            .connector(in_memory(server.clone()))
+            .build()
+            .unwrap()
+    };
+
+    // fail_fast: the third request fails at once, without reaching the server.
+    let client = build(true);
+    let held: Vec<_> = (0..2)
+        .map(|i| spawn_send(&client, get(&format!("/fast/{i}"))))
+        .collect();
+    eventually("2 requests running", || server.stats().in_flight == 2).await;
+    let start = Instant::now();
+    let error = client.send(get("/fast/2")).await.unwrap_err();
+    assert_eq!(start.elapsed(), Duration::ZERO);
+    assert!(matches!(error, Error::Overloaded), "{error:?}");
+    assert!(error.is_overloaded());
+    assert_eq!(server.stats().requests, 2);
+    gate.add_permits(2);
+    for task in held {
+        finish(task).await.0.unwrap();
+    }
+
+    // Waiting (the default): the third waits for room, then succeeds.
+    let client = build(false);
+    let held: Vec<_> = (0..2)
+        .map(|i| spawn_send(&client, get(&format!("/wait/{i}"))))
+        .collect();
+    eventually("2 more requests running", || server.stats().in_flight == 2).await;
+    let third = spawn_send(&client, get("/wait/2"));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(!third.is_finished());
+    assert_eq!(server.stats().requests, 4);
+    gate.add_permits(1);
+    eventually("the third request to reach the server", || {
+        server.stats().requests == 5
+    })
+    .await;
+    gate.add_permits(100);
+    for task in held {
+        finish(task).await.0.unwrap();
+    }
+    let response = finish(third).await.0.unwrap();
+    assert_eq!(response.body(), "/wait/2");
+}
+
+#[tokio::test(start_paused = true)]
+async fn requests_waiting_for_room_or_a_connection_end_at_their_deadline() {
+    // Waiting for room: one request pending at most, the first held by its handler.
+    let gate = Arc::new(Semaphore::new(0));
+    let server = Server::new(gated(gate.clone(), Arc::default()));
+    let client = Client::builder()
+        .addr("in-memory")
+        .max_pending(1)
+        .connector(in_memory(server.clone()))
+        .build()
+        .unwrap();
+    let held = spawn_send(&client, get("/held"));
+    eventually("the first request running", || {
+        server.stats().in_flight == 1
+    })
+    .await;
+    let mut request = get("/waits");
+    request
+        .extensions_mut()
+        .insert(Timeout(Duration::from_secs(3)));
+    let start = Instant::now();
+    let error = client.send(request).await.unwrap_err();
+    assert_eq!(start.elapsed(), Duration::from_secs(3));
+    assert!(matches!(error, Error::Timeout { .. }), "{error:?}");
+    assert_eq!(server.stats().requests, 1, "the waiting request was sent");
+    gate.add_permits(1);
+    finish(held).await.0.unwrap();
+
+    // Waiting for a connection that never comes up.
+    let refused = |_addr: &str| async move {
+        Err::<BoxIo, _>(std::io::Error::from(std::io::ErrorKind::ConnectionRefused))
+    };
+    let client = Client::builder()
+        .addr("nowhere")
+        .timeout(Duration::from_secs(2))
+        .connector(refused)
+        .build()
+        .unwrap();
+    let start = Instant::now();
+    let error = client.send(get("/")).await.unwrap_err();
+    assert_eq!(start.elapsed(), Duration::from_secs(2));
+    assert!(error.is_unavailable(), "{error:?}");
+    assert!(
+        matches!(&error, Error::Unavailable { source: Some(e) } if matches!(**e, Error::Connect { .. })),
+        "{error:?}"
+    );
+}
+
+// ===== unreachable upstreams =====
+
+#[tokio::test]
+async fn nothing_listening_is_unavailable_with_the_connect_error() {
+    let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = free.local_addr().unwrap();
+    drop(free);
+    let client = Client::builder()
+        .addr(addr.to_string())
+        .timeout(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let error = tokio::time::timeout(Duration::from_secs(10), client.send(get("/")))
+        .await
+        .expect("the request outlived its timeout")
+        .unwrap_err();
+    assert!(error.is_unavailable(), "{error:?}");
+    let Error::Unavailable {
+        source: Some(source),
+    } = &error
+    else {
+        panic!("no connection error behind {error:?}");
+    };
+    let Error::Connect {
+        addr: failed,
+        source,
+    } = &**source
+    else {
+        panic!("not a connect error: {source:?}");
+    };
+    assert_eq!(&**failed, addr.to_string());
+    assert_eq!(source.kind(), std::io::ErrorKind::ConnectionRefused);
+    assert!(std::error::Error::source(&error).is_some());
+
+    let error = client.ready(Duration::from_millis(200)).await.unwrap_err();
+    assert!(error.is_unavailable(), "{error:?}");
+}
+
+// ===== retries =====
+
+/// What [`lose_the_first_connection`] saw.
+struct Lost<S> {
+    result: Result<Response<Bytes>, Error>,
+    client: Client,
+    /// Requests the server that vanished received.
+    doomed_requests: u64,
+    healthy: Server<S>,
+}
+
+/// Sends `request` with `RetryPolicy::idempotent(1)` on a first connection whose server vanishes
+/// (the connection dropped mid-request) once its handler has the request; later connections go
+/// to a healthy echo server.
+async fn lose_the_first_connection(request: Request<Bytes>) -> Lost<impl HttpService> {
+    let kill = Arc::new(Notify::new());
+    let doomed = Server::new(service_fn({
+        let kill = kill.clone();
+        move |_: Request<Body>| {
+            let kill = kill.clone();
+            async move {
+                kill.notify_one();
+                std::future::pending::<Result<Response<Body>, Infallible>>().await
+            }
+        }
+    }));
+    let healthy = Server::new(echo());
+    let opened = Arc::new(AtomicUsize::new(0));
+    let connector = {
+        let (doomed, healthy) = (doomed.clone(), healthy.clone());
+        move |_addr: &str| {
+            let first = opened.fetch_add(1, SeqCst) == 0;
+            let (doomed, healthy, kill) = (doomed.clone(), healthy.clone(), kill.clone());
+            async move {
+                let (client_half, server_half) = tokio::io::duplex(64 << 10);
+                let token = CancellationToken::new();
+                if first {
+                    // Served until its handler has the request; then the server vanishes.
+                    tokio::spawn(async move {
+                        tokio::select! {
+                            _ = doomed.serve_connection(server_half, token) => {}
+                            () = kill.notified() => {}
+                        }
+                    });
+                } else {
+                    tokio::spawn(async move {
+                        let _ = healthy.serve_connection(server_half, token).await;
+                    });
+                }
+                Ok::<BoxIo, std::io::Error>(Box::new(client_half))
+            }
+        }
+    };
+    let client = Client::builder()
+        .addr("in-memory")
+        .retry(RetryPolicy::idempotent(1))
+        .connector(connector)
+        .build()
+        .unwrap();
+    let (result, _) = finish(spawn_send(&client, request)).await;
+    Lost {
+        result,
+        client,
+        doomed_requests: doomed.stats().requests,
+        healthy,
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_get_lost_in_flight_is_retried_and_succeeds() {
+    let lost = lose_the_first_connection(get("/lost")).await;
+    assert_eq!(lost.doomed_requests, 1, "the first try reached a server");
+    let response = lost.result.unwrap();
+    assert_eq!(response.body(), &echoed("GET", "/lost", ""));
+    assert_eq!(lost.healthy.stats().responses, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_post_lost_in_flight_fails_with_connection_lost() {
+    let lost = lose_the_first_connection(post("/lost", "once")).await;
+    assert_eq!(lost.doomed_requests, 1, "the first try reached a server");
+    let error = lost.result.unwrap_err();
+    assert!(error.is_connection_lost(), "{error:?}");
+    // The error says why the connection ended.
+    assert!(std::error::Error::source(&error).is_some());
+    assert_eq!(lost.healthy.stats().requests, 0, "the POST was retried");
+    // The client itself recovers on its next connection.
+    let response = lost.client.send(post("/next", "again")).await.unwrap();
+    assert_eq!(response.body(), &echoed("POST", "/next", "again"));
+}
+
+// ===== passive health =====
+
+#[tokio::test]
+async fn a_dead_upstream_is_routed_around() {
+    let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead = free.local_addr().unwrap();
+    drop(free);
+    let healthy = Server::new(echo());
+    let running = serve_tcp(&healthy);
+    let client = Client::builder()
+        .addrs([dead, running.local_addrs()[0]].map(|a| a.to_string()))
+        .timeout(Duration::from_secs(10))
+        .reconnect_backoff(Duration::from_millis(10), Duration::from_millis(100))
+        .build()
+        .unwrap();
+    let next = Arc::new(AtomicUsize::new(0));
+    let workers: Vec<_> = (0..10)
+        .map(|_| {
+            let (client, next) = (client.clone(), next.clone());
+            tokio::spawn(async move {
+                while next.fetch_add(1, SeqCst) < 100 {
+                    let response = client.send(get("/ok")).await.unwrap();
+                    assert_eq!(response.body(), &echoed("GET", "/ok", ""));
+                }
+            })
+        })
+        .collect();
+    for worker in workers {
+        tokio::time::timeout(Duration::from_secs(30), worker)
+            .await
+            .expect("requests did not end")
+            .unwrap();
+    }
+    assert_eq!(healthy.stats().responses, 100);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_upstream_that_fails_every_request_is_avoided() {
+    const TOTAL: usize = 100;
+    let mut config = ServerConfig::default();
+    // Every request is answered with a timeout error at once, without running.
+    config.handler_timeout(Some(Duration::ZERO));
+    let failing = Server::with_config(echo(), config);
+    let healthy = Server::new(echo());
+    let connector = {
+        let (failing, healthy) = (in_memory(failing.clone()), in_memory(healthy.clone()));
+        move |addr: &str| match addr {
+            "failing" => failing.connect(addr),
+            _ => healthy.connect(addr),
+        }
+    };
+    let client = Client::builder()
+        .addrs(["failing", "healthy"])
+        .connector(connector)
+        .build()
+        .unwrap();
+    eventually("connections to both upstreams", || {
+        client.stats().connections == 2
+    })
+    .await;
+    let mut failed = 0;
+    let mut last_failure = None;
+    for i in 0..TOTAL {
+        match client.send(get("/ok")).await {
+            Ok(response) => assert_eq!(response.body(), &echoed("GET", "/ok", "")),
+            Err(error) => {
+                assert!(error.is_timeout(), "{error:?}");
+                assert_eq!(error.remote_code(), Some(ErrorCode::TIMEOUT));
+                failed += 1;
+                last_failure = Some(i);
+            }
+        }
+    }
+    // Failures count as load and eject the upstream after 5 in a row (the default): only the
+    // first few requests can land on it.
+    assert!(failed <= 5, "{failed} requests failed");
+    assert!(last_failure.is_none_or(|i| i < 5), "{last_failure:?}");
+    assert_eq!(failing.stats().requests, failed as u64);
+    assert_eq!(healthy.stats().responses, (TOTAL - failed) as u64);
+}
