@@ -131,7 +131,13 @@ impl<S: HttpService> Dispatch<S> {
                 bump(&self.shared.counters.requests);
                 self.last_id = request.id;
                 match self.room().await {
-                    Some(permit) => self.run_request(request, permit).await,
+                    Some((permit, waited)) => {
+                        let mut request = request;
+                        if !waited.is_zero() {
+                            request.deadline = request.deadline.map(|d| d.saturating_sub(waited));
+                        }
+                        self.run_request(request, permit).await;
+                    }
                     None => {
                         bump(&self.shared.counters.overloaded);
                         let error = error_frame(request.id, ErrorCode::OVERLOADED, "overloaded");
@@ -162,9 +168,14 @@ impl<S: HttpService> Dispatch<S> {
     /// Waits for room to run one more request, reading nothing meanwhile: the client's frames
     /// back up in the socket. `None` once the connection has been full for `overload_wait`:
     /// shed the request.
-    async fn room(&mut self) -> Option<Room> {
+    ///
+    /// With the room comes how long this request waited for it, which counts against its
+    /// deadline.
+    async fn room(&mut self) -> Option<(Room, Duration)> {
         let max_local = self.shared.config.max_concurrent_per_conn;
         let global = self.shared.global.clone();
+        let mut waiting_since: Option<Instant> = None;
+        let waited = |since: Option<Instant>| since.map_or(Duration::ZERO, |at| at.elapsed());
         loop {
             let local_room = self.tasks.len() < max_local;
             if local_room {
@@ -174,10 +185,11 @@ impl<S: HttpService> Dispatch<S> {
                 };
                 if let Some(permit) = permit {
                     self.full_since = None;
-                    return Some(permit);
+                    return Some((permit, waited(waiting_since)));
                 }
             }
             let now = Instant::now();
+            waiting_since.get_or_insert(now);
             let shed_at = *self.full_since.get_or_insert(now) + self.shared.config.overload_wait;
             if now >= shed_at {
                 return None;
@@ -191,7 +203,7 @@ impl<S: HttpService> Dispatch<S> {
                 () = shutdown.cancelled(), if !self.going_away => self.go_away().await,
                 permit = acquire(global.clone()), if local_room => {
                     self.full_since = None;
-                    return Some(permit);
+                    return Some((permit, waited(waiting_since)));
                 }
                 () = tokio::time::sleep_until(shed_at) => {}
             }
