@@ -207,15 +207,10 @@ impl ConnHandle {
                 }
             }
             Inbound::Rejected { id, error, .. } => {
-                let failed = if error.is_fatal() {
-                    Error::Protocol(error)
+                let failed = if error.is_too_large() {
+                    Error::TooLarge(error)
                 } else {
-                    match error {
-                        teleport_transport::ProtocolError::Malformed { .. } => {
-                            Error::Protocol(error)
-                        }
-                        _ => Error::TooLarge(error),
-                    }
+                    Error::Protocol(error)
                 };
                 self.complete(id, Reply::Failed(failed), inner);
             }

@@ -428,11 +428,9 @@ fn internal_error(id: u32) -> Frame {
 }
 
 fn rejection_code(error: &ProtocolError) -> ErrorCode {
-    match error {
-        ProtocolError::FrameTooLarge { .. }
-        | ProtocolError::TooManyHeaders { .. }
-        | ProtocolError::HeadersTooLarge { .. }
-        | ProtocolError::BodyTooLarge { .. } => ErrorCode::TOO_LARGE,
-        _ => ErrorCode::MALFORMED,
+    if error.is_too_large() {
+        ErrorCode::TOO_LARGE
+    } else {
+        ErrorCode::MALFORMED
     }
 }

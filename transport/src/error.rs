@@ -240,6 +240,18 @@ pub enum ProtocolError {
 }
 
 impl ProtocolError {
+    /// Whether a message broke a size limit (frame, header count or bytes, body), as opposed to
+    /// being malformed.
+    pub fn is_too_large(&self) -> bool {
+        matches!(
+            self,
+            Self::FrameTooLarge { .. }
+                | Self::TooManyHeaders { .. }
+                | Self::HeadersTooLarge { .. }
+                | Self::BodyTooLarge { .. }
+        )
+    }
+
     /// Whether the connection must close. A non-fatal error fails one message, and the stream
     /// goes on.
     pub fn is_fatal(&self) -> bool {
