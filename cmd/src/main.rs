@@ -1,21 +1,168 @@
 //! `httptp`: the teleport reverse proxy, load balancer and protocol bridge. Run one on each side
 //! of a slow link: `clients --HTTP--> httptp ==teleport==> httptp --HTTP--> backends`.
 //!
-//! The proxy modes arrive with the client and server libraries; today the binary answers
-//! `--help` and `--version` and says so.
+//! ```text
+//!   in-side (inbound/)            core (proxy.rs)              out-side (upstream/)
+//!   http/https/unix: hyper  --->  admission, hop-by-hop,  --->  http/https/unix: hyper pool
+//!   teleport(s): teleport-server  client IP, 502/503/504       teleport(s): teleport-client
+//!                 \___________ metrics.rs: /metrics, /healthz ___________/
+//! ```
+//!
+//! `httptp demo` runs the whole picture in one process (demo.rs).
 
-use clap::Parser;
+mod args;
+mod config;
+mod counted;
+mod demo;
+mod inbound;
+mod metrics;
+mod proxy;
+mod tls;
+mod upstream;
 
-/// The teleport reverse proxy, load balancer and protocol bridge.
-///
-/// The proxy modes (-in/-out and friends) and `httptp demo` are not built yet; the listener
-/// layer they run on is (see the `echo` example of teleport-transport).
-#[derive(Debug, Parser)]
-#[command(name = "httptp", version, about, long_about)]
-struct Args {}
+use std::io::Write as _;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
-fn main() {
-    let Args {} = Args::parse();
-    eprintln!("httptp: no proxy mode is built yet; see `httptp --help`");
-    std::process::exit(2);
+use anyhow::Context as _;
+use clap::Parser as _;
+use tokio_util::sync::CancellationToken;
+
+use crate::args::{Cli, Command};
+use crate::config::ProxyConfig;
+use crate::inbound::Inbound;
+use crate::metrics::{Metrics, Side};
+use crate::proxy::Proxy;
+use crate::upstream::Outbound;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse_from(args::normalize(std::env::args_os()));
+    init_logging(&cli.proxy.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("httptp: starting the runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = match cli.command {
+        Some(Command::Demo(flags)) => runtime.block_on(demo::run(flags)),
+        None => {
+            ProxyConfig::from_flags(&cli.proxy).and_then(|config| runtime.block_on(run(config)))
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!("{error:#}");
+            eprintln!("httptp: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(format: &str) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("HTTPTP_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+/// Runs one proxy until SIGTERM/SIGINT, then drains it.
+async fn run(config: ProxyConfig) -> anyhow::Result<()> {
+    let signal =
+        teleport_transport::listener::shutdown_signal().context("registering for SIGTERM")?;
+    let running = Running::start(&config).await?;
+    let mut stdout = std::io::stdout().lock();
+    for bound in running.inbound.bound() {
+        writeln!(stdout, "listening {} {bound}", config.in_kind)?;
+    }
+    if let Some(addr) = running.metrics_addr {
+        writeln!(stdout, "metrics {addr}")?;
+    }
+    stdout.flush()?;
+    drop(stdout);
+    tracing::info!(
+        in_type = %config.in_kind,
+        out_type = %config.out_kind,
+        out = ?config.outs,
+        "httptp forwarding"
+    );
+    signal.await;
+    tracing::info!(deadline = ?config.drain_timeout, "stop signal: draining");
+    let report = running.shutdown(config.drain_timeout).await;
+    tracing::info!(%report, "drained");
+    Ok(())
+}
+
+/// One proxy, started: its in-side, the shared core (with the out-side), and the metrics
+/// server.
+pub(crate) struct Running {
+    pub(crate) inbound: Inbound,
+    pub(crate) proxy: Arc<Proxy>,
+    pub(crate) metrics_addr: Option<std::net::SocketAddr>,
+    draining: Arc<AtomicBool>,
+    metrics_stop: CancellationToken,
+}
+
+impl Running {
+    pub(crate) async fn start(config: &ProxyConfig) -> anyhow::Result<Self> {
+        let metrics = Metrics::new();
+        let outbound = Outbound::new(config, metrics.side(Side::Out)).context("setting up -out")?;
+        let proxy = Arc::new(Proxy::new(
+            outbound,
+            metrics.clone(),
+            config.concurrency,
+            config.client_ip_header.clone(),
+            config.log_all_errors,
+        ));
+        let draining = Arc::new(AtomicBool::new(false));
+        let metrics_stop = CancellationToken::new();
+        let metrics_addr = match &config.metrics_addr {
+            Some(addr) => {
+                let (listener, bound) = metrics::bind(addr).await?;
+                tokio::spawn(metrics::serve(
+                    listener,
+                    metrics,
+                    draining.clone(),
+                    metrics_stop.clone(),
+                ));
+                Some(bound)
+            }
+            None => None,
+        };
+        let inbound = Inbound::start(config, proxy.clone())
+            .await
+            .context("starting -in")?;
+        Ok(Running {
+            inbound,
+            proxy,
+            metrics_addr,
+            draining,
+            metrics_stop,
+        })
+    }
+
+    /// Drains the in-side (in-flight requests finish through the out-side), then stops the
+    /// metrics server.
+    pub(crate) async fn shutdown(
+        self,
+        deadline: std::time::Duration,
+    ) -> teleport_transport::listener::DrainReport {
+        self.draining.store(true, Ordering::Relaxed);
+        let report = self.inbound.shutdown(deadline).await;
+        self.metrics_stop.cancel();
+        report
+    }
 }

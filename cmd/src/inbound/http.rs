@@ -1,0 +1,289 @@
+//! http, https and unix in: hyper serves HTTP/1.1 with keep-alive and HTTP/2 (h2c by its
+//! preface, h2 by ALPN over TLS) on each connection; every request is read whole (within
+//! -inMaxHeaderSize and -inMaxBodySize) and forwarded through the proxy.
+
+use std::convert::Infallible;
+use std::io;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use bytes::Bytes;
+use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, header};
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use teleport_transport::listener::{self, ConnContext, DrainReport, Listener, Stream};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::UnixListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::ProxyConfig;
+use crate::counted::Counted;
+use crate::metrics::Side;
+use crate::proxy::{Proxy, header_block_len};
+
+/// What the edge checks before forwarding.
+#[derive(Debug, Clone, Copy)]
+struct EdgeLimits {
+    max_header: usize,
+    max_body: usize,
+    get_only: bool,
+}
+
+impl EdgeLimits {
+    fn new(config: &ProxyConfig) -> Self {
+        EdgeLimits {
+            max_header: config.in_max_header_size as usize,
+            max_body: config.in_max_body_size as usize,
+            get_only: config.in_get_only,
+        }
+    }
+}
+
+/// http and https on the listener layer (allow-list, TLS and ALPN, SO_REUSEPORT from there).
+pub(super) fn serve_tcp(
+    config: &ProxyConfig,
+    proxy: Arc<Proxy>,
+) -> anyhow::Result<listener::Server> {
+    let limits = EdgeLimits::new(config);
+    let builder = edge_builder();
+    let counters = proxy.metrics().side(Side::In);
+    let listener = Listener::bind(&super::listener_config(config))?;
+    let running = listener.serve(move |stream: Stream, cx: ConnContext| {
+        let stream = Counted::new(stream, counters.clone());
+        let conn = serve_connection(
+            builder.clone(),
+            stream,
+            proxy.clone(),
+            limits,
+            Some(cx.peer_addr().ip()),
+            cx.token().clone(),
+        );
+        async move {
+            conn.await;
+            Ok(())
+        }
+    })?;
+    Ok(running)
+}
+
+/// HTTP over a unix socket: its own accept loop, with the same drain as the listener's.
+#[derive(Debug)]
+pub(crate) struct UnixServer {
+    path: PathBuf,
+    stop: CancellationToken,
+    connections: TaskTracker,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl UnixServer {
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Stops accepting, asks every connection to finish (graceful shutdown), and waits for
+    /// them until `deadline`; the rest are dropped.
+    pub(crate) async fn shutdown(self, deadline: Duration) -> DrainReport {
+        self.stop.cancel();
+        let _ = self.accept.await;
+        let _ = std::fs::remove_file(&self.path);
+        self.connections.close();
+        let open = self.connections.len() as u64;
+        let mut report = DrainReport::default();
+        if tokio::time::timeout(deadline, self.connections.wait())
+            .await
+            .is_ok()
+        {
+            report.drained = open;
+        } else {
+            report.forced = self.connections.len() as u64;
+            report.drained = open - report.forced;
+        }
+        report
+    }
+}
+
+pub(super) fn serve_unix(config: &ProxyConfig, proxy: Arc<Proxy>) -> anyhow::Result<UnixServer> {
+    let path = config.in_path.clone().expect("unix in-type has a path");
+    remove_stale_socket(&path)?;
+    let listener = UnixListener::bind(&path)
+        .with_context(|| format!("listening on unix socket {}", path.display()))?;
+    let limits = EdgeLimits::new(config);
+    let builder = edge_builder();
+    let stop = CancellationToken::new();
+    let connections = TaskTracker::new();
+    let accept = tokio::spawn({
+        let stop = stop.clone();
+        let connections = connections.clone();
+        async move {
+            loop {
+                let stream = tokio::select! {
+                    accepted = listener.accept() => match accepted {
+                        Ok((stream, _)) => stream,
+                        Err(error) => {
+                            tracing::warn!(%error, "unix accept failed");
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            continue;
+                        }
+                    },
+                    () = stop.cancelled() => return,
+                };
+                let stream = Counted::new(stream, proxy.metrics().side(Side::In));
+                connections.spawn(serve_connection(
+                    builder.clone(),
+                    stream,
+                    proxy.clone(),
+                    limits,
+                    None,
+                    stop.clone(),
+                ));
+            }
+        }
+    });
+    Ok(UnixServer {
+        path,
+        stop,
+        connections,
+        accept,
+    })
+}
+
+/// A socket file left by an earlier run is removed (as the Go httptp does); any other file at
+/// the path is an error.
+fn remove_stale_socket(path: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::FileTypeExt;
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_socket() => std::fs::remove_file(path)
+            .with_context(|| format!("removing the old socket {}", path.display())),
+        Ok(_) => bail!("-in={} exists and is not a unix socket", path.display()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("checking -in={}", path.display())),
+    }
+}
+
+/// HTTP/1.1 (keep-alive, a 30 s limit on reading a request head) and HTTP/2.
+fn edge_builder() -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(30));
+    builder.http2().timer(TokioTimer::new());
+    builder
+}
+
+/// Serves one connection until the peer closes it or, once `stop` is cancelled, until its
+/// in-flight requests are answered (HTTP/1.1 closes after the current response; HTTP/2 sends
+/// a goaway).
+async fn serve_connection<IO>(
+    builder: auto::Builder<TokioExecutor>,
+    io: IO,
+    proxy: Arc<Proxy>,
+    limits: EdgeLimits,
+    peer: Option<IpAddr>,
+    stop: CancellationToken,
+) where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+        let proxy = proxy.clone();
+        async move {
+            let response = handle(&proxy, limits, request, peer).await;
+            Ok::<_, Infallible>(response.map(Full::new))
+        }
+    });
+    let conn = builder.serve_connection(TokioIo::new(io), service);
+    tokio::pin!(conn);
+    let result = tokio::select! {
+        result = conn.as_mut() => result,
+        () = stop.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(error) = result {
+        tracing::debug!(error = %error, "http connection ended with an error");
+    }
+}
+
+/// Checks, reads and forwards one request.
+async fn handle(
+    proxy: &Proxy,
+    limits: EdgeLimits,
+    request: Request<Incoming>,
+    peer: Option<IpAddr>,
+) -> Response<Bytes> {
+    let started = Instant::now();
+    if limits.get_only && request.method() != Method::GET {
+        return proxy.reject(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "only GET is accepted (-inGetOnly)",
+            started,
+        );
+    }
+    if header_block_len(request.headers()) > limits.max_header {
+        return proxy.reject(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "request header block over -inMaxHeaderSize",
+            started,
+        );
+    }
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > limits.max_body as u64) {
+        return proxy.reject(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "request body over -inMaxBodySize",
+            started,
+        );
+    }
+    let (mut parts, body) = request.into_parts();
+    let chunked = parts.headers.contains_key(header::TRANSFER_ENCODING);
+    let body = match Limited::new(body, limits.max_body).collect().await {
+        Ok(body) => body.to_bytes(),
+        Err(error) if error.is::<LengthLimitError>() => {
+            return proxy.reject(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "request body over -inMaxBodySize",
+                started,
+            );
+        }
+        Err(error) => {
+            return proxy.reject(
+                StatusCode::BAD_REQUEST,
+                &format!("reading the request body: {error}"),
+                started,
+            );
+        }
+    };
+    // The body is whole now: it travels with its length.
+    if chunked || !body.is_empty() {
+        parts
+            .headers
+            .insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+    }
+    // HTTP/2 carries the authority in the URI; upstreams want it in Host.
+    if !parts.headers.contains_key(header::HOST) {
+        if let Some(value) = parts
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        {
+            parts.headers.insert(header::HOST, value);
+        }
+    }
+    if let Some(path) = parts.uri.path_and_query().cloned() {
+        parts.uri = Uri::from(path);
+    }
+    proxy
+        .forward(Request::from_parts(parts, body), peer, started)
+        .await
+}

@@ -1,0 +1,72 @@
+//! teleport and teleports in: teleport-server on the listener, each request forwarded through
+//! the proxy. Its connections are counted on the wire (above TLS for teleports).
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use http::{Request, Response};
+use teleport_server::{Body, Server, ServerConfig};
+use teleport_transport::batch::BatchPolicy;
+use teleport_transport::conn::ConnConfig;
+use teleport_transport::listener::{self, ConnContext, Listener, Stream};
+
+use crate::config::ProxyConfig;
+use crate::counted::Counted;
+use crate::metrics::Side;
+use crate::proxy::Proxy;
+use crate::upstream::limits;
+
+pub(super) fn serve(config: &ProxyConfig, proxy: Arc<Proxy>) -> anyhow::Result<listener::Server> {
+    let mut batch = BatchPolicy::default();
+    batch.max_delay = config.in_delay;
+    let mut conn = ConnConfig::default();
+    conn.codec(config.in_codec)
+        .limits(limits(config.in_max_header_size, config.in_max_body_size))
+        .batch(batch);
+    let mut server_config = ServerConfig::default();
+    server_config
+        .conn(conn)
+        .max_concurrent_per_conn(config.concurrency)
+        .max_concurrent(config.concurrency)
+        // The upstream call has its own -outTimeout; the client's deadline bounds the rest.
+        .handler_timeout(None);
+    let counters = proxy.metrics().side(Side::In);
+    let server = Server::with_config(Forward { proxy }, server_config);
+    let listener = Listener::bind(&super::listener_config(config))?;
+    let running = listener.serve(move |stream: Stream, cx: ConnContext| {
+        let server = server.clone();
+        let stream = Counted::new(stream, counters.clone());
+        async move { Ok(server.serve_connection(stream, cx.token().clone()).await?) }
+    })?;
+    Ok(running)
+}
+
+/// The service teleport-server runs: each request through the proxy.
+#[derive(Debug, Clone)]
+struct Forward {
+    proxy: Arc<Proxy>,
+}
+
+impl tower_service::Service<Request<Body>> for Forward {
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<Body>) -> Self::Future {
+        let started = Instant::now();
+        let proxy = self.proxy.clone();
+        Box::pin(async move {
+            let request = request.map(Body::into_bytes);
+            let response = proxy.forward(request, None, started).await;
+            Ok(response.map(Body::from))
+        })
+    }
+}

@@ -1,0 +1,269 @@
+//! The proxy's core, shared by every in-side: admission (`-concurrency`), header hygiene
+//! (hop-by-hop headers out, the client's IP in), forwarding to the out-side, and the mapping of
+//! failures to 502/503/504 with a short text body, each counted in the metrics.
+
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode};
+use tokio::sync::Semaphore;
+
+use crate::metrics::{Metrics, Outcome};
+use crate::upstream::Outbound;
+
+/// Why forwarding failed.
+#[derive(Debug)]
+pub(crate) enum ForwardError {
+    /// No response within -outTimeout: 504.
+    Timeout,
+    /// The upstream is overloaded: 503.
+    Overloaded(String),
+    /// The upstream could not be reached, failed, or answered beyond the limits: 502.
+    BadGateway(String),
+}
+
+/// The forwarding core: one per process, shared by every connection.
+#[derive(Debug)]
+pub(crate) struct Proxy {
+    out: Outbound,
+    metrics: Metrics,
+    admission: Semaphore,
+    client_ip_header: Option<HeaderName>,
+    log_all_errors: bool,
+    last_logged_second: AtomicU64,
+    started: Instant,
+}
+
+impl Proxy {
+    pub(crate) fn new(
+        out: Outbound,
+        metrics: Metrics,
+        concurrency: usize,
+        client_ip_header: Option<HeaderName>,
+        log_all_errors: bool,
+    ) -> Self {
+        Proxy {
+            out,
+            metrics,
+            admission: Semaphore::new(concurrency.min(Semaphore::MAX_PERMITS)),
+            client_ip_header,
+            log_all_errors,
+            last_logged_second: AtomicU64::new(u64::MAX),
+            started: Instant::now(),
+        }
+    }
+
+    pub(crate) fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Forwards `request`, which arrived at `started` from `client_ip`, and returns the
+    /// upstream's response or the proxy's own error response.
+    pub(crate) async fn forward(
+        &self,
+        mut request: Request<Bytes>,
+        client_ip: Option<IpAddr>,
+        started: Instant,
+    ) -> Response<Bytes> {
+        let Ok(_permit) = self.admission.try_acquire() else {
+            return self.error(
+                Outcome::Overloaded,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "httptp: overloaded: too many requests in flight (-concurrency)",
+                started,
+            );
+        };
+        strip_hop_by_hop(request.headers_mut());
+        if let (Some(name), Some(ip)) = (&self.client_ip_header, client_ip) {
+            append_client_ip(request.headers_mut(), name, ip);
+        }
+        self.metrics.pending().inc();
+        let result = self.out.send(request).await;
+        self.metrics.pending().dec();
+        match result {
+            Ok(mut response) => {
+                strip_hop_by_hop(response.headers_mut());
+                self.metrics.record(Outcome::Ok, started.elapsed());
+                response
+            }
+            Err(ForwardError::Timeout) => self.error(
+                Outcome::Timeout,
+                StatusCode::GATEWAY_TIMEOUT,
+                "httptp: gateway timeout: no response from the upstream within -outTimeout",
+                started,
+            ),
+            Err(ForwardError::Overloaded(why)) => self.error(
+                Outcome::Overloaded,
+                StatusCode::SERVICE_UNAVAILABLE,
+                &format!("httptp: overloaded: {why}"),
+                started,
+            ),
+            Err(ForwardError::BadGateway(why)) => self.error(
+                Outcome::BadGateway,
+                StatusCode::BAD_GATEWAY,
+                &format!("httptp: bad gateway: {why}"),
+                started,
+            ),
+        }
+    }
+
+    /// The proxy's own answer to a request refused at the edge (4xx).
+    pub(crate) fn reject(
+        &self,
+        status: StatusCode,
+        why: &str,
+        started: Instant,
+    ) -> Response<Bytes> {
+        self.error(
+            Outcome::Rejected,
+            status,
+            &format!("httptp: {why}"),
+            started,
+        )
+    }
+
+    fn error(
+        &self,
+        outcome: Outcome,
+        status: StatusCode,
+        text: &str,
+        started: Instant,
+    ) -> Response<Bytes> {
+        self.metrics.record(outcome, started.elapsed());
+        if self.should_log() {
+            tracing::warn!(status = status.as_u16(), "{text}");
+        }
+        text_response(status, text)
+    }
+
+    /// Every error with -logAllErrors; else at most one a second, so a failing upstream does
+    /// not flood the log.
+    fn should_log(&self) -> bool {
+        if self.log_all_errors {
+            return true;
+        }
+        let second = self.started.elapsed().as_secs();
+        self.last_logged_second.swap(second, Ordering::Relaxed) != second
+    }
+}
+
+/// A `text/plain` response made by the proxy.
+pub(crate) fn text_response(status: StatusCode, text: &str) -> Response<Bytes> {
+    let mut response = Response::new(Bytes::from(format!("{text}\n")));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
+/// Removes the hop-by-hop headers (RFC 9110 section 7.6.1): the fixed list and whatever the
+/// Connection header names. `expect` goes too: the body has been read already.
+pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in [
+        header::CONNECTION,
+        HeaderName::from_static("keep-alive"),
+        HeaderName::from_static("proxy-connection"),
+        header::PROXY_AUTHENTICATE,
+        header::PROXY_AUTHORIZATION,
+        header::TE,
+        header::TRAILER,
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
+        header::EXPECT,
+    ] {
+        headers.remove(name);
+    }
+}
+
+/// Appends `ip` to the `name` header (`a, b` becomes `a, b, ip`), as X-Forwarded-For expects;
+/// several fields of the header are joined into one first.
+fn append_client_ip(headers: &mut HeaderMap, name: &HeaderName, ip: IpAddr) {
+    let mut joined = headers
+        .get_all(name)
+        .iter()
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).trim().to_owned())
+        .filter(|v| !v.is_empty())
+        .collect::<Vec<_>>()
+        .join(", ");
+    if !joined.is_empty() {
+        joined.push_str(", ");
+    }
+    joined.push_str(&ip.to_string());
+    if let Ok(value) = HeaderValue::try_from(joined) {
+        headers.insert(name.clone(), value);
+    }
+}
+
+/// Bytes of a header block as HTTP/1.1 writes it (`name: value\r\n` per field), the measure of
+/// -inMaxHeaderSize and -outMaxHeaderSize.
+pub(crate) fn header_block_len(headers: &HeaderMap) -> usize {
+    headers
+        .iter()
+        .map(|(n, v)| n.as_str().len() + v.len() + 4)
+        .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_go_and_the_rest_stay() {
+        let mut headers = HeaderMap::new();
+        for (n, v) in [
+            ("connection", "keep-alive, x-hop"),
+            ("keep-alive", "timeout=5"),
+            ("x-hop", "1"),
+            ("transfer-encoding", "chunked"),
+            ("te", "trailers"),
+            ("upgrade", "websocket"),
+            ("proxy-authorization", "Basic eA=="),
+            ("expect", "100-continue"),
+            ("x-keep", "2"),
+            ("authorization", "Bearer t"),
+            ("content-length", "5"),
+        ] {
+            headers.append(n, HeaderValue::from_static(v));
+        }
+        strip_hop_by_hop(&mut headers);
+        let left: Vec<&str> = headers.keys().map(HeaderName::as_str).collect();
+        assert_eq!(left, ["x-keep", "authorization", "content-length"]);
+    }
+
+    #[test]
+    fn client_ip_is_appended() {
+        let name = HeaderName::from_static("x-forwarded-for");
+        let ip: IpAddr = "127.0.0.1".parse().unwrap();
+        let mut headers = HeaderMap::new();
+        append_client_ip(&mut headers, &name, ip);
+        assert_eq!(headers[&name], "127.0.0.1");
+        let mut headers = HeaderMap::new();
+        headers.append(&name, HeaderValue::from_static("1.2.3.4"));
+        headers.append(&name, HeaderValue::from_static("5.6.7.8"));
+        append_client_ip(&mut headers, &name, "::1".parse().unwrap());
+        assert_eq!(headers.get_all(&name).iter().count(), 1);
+        assert_eq!(headers[&name], "1.2.3.4, 5.6.7.8, ::1");
+    }
+
+    #[test]
+    fn header_block_length_counts_the_http1_form() {
+        let mut headers = HeaderMap::new();
+        headers.insert("host", HeaderValue::from_static("a"));
+        assert_eq!(header_block_len(&headers), "host: a\r\n".len());
+    }
+}

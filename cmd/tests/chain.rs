@@ -1,0 +1,95 @@
+//! The two-hop chain `client -> A (http in, teleport out) -> B (teleport in, http out) ->
+//! upstream` with each codec, an HTTP/2 client on it, and teleport over mutual TLS: the same
+//! battery of cases as the single-proxy pairs, and a chain whose A presents no certificate or a
+//! stranger's failing every request with a 502 rather than hanging.
+
+mod common;
+
+use common::cases::{Via, assert_bad_gateway, battery};
+use common::*;
+
+async fn chain_battery(codec: &str) {
+    let up = Upstream::tcp().await;
+    let (a, b) = start_chain(codec, &up.addr, |a| a, |b| b).await;
+    assert_eq!(b.in_type, "teleport");
+    let mut c = Client::tcp_h1(a.addr()).await.unwrap();
+    battery(&mut c, &up, Via::Proxy).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chain_http_teleport_http_none() {
+    chain_battery("none").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chain_http_teleport_http_snappy() {
+    chain_battery("snappy").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chain_http_teleport_http_flate() {
+    chain_battery("flate").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chain_with_an_h2c_client() {
+    let up = Upstream::tcp().await;
+    let (a, _b) = start_chain("flate", &up.addr, |a| a, |b| b).await;
+    let mut c = Client::tcp_h2(a.addr()).await.unwrap();
+    battery(&mut c, &up, Via::Proxy).await;
+}
+
+/// B: teleports in, requiring a client certificate from the PKI's CA. A: teleports out with
+/// `cert` (none when `None`).
+async fn start_mtls_chain(
+    pki: &Pki,
+    up: &Upstream,
+    cert: Option<(&std::path::Path, &std::path::Path)>,
+) -> (Proc, Proc) {
+    let b = Cmd::tcp("B", "teleports", "http", &up.addr)
+        .flag("inTLSCert", s(&pki.server_cert))
+        .flag("inTLSKey", s(&pki.server_key))
+        .flag("inTLSClientCA", s(&pki.ca))
+        .start()
+        .await;
+    assert_eq!(b.in_type, "teleports");
+    let mut a = Cmd::tcp("A", "http", "teleports", b.addr())
+        .flag("outTLSCA", s(&pki.ca))
+        .flag("outTLSServerName", "localhost");
+    if let Some((cert, key)) = cert {
+        a = a.flag("outTLSCert", s(cert)).flag("outTLSKey", s(key));
+    }
+    (a.start().await, b)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chain_over_teleports_with_mutual_tls() {
+    let pki = Pki::generate();
+    let up = Upstream::tcp().await;
+    let (a, _b) = start_mtls_chain(&pki, &up, Some((&pki.client_cert, &pki.client_key))).await;
+    let mut c = Client::tcp_h1(a.addr()).await.unwrap();
+    battery(&mut c, &up, Via::Proxy).await;
+}
+
+async fn refused_client_certificate(pki: &Pki, cert: Option<(&std::path::Path, &std::path::Path)>) {
+    let up = Upstream::tcp().await;
+    let (a, _b) = start_mtls_chain(pki, &up, cert).await;
+    let mut c = Client::tcp_h1(a.addr()).await.unwrap();
+    for _ in 0..3 {
+        let reply = c.get("/echo").await;
+        assert_bad_gateway(&reply);
+    }
+    assert_eq!(up.count(), 0, "a request crossed a refused TLS link");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chain_over_teleports_without_a_client_certificate_fails_with_502() {
+    let pki = Pki::generate();
+    refused_client_certificate(&pki, None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chain_over_teleports_with_a_strangers_client_certificate_fails_with_502() {
+    let pki = Pki::generate();
+    refused_client_certificate(&pki, Some((&pki.stranger_cert, &pki.stranger_key))).await;
+}
