@@ -211,40 +211,46 @@ pub(crate) struct DemoFlags {
 /// left alone, and nothing after `--` is touched.
 pub(crate) fn normalize(args: impl IntoIterator<Item = OsString>) -> Vec<OsString> {
     let command = Cli::command();
-    let mut longs: Vec<String> = Vec::new();
+    // Every long name, and whether it takes a separate value (`-in ADDR`, not `-reusePort`).
+    let mut longs: Vec<(String, bool)> = Vec::new();
     let mut collect = |cmd: &clap::Command| {
         for arg in cmd.get_arguments() {
-            longs.extend(arg.get_long().map(str::to_owned));
-            longs.extend(
-                arg.get_all_aliases()
-                    .into_iter()
-                    .flatten()
-                    .map(str::to_owned),
-            );
+            let takes_value = arg.get_action().takes_values() && !arg.is_require_equals_set();
+            let names = arg.get_long().into_iter().chain(arg.get_all_aliases().into_iter().flatten());
+            longs.extend(names.map(|name| (name.to_owned(), takes_value)));
         }
     };
     collect(&command);
     for sub in command.get_subcommands() {
         collect(sub);
     }
+    let known = |name: &str| longs.iter().find(|(long, _)| long == name).map(|&(_, v)| v);
     let mut out = Vec::new();
     let mut rest = false;
+    let mut value_next = false;
     for arg in args {
-        let rewritten = match arg.to_str() {
-            Some("--") => {
-                rest = true;
-                None
-            }
-            Some(s) if !rest && s.starts_with('-') && !s.starts_with("--") => {
-                let name = s[1..].split('=').next().unwrap_or_default();
-                longs
-                    .iter()
-                    .any(|l| l == name)
-                    .then(|| format!("-{s}").into())
-            }
-            _ => None,
+        let text = arg.to_str().unwrap_or_default();
+        if rest || std::mem::take(&mut value_next) {
+            out.push(arg);
+            continue;
+        }
+        if text == "--" {
+            rest = true;
+            out.push(arg);
+            continue;
+        }
+        let dashes = if text.starts_with("--") { 2 } else { usize::from(text.starts_with('-')) };
+        let (name, inline_value) = match text[dashes.min(text.len())..].split_once('=') {
+            Some((name, _)) => (name, true),
+            None => (&text[dashes.min(text.len())..], false),
         };
-        out.push(rewritten.unwrap_or(arg));
+        match (dashes, known(name)) {
+            (1 | 2, Some(takes_value)) => {
+                value_next = takes_value && !inline_value;
+                out.push(if dashes == 1 { format!("-{text}").into() } else { arg });
+            }
+            _ => out.push(arg),
+        }
     }
     out
 }
@@ -347,10 +353,13 @@ mod tests {
     }
 
     #[test]
-    fn values_that_look_like_flags_are_left_alone() {
-        let p = parse(&["-clientIPHeader", "-in"]).unwrap().proxy;
-        assert_eq!(p.client_ip_header, "-in");
-        assert_eq!(p.r#in, "127.0.0.1:8080");
+    fn values_are_never_rewritten() {
+        let argv = ["httptp", "-clientIPHeader", "-in", "-in", "x", "--", "-out"];
+        let normalized = normalize(argv.iter().map(OsString::from));
+        assert_eq!(normalized, ["httptp", "--clientIPHeader", "-in", "--in", "x", "--", "-out"]);
+        // A boolean takes no separate value: what follows is a flag again.
+        let normalized = normalize(["httptp", "-reusePort", "-in", "x"].iter().map(OsString::from));
+        assert_eq!(normalized, ["httptp", "--reusePort", "--in", "x"]);
     }
 
     #[test]
