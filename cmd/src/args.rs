@@ -216,7 +216,10 @@ pub(crate) fn normalize(args: impl IntoIterator<Item = OsString>) -> Vec<OsStrin
     let mut collect = |cmd: &clap::Command| {
         for arg in cmd.get_arguments() {
             let takes_value = arg.get_action().takes_values() && !arg.is_require_equals_set();
-            let names = arg.get_long().into_iter().chain(arg.get_all_aliases().into_iter().flatten());
+            let names = arg
+                .get_long()
+                .into_iter()
+                .chain(arg.get_all_aliases().into_iter().flatten());
             longs.extend(names.map(|name| (name.to_owned(), takes_value)));
         }
     };
@@ -239,7 +242,11 @@ pub(crate) fn normalize(args: impl IntoIterator<Item = OsString>) -> Vec<OsStrin
             out.push(arg);
             continue;
         }
-        let dashes = if text.starts_with("--") { 2 } else { usize::from(text.starts_with('-')) };
+        let dashes = if text.starts_with("--") {
+            2
+        } else {
+            usize::from(text.starts_with('-'))
+        };
         let (name, inline_value) = match text[dashes.min(text.len())..].split_once('=') {
             Some((name, _)) => (name, true),
             None => (&text[dashes.min(text.len())..], false),
@@ -247,7 +254,11 @@ pub(crate) fn normalize(args: impl IntoIterator<Item = OsString>) -> Vec<OsStrin
         match (dashes, known(name)) {
             (1 | 2, Some(takes_value)) => {
                 value_next = takes_value && !inline_value;
-                out.push(if dashes == 1 { format!("-{text}").into() } else { arg });
+                out.push(if dashes == 1 {
+                    format!("-{text}").into()
+                } else {
+                    arg
+                });
             }
             _ => out.push(arg),
         }
@@ -356,9 +367,24 @@ mod tests {
     fn values_are_never_rewritten() {
         let argv = ["httptp", "-clientIPHeader", "-in", "-in", "x", "--", "-out"];
         let normalized = normalize(argv.iter().map(OsString::from));
-        assert_eq!(normalized, ["httptp", "--clientIPHeader", "-in", "--in", "x", "--", "-out"]);
+        assert_eq!(
+            normalized,
+            [
+                "httptp",
+                "--clientIPHeader",
+                "-in",
+                "--in",
+                "x",
+                "--",
+                "-out"
+            ]
+        );
         // A boolean takes no separate value: what follows is a flag again.
-        let normalized = normalize(["httptp", "-reusePort", "-in", "x"].iter().map(OsString::from));
+        let normalized = normalize(
+            ["httptp", "-reusePort", "-in", "x"]
+                .iter()
+                .map(OsString::from),
+        );
         assert_eq!(normalized, ["httptp", "--reusePort", "--in", "x"]);
     }
 
