@@ -183,6 +183,10 @@ pub(crate) struct ProxyFlags {
     /// closed.
     #[arg(long = "drainTimeout", alias = "drain-timeout", default_value = "10s", value_parser = parse_duration)]
     pub(crate) drain_timeout: Duration,
+    /// Runtime worker threads; 0 means one per core, 1 runs everything on one thread (no
+    /// cross-thread wakeups: best when the proxy shares a small machine with its neighbours).
+    #[arg(long = "workers", default_value_t = 0)]
+    pub(crate) workers: usize,
     /// Log format on stderr: text or json.
     #[arg(long = "logFormat", alias = "log-format", default_value = "text", value_parser = ["text", "json"])]
     pub(crate) log_format: String,
