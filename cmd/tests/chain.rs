@@ -1,7 +1,9 @@
 //! The two-hop chain `client -> A (http in, teleport out) -> B (teleport in, http out) ->
-//! upstream` with each codec, an HTTP/2 client on it, and teleport over mutual TLS: the same
-//! battery of cases as the single-proxy pairs, and a chain whose A presents no certificate or a
-//! stranger's failing every request with a 502 rather than hanging.
+//! upstream` with each codec, an HTTP/2 client on it, batch delays on both sides, teleport over
+//! TLS, unix sockets at both ends, and three hops through a teleport-to-teleport relay: the same
+//! battery of cases as the single-proxy pairs. Also a chain whose A presents no certificate, or
+//! a stranger's, to an mTLS B, failing every request with a 502 rather than hanging; and
+//! -outMaxHeaderSize raised on both hops letting a big header through.
 
 mod common;
 
@@ -92,4 +94,86 @@ async fn chain_over_teleports_without_a_client_certificate_fails_with_502() {
 async fn chain_over_teleports_with_a_strangers_client_certificate_fails_with_502() {
     let pki = Pki::generate();
     refused_client_certificate(&pki, Some((&pki.stranger_cert, &pki.stranger_key))).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chain_over_teleports_with_server_tls_only() {
+    let pki = Pki::generate();
+    let up = Upstream::tcp().await;
+    let b = Cmd::tcp("B", "teleports", "http", &up.addr)
+        .flag("inTLSCert", s(&pki.server_cert))
+        .flag("inTLSKey", s(&pki.server_key))
+        .start()
+        .await;
+    // The server name defaults to the host part of -out, 127.0.0.1, which the certificate names.
+    let a = Cmd::tcp("A", "http", "teleports", b.addr())
+        .flag("outTLSCA", s(&pki.ca))
+        .start()
+        .await;
+    let mut c = Client::tcp_h1(a.addr()).await.unwrap();
+    common::cases::echo_round_trip(&mut c, &up, Via::Proxy).await;
+    common::cases::large_responses(&mut c).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chain_with_batch_delays_on_both_sides() {
+    let up = Upstream::tcp().await;
+    let (a, _b) = start_chain(
+        "snappy",
+        &up.addr,
+        |a| a.flag("outDelay", "2ms"),
+        |b| b.flag("inDelay", "2ms"),
+    )
+    .await;
+    let mut c = Client::tcp_h1(a.addr()).await.unwrap();
+    common::cases::echo_round_trip(&mut c, &up, Via::Proxy).await;
+    common::cases::bodiless_answers_keep_the_stream_in_step(&mut c).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chain_out_max_header_size_raised_on_both_sides_passes_a_big_header() {
+    // B reads the upstream's 5000-byte header; A receives it over teleport: both limits apply.
+    let up = Upstream::tcp().await;
+    let (a, _b) = start_chain(
+        "flate",
+        &up.addr,
+        |a| a.flag("outMaxHeaderSize", "16384"),
+        |b| b.flag("outMaxHeaderSize", "16384"),
+    )
+    .await;
+    let mut c = Client::tcp_h1(a.addr()).await.unwrap();
+    let reply = c.get("/bighdr").await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(reply.header("x-big").map(str::len), Some(BIG_HEADER_LEN));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chain_from_a_unix_socket_to_a_unix_socket() {
+    let up = Upstream::unix().await;
+    let b = Cmd::tcp("B", "teleport", "unix", &up.addr)
+        .flag("inCompress", "snappy")
+        .start()
+        .await;
+    let dir = TestDir::new();
+    let sock = s(&dir.path("a.sock"));
+    let a = Cmd::proxy("A", "unix", &sock, "teleport", b.addr())
+        .flag("outCompress", "snappy")
+        .start()
+        .await;
+    let mut c = Client::unix_h1(a.addr()).await.unwrap();
+    battery(&mut c, &up, Via::Proxy).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_hops_with_a_teleport_to_teleport_relay() {
+    let up = Upstream::tcp().await;
+    let b = Cmd::tcp("B", "teleport", "http", &up.addr).start().await;
+    let relay = Cmd::tcp("relay", "teleport", "teleport", b.addr())
+        .start()
+        .await;
+    let a = Cmd::tcp("A", "http", "teleport", relay.addr())
+        .start()
+        .await;
+    let mut c = Client::tcp_h1(a.addr()).await.unwrap();
+    battery(&mut c, &up, Via::Proxy).await;
 }

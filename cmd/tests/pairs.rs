@@ -137,3 +137,42 @@ async fn http_to_https_refuses_an_untrusted_upstream() {
     }
     assert_eq!(up.count(), 0, "a request reached an untrusted upstream");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_with_in_tls_client_ca_requires_a_client_certificate() {
+    let pki = Pki::generate();
+    let up = Upstream::tcp().await;
+    let p = Cmd::tcp("proxy", "https", "http", &up.addr)
+        .flag("inTLSCert", s(&pki.server_cert))
+        .flag("inTLSKey", s(&pki.server_key))
+        .flag("inTLSClientCA", s(&pki.ca))
+        .start()
+        .await;
+    let trusted = pki.client_tls_as(&[b"http/1.1"], Some((&pki.client_cert, &pki.client_key)));
+    let (mut c, _) = Client::tls(p.addr(), trusted).await.unwrap();
+    common::cases::echo_round_trip(&mut c, &up, Via::Proxy).await;
+    let before = up.count();
+
+    // TLS 1.3 lets a client finish its handshake before the server checks its certificate, so
+    // the refusal may show at connect or at the first request: either way, no response.
+    let stranger = Some((pki.stranger_cert.as_path(), pki.stranger_key.as_path()));
+    for identity in [None, stranger] {
+        let config = pki.client_tls_as(&[b"http/1.1"], identity);
+        let refused = within("a refused TLS client", async {
+            let (mut c, _) = Client::tls(p.addr(), config).await?;
+            c.fetch(c.req(http::Method::GET, "/echo").body(empty()).unwrap())
+                .await
+        })
+        .await;
+        assert!(
+            refused.is_err(),
+            "served a client with {:?}",
+            identity.map(|(c, _)| c)
+        );
+    }
+    assert_eq!(
+        up.count(),
+        before,
+        "a request from an untrusted client went through"
+    );
+}

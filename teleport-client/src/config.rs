@@ -94,6 +94,7 @@ pub struct ClientBuilder {
     pub(crate) max_pending: usize,
     pub(crate) timeout: Duration,
     pub(crate) fail_fast: bool,
+    pub(crate) wait_for_ready: bool,
     pub(crate) retry: RetryPolicy,
     pub(crate) connect_timeout: Duration,
     pub(crate) backoff_min: Duration,
@@ -113,6 +114,7 @@ impl Default for ClientBuilder {
             max_pending: 1024,
             timeout: Duration::from_secs(30),
             fail_fast: false,
+            wait_for_ready: true,
             retry: RetryPolicy::default(),
             connect_timeout: Duration::from_secs(5),
             backoff_min: Duration::from_millis(50),
@@ -134,6 +136,7 @@ impl fmt::Debug for ClientBuilder {
             .field("max_pending", &self.max_pending)
             .field("timeout", &self.timeout)
             .field("fail_fast", &self.fail_fast)
+            .field("wait_for_ready", &self.wait_for_ready)
             .field("retry", &self.retry)
             .field("connect_timeout", &self.connect_timeout)
             .field("backoff", &(self.backoff_min, self.backoff_max))
@@ -215,6 +218,17 @@ impl ClientBuilder {
     /// request's deadline, for a slot; `true` fails at once with [`Error::Overloaded`].
     pub fn fail_fast(&mut self, fail_fast: bool) -> &mut Self {
         self.fail_fast = fail_fast;
+        self
+    }
+
+    /// With no connection up: `true` (default) waits, within the request's deadline, for one
+    /// to come up; `false` fails at once with [`Error::Unavailable`] (carrying the connect
+    /// error) once every upstream's latest connection attempt has failed, as gRPC does without
+    /// wait-for-ready. A proxy wants `false`: a dead upstream answers 502 at once instead of
+    /// holding every request for its whole timeout. Requests still wait while a first attempt
+    /// or a reconnect is in progress.
+    pub fn wait_for_ready(&mut self, wait: bool) -> &mut Self {
+        self.wait_for_ready = wait;
         self
     }
 

@@ -236,6 +236,11 @@ impl Inner {
             let result = match pick {
                 Pick::Conn(conn) => Some(Ok(conn)),
                 Pick::Full if self.config.fail_fast => Some(Err(Error::Overloaded)),
+                Pick::Down if !self.config.wait_for_ready && self.all_failing() => {
+                    Some(Err(Error::Unavailable {
+                        source: self.last_error(),
+                    }))
+                }
                 _ if self.token.is_cancelled() => Some(Err(Error::Closed)),
                 Pick::Full => {
                     *down = false;
@@ -253,6 +258,16 @@ impl Inner {
             notified.await;
             self.waiters.fetch_sub(1, SeqCst);
         }
+    }
+
+    /// Every upstream's latest connection attempt failed.
+    fn all_failing(&self) -> bool {
+        self.upstreams.iter().all(|u| {
+            u.last_error
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .is_some()
+        })
     }
 
     /// The latest failed connection attempt of any upstream, unless one has connected since.
@@ -335,6 +350,8 @@ async fn run_slot(inner: Arc<Inner>, index: usize) {
                 tracing::debug!(addr = %upstream.addr, %error, "connection attempt failed");
                 upstream.set_error(Some(error));
                 upstream.record_failure(&inner);
+                // Requests waiting for a connection may have to give up now.
+                inner.changed.notify_waiters();
                 false
             }
         };

@@ -878,6 +878,41 @@ async fn requests_waiting_for_room_or_a_connection_end_at_their_deadline() {
 
 // ===== unreachable upstreams =====
 
+#[tokio::test(start_paused = true)]
+async fn without_wait_for_ready_an_unreachable_upstream_fails_at_once() {
+    let attempts = Arc::new(AtomicUsize::new(0));
+    let refused = {
+        let attempts = attempts.clone();
+        move |_addr: &str| {
+            attempts.fetch_add(1, SeqCst);
+            async move { Err::<BoxIo, _>(std::io::Error::from(std::io::ErrorKind::ConnectionRefused)) }
+        }
+    };
+    let client = Client::builder()
+        .addr("nowhere")
+        .timeout(Duration::from_secs(30))
+        .wait_for_ready(false)
+        .connector(refused)
+        .build()
+        .unwrap();
+    // The first request waits for the first attempt, then fails with its error; later ones
+    // fail at once while the client keeps retrying in the background.
+    for _ in 0..3 {
+        let start = Instant::now();
+        let error = client.send(get("/")).await.unwrap_err();
+        assert!(
+            start.elapsed() < Duration::from_secs(1),
+            "{:?}",
+            start.elapsed()
+        );
+        assert!(
+            matches!(&error, Error::Unavailable { source: Some(e) } if matches!(**e, Error::Connect { .. })),
+            "{error:?}"
+        );
+    }
+    assert!(attempts.load(SeqCst) >= 1);
+}
+
 #[tokio::test]
 async fn nothing_listening_is_unavailable_with_the_connect_error() {
     let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

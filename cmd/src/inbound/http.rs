@@ -271,14 +271,13 @@ async fn handle(
             .insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
     }
     // HTTP/2 carries the authority in the URI; upstreams want it in Host.
-    if !parts.headers.contains_key(header::HOST) {
-        if let Some(value) = parts
+    if !parts.headers.contains_key(header::HOST)
+        && let Some(value) = parts
             .uri
             .authority()
             .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-        {
-            parts.headers.insert(header::HOST, value);
-        }
+    {
+        parts.headers.insert(header::HOST, value);
     }
     if let Some(path) = parts.uri.path_and_query().cloned() {
         parts.uri = Uri::from(path);

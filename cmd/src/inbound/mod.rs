@@ -85,6 +85,8 @@ fn listener_config(config: &ProxyConfig) -> ListenerConfig {
         .reuse_port(config.reuse_port)
         .allow(config.in_allow.iter().copied())
         .tls(config.in_tls.clone())
-        .max_connections(config.concurrency.max(1));
+        // Connections are cheap; -concurrency limits requests (503 beyond it), and idle
+        // keep-alive connections must not lock others out.
+        .max_connections(config.concurrency.max(10_000));
     listener
 }

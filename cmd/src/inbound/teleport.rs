@@ -21,8 +21,10 @@ use crate::proxy::Proxy;
 use crate::upstream::limits;
 
 pub(super) fn serve(config: &ProxyConfig, proxy: Arc<Proxy>) -> anyhow::Result<listener::Server> {
-    let mut batch = BatchPolicy::default();
-    batch.max_delay = config.in_delay;
+    let batch = BatchPolicy {
+        max_delay: config.in_delay,
+        ..BatchPolicy::default()
+    };
     let mut conn = ConnConfig::default();
     conn.codec(config.in_codec)
         .limits(limits(config.in_max_header_size, config.in_max_body_size))

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use bytes::Bytes;
 use http::uri::{Authority, PathAndQuery, Scheme};
-use http::{HeaderValue, Request, Response, Uri, Version, header};
+use http::{HeaderValue, Request, Response, Uri, header};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
@@ -123,94 +123,126 @@ impl HttpUpstreams {
         })
     }
 
-    /// Forwards `request` to the least loaded healthy address, within -outTimeout.
+    /// Forwards `request` to the least loaded healthy address, within -outTimeout. A request
+    /// whose connection could not be opened never left: it goes to another address (each
+    /// address at most once).
     pub(crate) async fn send(
         &self,
         request: Request<Bytes>,
     ) -> Result<Response<Bytes>, ForwardError> {
-        let upstream = self.pick();
-        upstream.pending.fetch_add(1, Ordering::Relaxed);
-        let _pending = PendingGuard(&upstream.pending);
         let (mut parts, body) = request.into_parts();
         // The original authority travels in Host; the URI names the upstream.
-        if !parts.headers.contains_key(header::HOST) {
-            if let Some(value) = parts
+        if !parts.headers.contains_key(header::HOST)
+            && let Some(value) = parts
                 .uri
                 .authority()
                 .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-            {
-                parts.headers.insert(header::HOST, value);
-            }
+        {
+            parts.headers.insert(header::HOST, value);
         }
         let path = parts
             .uri
             .path_and_query()
             .cloned()
             .unwrap_or_else(|| PathAndQuery::from_static("/"));
-        parts.uri = Uri::builder()
-            .scheme(self.scheme.clone())
-            .authority(upstream.authority.clone())
-            .path_and_query(path)
-            .build()
-            .expect("scheme, authority and path make a URI");
-        parts.version = Version::HTTP_11;
-        let request = Request::from_parts(parts, Full::new(body));
-        let exchange = async {
-            let response = upstream.client.request(request).await.map_err(|error| {
-                upstream.failed();
-                ForwardError::BadGateway(format!("{}: {}", upstream.addr, chain(&error)))
-            })?;
-            if header_block_len(response.headers()) > self.max_header {
-                return Err(ForwardError::BadGateway(format!(
-                    "{}: response header block over -outMaxHeaderSize ({} bytes)",
-                    upstream.addr, self.max_header
-                )));
+        let attempts = async {
+            let mut tried: Vec<usize> = Vec::new();
+            loop {
+                let index = self.pick(&tried);
+                tried.push(index);
+                let upstream = &self.upstreams[index];
+                let mut request = Request::new(Full::new(body.clone()));
+                *request.method_mut() = parts.method.clone();
+                *request.uri_mut() = Uri::builder()
+                    .scheme(self.scheme.clone())
+                    .authority(upstream.authority.clone())
+                    .path_and_query(path.clone())
+                    .build()
+                    .expect("scheme, authority and path make a URI");
+                *request.headers_mut() = parts.headers.clone();
+                match self.exchange(upstream, request).await {
+                    Err(Attempt::NotSent(error)) if tried.len() < self.upstreams.len() => {
+                        tracing::debug!(upstream = %upstream.addr, ?error, "connect failed; trying another address");
+                    }
+                    Err(Attempt::NotSent(error) | Attempt::Failed(error)) => return Err(error),
+                    Ok(response) => return Ok(response),
+                }
             }
-            let (parts, body) = response.into_parts();
-            let body = Limited::new(body, self.max_body)
-                .collect()
-                .await
-                .map_err(|error| {
-                    ForwardError::BadGateway(format!("{}: response body: {error}", upstream.addr))
-                })?;
-            Ok(Response::from_parts(parts, body.to_bytes()))
         };
-        match tokio::time::timeout(self.timeout, exchange).await {
-            Ok(Ok(response)) => {
-                upstream.succeeded();
-                Ok(response)
-            }
-            Ok(Err(error)) => Err(error),
-            Err(_) => {
-                upstream.failed();
-                Err(ForwardError::Timeout)
-            }
-        }
+        tokio::time::timeout(self.timeout, attempts)
+            .await
+            .unwrap_or(Err(ForwardError::Timeout))
     }
 
-    /// Power of two choices among the addresses not ejected (among all if every one is).
-    fn pick(&self) -> &Upstream {
-        let n = self.upstreams.len();
-        if n == 1 {
-            return &self.upstreams[0];
+    /// One attempt on `upstream`. Its health learns from connection failures and timeouts, not
+    /// from responses the limits refuse.
+    async fn exchange(
+        &self,
+        upstream: &Upstream,
+        request: Request<Full<Bytes>>,
+    ) -> Result<Response<Bytes>, Attempt> {
+        upstream.pending.fetch_add(1, Ordering::Relaxed);
+        let _pending = PendingGuard(&upstream.pending);
+        let mut outcome = Outcome {
+            upstream,
+            succeeded: false,
+        };
+        let response = upstream.client.request(request).await.map_err(|error| {
+            let failure = ForwardError::BadGateway(format!("{}: {}", upstream.addr, chain(&error)));
+            if error.is_connect() {
+                Attempt::NotSent(failure)
+            } else {
+                Attempt::Failed(failure)
+            }
+        })?;
+        if header_block_len(response.headers()) > self.max_header {
+            outcome.succeeded = true;
+            return Err(Attempt::Failed(ForwardError::BadGateway(format!(
+                "{}: response header block over -outMaxHeaderSize ({} bytes)",
+                upstream.addr, self.max_header
+            ))));
         }
+        let (parts, body) = response.into_parts();
+        let body = Limited::new(body, self.max_body)
+            .collect()
+            .await
+            .map_err(|error| {
+                Attempt::Failed(ForwardError::BadGateway(format!(
+                    "{}: response body: {error}",
+                    upstream.addr
+                )))
+            })?;
+        outcome.succeeded = true;
+        Ok(Response::from_parts(parts, body.to_bytes()))
+    }
+
+    /// Power of two choices among the addresses not ejected and not `tried` (among all
+    /// untried ones if every one is ejected).
+    fn pick(&self, tried: &[usize]) -> usize {
         let now = Instant::now();
-        let live: Vec<&Upstream> = self.upstreams.iter().filter(|u| !u.ejected(now)).collect();
-        let pool: Vec<&Upstream> = if live.is_empty() {
-            self.upstreams.iter().collect()
+        let untried = || (0..self.upstreams.len()).filter(|i| !tried.contains(i));
+        let live: Vec<usize> = untried()
+            .filter(|&i| !self.upstreams[i].ejected(now))
+            .collect();
+        let pool: Vec<usize> = if live.is_empty() {
+            untried().collect()
         } else {
             live
         };
-        if pool.len() == 1 {
-            return pool[0];
-        }
-        let r = self.next_random();
-        let a = (r % pool.len() as u64) as usize;
-        let b = (a + 1 + ((r >> 32) % (pool.len() as u64 - 1)) as usize) % pool.len();
-        if pool[b].cost() < pool[a].cost() {
-            pool[b]
-        } else {
-            pool[a]
+        match pool.len() {
+            0 => 0,
+            1 => pool[0],
+            n => {
+                let r = self.next_random();
+                let a = (r % n as u64) as usize;
+                let b = (a + 1 + ((r >> 32) % (n as u64 - 1)) as usize) % n;
+                let (a, b) = (pool[a], pool[b]);
+                if self.upstreams[b].cost() < self.upstreams[a].cost() {
+                    b
+                } else {
+                    a
+                }
+            }
         }
     }
 
@@ -251,6 +283,29 @@ impl Upstream {
         let mut health = self.health.lock().expect("health lock");
         if health.failures > 0 {
             *health = Health::default();
+        }
+    }
+}
+
+/// How one attempt failed: before the request left (it may go elsewhere), or after.
+enum Attempt {
+    NotSent(ForwardError),
+    Failed(ForwardError),
+}
+
+/// Records an attempt's health when it ends, however it ends: success, failure, or dropped at
+/// -outTimeout (a failure too).
+struct Outcome<'a> {
+    upstream: &'a Upstream,
+    succeeded: bool,
+}
+
+impl Drop for Outcome<'_> {
+    fn drop(&mut self) {
+        if self.succeeded {
+            self.upstream.succeeded();
+        } else {
+            self.upstream.failed();
         }
     }
 }

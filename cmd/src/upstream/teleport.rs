@@ -29,6 +29,8 @@ pub(super) fn client(config: &ProxyConfig, counters: SideCounters) -> anyhow::Re
         // announced limit caps it further).
         .max_pending(config.concurrency.div_ceil(conns).max(1))
         .timeout(config.out_timeout)
+        // A dead upstream answers 502 at once rather than after -outTimeout.
+        .wait_for_ready(false)
         .connector(move |addr: &str| {
             let addr = addr.to_owned();
             let counters = counters.clone();

@@ -214,15 +214,33 @@ impl Pki {
 
     /// A client setup that trusts the CA and offers `alpn`.
     pub(crate) fn client_tls(&self, alpn: &[&[u8]]) -> Arc<ClientConfig> {
+        self.client_tls_as(alpn, None)
+    }
+
+    /// [`client_tls`](Self::client_tls) presenting the certificate and key in the PEM files
+    /// `identity`, when given.
+    pub(crate) fn client_tls_as(
+        &self,
+        alpn: &[&[u8]],
+        identity: Option<(&Path, &Path)>,
+    ) -> Arc<ClientConfig> {
         let mut roots = rustls::RootCertStore::empty();
         for cert in certs(&self.ca_pem) {
             roots.add(cert).expect("CA cert");
         }
-        let mut config = ClientConfig::builder_with_provider(provider())
+        let builder = ClientConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
             .expect("protocol versions")
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+            .with_root_certificates(roots);
+        let mut config = match identity {
+            None => builder.with_no_client_auth(),
+            Some((cert, key_file)) => {
+                let read = |p: &Path| std::fs::read_to_string(p).expect("read PEM");
+                builder
+                    .with_client_auth_cert(certs(&read(cert)), key(&read(key_file)))
+                    .expect("client certificate")
+            }
+        };
         config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
         Arc::new(config)
     }
@@ -522,10 +540,32 @@ impl Drop for Proc {
     }
 }
 
-/// An address where nothing listens (a port bound and released at once).
-pub(crate) fn dead_addr() -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    listener.local_addr().unwrap().to_string()
+/// A loopback address where nothing listens: a TCP socket bound to an ephemeral port and never
+/// put in the listening state, so connecting is refused, and the port stays ours (no other test
+/// can be handed it) for as long as this lives.
+#[derive(Debug)]
+pub(crate) struct DeadAddr {
+    pub(crate) addr: String,
+    _socket: socket2::Socket,
+}
+
+impl DeadAddr {
+    pub(crate) fn new() -> Self {
+        use socket2::{Domain, Socket, Type};
+        let socket = Socket::new(Domain::IPV4, Type::STREAM, None).expect("socket");
+        let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        socket.bind(&any.into()).expect("bind");
+        let addr = socket
+            .local_addr()
+            .expect("local addr")
+            .as_socket()
+            .expect("an inet address")
+            .to_string();
+        DeadAddr {
+            addr,
+            _socket: socket,
+        }
+    }
 }
 
 // ===== upstream =====
@@ -935,6 +975,14 @@ impl Client {
             Client::h1(tls).await?
         };
         Ok((client, alpn))
+    }
+
+    /// Another handle on the same HTTP/2 connection (streams multiplexed); `None` on HTTP/1.1.
+    pub(crate) fn h2_stream(&self) -> Option<Client> {
+        match self {
+            Client::H1(_) => None,
+            Client::H2(s, scheme) => Some(Client::H2(s.clone(), scheme)),
+        }
     }
 
     pub(crate) fn is_h2(&self) -> bool {

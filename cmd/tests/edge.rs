@@ -1,0 +1,666 @@
+//! The edge of one proxy and its failure answers: the allow-list (IPv4 and IPv6 entries), the
+//! client-IP header, 502 for a dead upstream (at once, not at -outTimeout), 504 past
+//! -outTimeout, two upstreams with one dead, the out-side limits (-outMaxHeaderSize raised,
+//! -outMaxBodySize), the in-side limits (413, 431, 405, 503 over -concurrency), /metrics and
+//! /healthz, -logFormat json, and the flag syntax (Go and GNU spellings, bare booleans, values
+//! refused at startup).
+
+mod common;
+
+use common::cases::{Via, assert_bad_gateway, assert_gateway_timeout, echo_round_trip, next_id};
+use common::*;
+use http::Method;
+
+// ===== allow-list =====
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn allow_list_refuses_a_peer_outside_it_without_a_response() {
+    let up = Upstream::tcp().await;
+    let p = Cmd::tcp("proxy", "http", "http", &up.addr)
+        .flag("inAllowIP", "10.0.0.0/8")
+        .start()
+        .await;
+    assert_closed_without_response(p.addr()).await;
+    assert_closed_without_response(p.addr()).await;
+    assert_eq!(
+        up.count(),
+        0,
+        "a refused peer's request reached the upstream"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn allow_list_admits_listed_v4_and_parses_v6_entries() {
+    let up = Upstream::tcp().await;
+    let p = Cmd::tcp("proxy", "http", "http", &up.addr)
+        .flag("inAllowIP", "10.0.0.0/8,127.0.0.1/32,::1/128")
+        .start()
+        .await;
+    let mut c = Client::tcp_h1(p.addr()).await.unwrap();
+    echo_round_trip(&mut c, &up, Via::Proxy).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn allow_list_on_an_ipv6_listener() {
+    let up = Upstream::tcp().await;
+    let p = Cmd::proxy("proxy", "http", "[::1]:0", "http", &up.addr)
+        .flag("inAllowIP", "::1/128")
+        .start()
+        .await;
+    let mut c = Client::tcp_h1(p.addr()).await.unwrap();
+    echo_round_trip(&mut c, &up, Via::Proxy).await;
+
+    let refusing = Cmd::proxy("refusing", "http", "[::1]:0", "http", &up.addr)
+        .flag("inAllowIP", "127.0.0.0/8,fd00::/8")
+        .start()
+        .await;
+    let before = up.count();
+    assert_closed_without_response(refusing.addr()).await;
+    assert_eq!(up.count(), before);
+}
+
+// ===== client IP header =====
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_ip_header_appends_to_an_existing_value() {
+    let up = Upstream::tcp().await;
+    let p = Cmd::tcp("proxy", "http", "http", &up.addr)
+        .flag("clientIPHeader", "X-Forwarded-For")
+        .start()
+        .await;
+    let mut c = Client::tcp_h1(p.addr()).await.unwrap();
+
+    let id = next_id("xff");
+    let req = c
+        .req(Method::GET, "/echo")
+        .header("x-req-id", &id)
+        .header("x-forwarded-for", "1.2.3.4")
+        .body(empty())
+        .unwrap();
+    assert_eq!(c.ok(req).await.status, 200);
+    assert_eq!(
+        up.find(&id).all("x-forwarded-for"),
+        vec![&b"1.2.3.4, 127.0.0.1"[..]]
+    );
+
+    let id = next_id("xff");
+    let req = c
+        .req(Method::GET, "/echo")
+        .header("x-req-id", &id)
+        .body(empty())
+        .unwrap();
+    assert_eq!(c.ok(req).await.status, 200);
+    assert_eq!(up.find(&id).all("x-forwarded-for"), vec![&b"127.0.0.1"[..]]);
+}
+
+// ===== failures upstream =====
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_upstream_gives_502_with_a_text_body() {
+    let dead = DeadAddr::new();
+    let p = Cmd::tcp("proxy", "http", "http", &dead.addr).start().await;
+    let mut c = Client::tcp_h1(p.addr()).await.unwrap();
+    for _ in 0..2 {
+        assert_bad_gateway(&c.get("/echo").await);
+    }
+    metrics_until(p.metrics_addr(), "a bad_gateway outcome", |t| {
+        metric(t, "httptp_requests_total", &[("outcome", "bad_gateway")]).unwrap_or(0.0) >= 2.0
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_upstream_behind_the_chain_gives_502() {
+    let dead = DeadAddr::new();
+    let (a, _b) = start_chain("flate", &dead.addr, |a| a, |b| b).await;
+    let mut c = Client::tcp_h1(a.addr()).await.unwrap();
+    for _ in 0..2 {
+        assert_bad_gateway(&c.get("/echo").await);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_teleport_peer_gives_502() {
+    let dead = DeadAddr::new();
+    let p = Cmd::tcp("proxy", "http", "teleport", &dead.addr)
+        .start()
+        .await;
+    let mut c = Client::tcp_h1(p.addr()).await.unwrap();
+    for _ in 0..2 {
+        assert_bad_gateway(&c.get("/echo").await);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_teleport_peer_gives_502_without_waiting_for_out_timeout() {
+    // As for HTTP out: a refused connection is a 502 now, not when -outTimeout (120 s, far past
+    // the client's 30 s bound) runs out.
+    let dead = DeadAddr::new();
+    let p = Cmd::tcp("proxy", "http", "teleport", &dead.addr)
+        .flag("outTimeout", "120s")
+        .start()
+        .await;
+    let mut c = Client::tcp_h1(p.addr()).await.unwrap();
+    let req = c.req(Method::GET, "/echo").body(empty()).unwrap();
+    // Bounded below the client's own LIMIT so that this message, not a generic one, reports it.
+    let bound = std::time::Duration::from_secs(20);
+    let reply = tokio::time::timeout(bound, c.fetch(req))
+        .await
+        .unwrap_or_else(|_| {
+            panic!("no answer within {bound:?}: the request waits for -outTimeout (120s)")
+        });
+    assert_bad_gateway(&reply.expect("a response"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_upstream_past_out_timeout_gives_504_and_the_connection_goes_on() {
+    let up = Upstream::tcp().await;
+    let p = Cmd::tcp("proxy", "http", "http", &up.addr)
+        .flag("outTimeout", "300ms")
+        .start()
+        .await;
+    let mut c = Client::tcp_h1(p.addr()).await.unwrap();
+    assert_gateway_timeout(&c.get("/echo?delay_ms=10000").await);
+    common::cases::in_step(&mut c, "a 504").await;
+    metrics_until(p.metrics_addr(), "a timeout outcome", |t| {
+        metric(t, "httptp_requests_total", &[("outcome", "timeout")]).unwrap_or(0.0) >= 1.0
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_upstream_behind_the_chain_gives_504() {
+    let up = Upstream::tcp().await;
+    let (a, _b) = start_chain("flate", &up.addr, |a| a.flag("outTimeout", "300ms"), |b| b).await;
+    let mut c = Client::tcp_h1(a.addr()).await.unwrap();
+    assert_gateway_timeout(&c.get("/echo?delay_ms=10000").await);
+    common::cases::in_step(&mut c, "a 504").await;
+}
+
+/// `n` GETs on fresh connections and `n` on one keep-alive connection: all must be 200.
+async fn all_succeed(addr: &str, n: usize) {
+    for i in 0..n {
+        let mut c = Client::tcp_h1(addr).await.unwrap();
+        let reply = c.get("/echo").await;
+        assert_eq!(reply.status, 200, "fresh connection {i}: {}", reply.text());
+    }
+    let mut c = Client::tcp_h1(addr).await.unwrap();
+    for i in 0..n {
+        let reply = c.get("/echo").await;
+        assert_eq!(
+            reply.status,
+            200,
+            "keep-alive request {i}: {}",
+            reply.text()
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_http_upstreams_one_dead_all_requests_succeed() {
+    let up = Upstream::tcp().await;
+    let dead = DeadAddr::new();
+    let out = format!("{},{}", dead.addr, up.addr);
+    let p = Cmd::tcp("proxy", "http", "http", &out).start().await;
+    all_succeed(p.addr(), 20).await;
+    assert_eq!(up.count(), 40);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_teleport_peers_one_dead_all_requests_succeed() {
+    let up = Upstream::tcp().await;
+    let b = Cmd::tcp("B", "teleport", "http", &up.addr).start().await;
+    let dead = DeadAddr::new();
+    let out = format!("{},{}", dead.addr, b.addr());
+    let a = Cmd::tcp("A", "http", "teleport", &out).start().await;
+    all_succeed(a.addr(), 20).await;
+    assert_eq!(up.count(), 40);
+}
+
+// ===== out-side limits =====
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn out_max_header_size_raised_passes_a_big_header() {
+    let up = Upstream::tcp().await;
+    let p = Cmd::tcp("proxy", "http", "http", &up.addr)
+        .flag("outMaxHeaderSize", "16384")
+        .start()
+        .await;
+    let mut c = Client::tcp_h1(p.addr()).await.unwrap();
+    let reply = c.get("/bighdr").await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(reply.header("x-big").map(str::len), Some(BIG_HEADER_LEN));
+}
+
+async fn response_over_out_max_body_size(out_type: &str) {
+    let up = Upstream::tcp().await;
+    let (_b, p);
+    let addr = if out_type == "http" {
+        p = Cmd::tcp("proxy", "http", "http", &up.addr)
+            .flag("outMaxBodySize", "100000")
+            .start()
+            .await;
+        p.addr()
+    } else {
+        let chain = start_chain(
+            "flate",
+            &up.addr,
+            |a| a.flag("outMaxBodySize", "100000"),
+            |b| b.flag("outMaxBodySize", "100000"),
+        )
+        .await;
+        (p, _b) = chain;
+        p.addr()
+    };
+    let mut c = Client::tcp_h1(addr).await.unwrap();
+    assert_bad_gateway(&c.get("/big?n=200000").await);
+    common::cases::in_step(&mut c, "a response over -outMaxBodySize").await;
+    let reply = c.get("/big?n=100000").await;
+    assert_eq!(reply.status, 200, "a body of exactly -outMaxBodySize");
+    assert!(reply.body == pattern(100_000));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn response_body_over_out_max_body_size_gives_502() {
+    response_over_out_max_body_size("http").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn response_body_over_out_max_body_size_through_the_chain_gives_502() {
+    response_over_out_max_body_size("teleport").await;
+}
+
+// ===== in-side limits =====
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn body_over_in_max_body_size_gives_413() {
+    let up = Upstream::tcp().await;
+    let p = Cmd::tcp("proxy", "http", "http", &up.addr)
+        .flag("inMaxBodySize", "1000")
+        .start()
+        .await;
+    let mut c = Client::tcp_h1(p.addr()).await.unwrap();
+    let req = c
+        .req(Method::POST, "/echo")
+        .body(full(pattern(1001)))
+        .unwrap();
+    assert_eq!(c.ok(req).await.status, 413);
+
+    let mut c = Client::tcp_h1(p.addr()).await.unwrap();
+    let req = c
+        .req(Method::POST, "/echo")
+        .body(chunked(pattern(5000), 700))
+        .unwrap();
+    assert_eq!(c.ok(req).await.status, 413, "a chunked body over the limit");
+    assert_eq!(up.count(), 0, "an oversized body reached the upstream");
+
+    let mut c = Client::tcp_h1(p.addr()).await.unwrap();
+    let req = c
+        .req(Method::POST, "/echo")
+        .body(full(pattern(1000)))
+        .unwrap();
+    let reply = c.ok(req).await;
+    assert_eq!(reply.status, 200);
+    assert!(reply.body == pattern(1000));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn header_block_over_in_max_header_size_gives_431() {
+    let up = Upstream::tcp().await;
+    let p = Cmd::tcp("proxy", "http", "http", &up.addr)
+        .flag("inMaxHeaderSize", "4096")
+        .start()
+        .await;
+    let mut c = Client::tcp_h1(p.addr()).await.unwrap();
+    let req = c
+        .req(Method::GET, "/echo")
+        .header("x-big", "h".repeat(6000))
+        .body(empty())
+        .unwrap();
+    assert_eq!(c.ok(req).await.status, 431);
+    assert_eq!(up.count(), 0);
+
+    let mut c = Client::tcp_h1(p.addr()).await.unwrap();
+    let req = c
+        .req(Method::GET, "/echo")
+        .header("x-medium", "h".repeat(1000))
+        .body(empty())
+        .unwrap();
+    assert_eq!(c.ok(req).await.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_get_only_refuses_other_methods_with_405() {
+    let up = Upstream::tcp().await;
+    let p = Cmd::tcp("proxy", "http", "http", &up.addr)
+        .arg("-inGetOnly")
+        .start()
+        .await;
+    let mut c = Client::tcp_h1(p.addr()).await.unwrap();
+    let req = c.req(Method::POST, "/echo").body(full("x")).unwrap();
+    assert_eq!(c.ok(req).await.status, 405);
+    let mut c = Client::tcp_h1(p.addr()).await.unwrap();
+    assert_eq!(c.get("/echo").await.status, 200);
+    let methods: Vec<Method> = up.requests().into_iter().map(|r| r.method).collect();
+    assert_eq!(methods, vec![Method::GET]);
+}
+
+/// A proxy with `-concurrency 1` and one request to the upstream held for 3 s; returns the proxy,
+/// the held request's task, and the upstream.
+async fn one_slot_taken(
+    h2: bool,
+) -> (
+    Proc,
+    Upstream,
+    tokio::task::JoinHandle<Reply>,
+    Option<Client>,
+) {
+    let up = Upstream::tcp().await;
+    let p = Cmd::tcp("proxy", "http", "http", &up.addr)
+        .flag("concurrency", "1")
+        .flag("outTimeout", "60s")
+        .start()
+        .await;
+    let mut c = if h2 {
+        Client::tcp_h2(p.addr()).await.unwrap()
+    } else {
+        Client::tcp_h1(p.addr()).await.unwrap()
+    };
+    let other_stream = c.h2_stream();
+    let slow = tokio::spawn(async move { c.get("/echo?delay_ms=3000").await });
+    up.wait_count(1).await;
+    (p, up, slow, other_stream)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_concurrency_on_one_h2_connection_gives_503() {
+    let (p, _up, slow, other) = one_slot_taken(true).await;
+    let mut c = other.expect("an HTTP/2 connection");
+    let reply = c.get("/echo").await;
+    assert_eq!(
+        reply.status,
+        503,
+        "a second stream over -concurrency 1: {}",
+        reply.text()
+    );
+    assert_eq!(within("the slow request", slow).await.unwrap().status, 200);
+    assert_eq!(
+        c.get("/echo").await.status,
+        200,
+        "after the slow one finished"
+    );
+    metrics_until(p.metrics_addr(), "an overloaded outcome", |t| {
+        metric(t, "httptp_requests_total", &[("outcome", "overloaded")]).unwrap_or(0.0) >= 1.0
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_concurrency_on_a_second_connection_gives_503() {
+    let (p, _up, slow, _) = one_slot_taken(false).await;
+    // The request is sent while the only slot is taken: it must be refused with a 503, not held
+    // until the slot frees.
+    let second = async {
+        let mut c = Client::tcp_h1(p.addr()).await.unwrap();
+        c.get("/echo").await
+    };
+    let (reply, first) = tokio::join!(second, async {
+        within("the slow request", slow).await.unwrap()
+    });
+    assert_eq!(first.status, 200);
+    assert_eq!(
+        reply.status, 503,
+        "a request on a second connection over -concurrency 1 was served (held until the slot freed?)"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_keep_alive_connection_does_not_stall_others_at_the_concurrency_limit() {
+    let up = Upstream::tcp().await;
+    let p = Cmd::tcp("proxy", "http", "http", &up.addr)
+        .flag("concurrency", "1")
+        .start()
+        .await;
+    let mut idle = Client::tcp_h1(p.addr()).await.unwrap();
+    assert_eq!(idle.get("/echo").await.status, 200);
+    // `idle` now holds its connection with nothing in flight: another client's request must be
+    // answered (served, or refused with a 503), not left waiting.
+    let bound = std::time::Duration::from_secs(20);
+    let other = tokio::time::timeout(bound, async {
+        let mut c = Client::tcp_h1(p.addr()).await.unwrap();
+        c.get("/echo").await
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no answer within {bound:?} while another connection idled"));
+    assert!(
+        other.status == 200 || other.status == 503,
+        "{}",
+        other.status
+    );
+    drop(idle);
+}
+
+// ===== metrics =====
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_and_healthz_respond_and_count() {
+    let up = Upstream::tcp().await;
+    let p = Cmd::tcp("proxy", "http", "http", &up.addr).start().await;
+    let health = metrics_get(p.metrics_addr(), "/healthz").await;
+    assert_eq!(health.status, 200);
+    assert_eq!(health.text().trim(), "ok");
+
+    let mut c = Client::tcp_h1(p.addr()).await.unwrap();
+    for _ in 0..3 {
+        assert_eq!(c.get("/echo").await.status, 200);
+    }
+    let text = metrics_until(p.metrics_addr(), "3 ok requests", |t| {
+        metric(t, "httptp_requests_total", &[("outcome", "ok")]).unwrap_or(0.0) >= 3.0
+    })
+    .await;
+    assert!(
+        metric(&text, "httptp_request_duration_seconds_count", &[]).unwrap_or(0.0) >= 3.0,
+        "the duration histogram counts requests:\n{text}"
+    );
+    for (side, direction) in [
+        ("in", "received"),
+        ("in", "sent"),
+        ("out", "received"),
+        ("out", "sent"),
+    ] {
+        let v = metric(
+            &text,
+            "httptp_bytes_total",
+            &[("side", side), ("direction", direction)],
+        );
+        assert!(
+            v.unwrap_or(0.0) > 0.0,
+            "bytes {side} {direction}: {v:?}\n{text}"
+        );
+    }
+    for gauge in ["httptp_connections", "httptp_pending"] {
+        assert!(
+            metric(&text, gauge, &[]).is_some(),
+            "{gauge} missing:\n{text}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_show_flate_shrinking_the_teleport_side() {
+    let up = Upstream::tcp().await;
+    let (a, b) = start_chain("flate", &up.addr, |a| a, |b| b).await;
+    let mut c = Client::tcp_h1(a.addr()).await.unwrap();
+    let body = json_body(16 * 1024);
+    const N: usize = 20;
+    for _ in 0..N {
+        let req = c
+            .req(Method::POST, "/echo")
+            .body(full(body.clone()))
+            .unwrap();
+        let reply = c.ok(req).await;
+        assert_eq!(reply.status, 200);
+        assert!(reply.body == body);
+    }
+    let ok = |t: &str| {
+        metric(t, "httptp_requests_total", &[("outcome", "ok")]).unwrap_or(0.0) >= N as f64
+    };
+    let text_b = metrics_until(b.metrics_addr(), "B's ok requests", ok).await;
+    let text_a = metrics_until(a.metrics_addr(), "A's ok requests", ok).await;
+    let bytes = |t: &str, side: &str, direction: &str| {
+        metric(
+            t,
+            "httptp_bytes_total",
+            &[("side", side), ("direction", direction)],
+        )
+        .unwrap_or(0.0)
+    };
+    assert!(
+        bytes(&text_b, "in", "received") > 0.0,
+        "B's teleport side:\n{text_b}"
+    );
+    assert!(
+        bytes(&text_b, "in", "sent") > 0.0,
+        "B's teleport side:\n{text_b}"
+    );
+    let (in_rx, in_tx) = (
+        bytes(&text_a, "in", "received"),
+        bytes(&text_a, "in", "sent"),
+    );
+    let (out_rx, out_tx) = (
+        bytes(&text_a, "out", "received"),
+        bytes(&text_a, "out", "sent"),
+    );
+    assert!(
+        in_rx >= (N * body.len()) as f64,
+        "A in received {in_rx}\n{text_a}"
+    );
+    assert!(
+        out_tx > 0.0 && out_tx < in_rx,
+        "A sent {out_tx} on the link for {in_rx} received"
+    );
+    assert!(
+        out_rx > 0.0 && out_rx < in_tx,
+        "A received {out_rx} on the link for {in_tx} sent"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_off_with_an_empty_expvar_addr() {
+    let up = Upstream::tcp().await;
+    let p = Cmd::bare("proxy")
+        .flag("in", "127.0.0.1:0")
+        .flag("out", &up.addr)
+        .flag("outType", "http")
+        .flag("expvarAddr", "")
+        .start()
+        .await;
+    let mut c = Client::tcp_h1(p.addr()).await.unwrap();
+    assert_eq!(c.get("/echo").await.status, 200);
+    assert!(
+        !p.stdout().iter().any(|l| l.starts_with("metrics")),
+        "metrics served with -expvarAddr '': {:?}",
+        p.stdout()
+    );
+}
+
+// ===== flags =====
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flags_take_go_and_gnu_spellings_and_bare_booleans() {
+    let up = Upstream::tcp().await;
+    // -name=value, --name value, -name value, --name=value; a bare boolean, then name=false.
+    let p = Cmd::bare("mixed")
+        .arg("-in=127.0.0.1:0")
+        .arg("--inType")
+        .arg("http")
+        .arg("-outType=http")
+        .arg("--out")
+        .arg(&up.addr)
+        .arg("--expvarAddr=127.0.0.1:0")
+        .arg("-reusePort")
+        .arg("-inGetOnly=false")
+        .arg("-outTimeout")
+        .arg("5s")
+        .start()
+        .await;
+    assert_eq!(p.in_type, "http");
+    let mut c = Client::tcp_h1(p.addr()).await.unwrap();
+    let req = c.req(Method::POST, "/echo").body(full("posted")).unwrap();
+    let reply = c.ok(req).await;
+    assert_eq!(reply.status, 200, "-inGetOnly=false still refused a POST");
+    assert_eq!(&reply.body[..], b"posted");
+
+    // A bare boolean last, and -name=true.
+    let q = Cmd::bare("bools")
+        .arg("--in=127.0.0.1:0")
+        .arg("-out")
+        .arg(&up.addr)
+        .arg("--outType=http")
+        .arg("-expvarAddr")
+        .arg("127.0.0.1:0")
+        .arg("-reusePort=true")
+        .arg("-inGetOnly")
+        .start()
+        .await;
+    let mut c = Client::tcp_h1(q.addr()).await.unwrap();
+    let req = c.req(Method::POST, "/echo").body(full("posted")).unwrap();
+    assert_eq!(c.ok(req).await.status, 405, "a bare -inGetOnly is true");
+}
+
+async fn refused_at_startup(flag: &str, value: &str) {
+    let (status, stdout, stderr) = Cmd::bare("refused")
+        .flag("in", "127.0.0.1:0")
+        .flag("expvarAddr", "127.0.0.1:0")
+        .flag("outType", "http")
+        .flag(flag, value)
+        .run_to_exit()
+        .await;
+    assert!(!status.success(), "-{flag} {value:?} was accepted");
+    assert!(
+        !stdout.contains("listening"),
+        "-{flag} {value:?}: it served: {stdout}"
+    );
+    assert!(
+        stderr.contains(value.split(',').next_back().unwrap()),
+        "-{flag} {value:?}: the message does not name the bad value: {stderr}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_in_type_exits_non_zero_naming_it() {
+    refused_at_startup("inType", "bogus").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_allow_ip_entry_exits_non_zero_naming_it() {
+    refused_at_startup("inAllowIP", "10.0.0.0/8,not-an-ip").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn allow_ip_prefix_out_of_range_exits_non_zero() {
+    refused_at_startup("inAllowIP", "10.0.0.0/33").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_format_json_writes_json_lines() {
+    let dead = DeadAddr::new();
+    let mut p = Cmd::tcp("proxy", "http", "http", &dead.addr)
+        .flag("logFormat", "json")
+        .start()
+        .await;
+    let mut c = Client::tcp_h1(p.addr()).await.unwrap();
+    assert_bad_gateway(&c.get("/echo").await);
+    p.signal(rustix::process::Signal::TERM);
+    let status = p.wait_exit(std::time::Duration::from_secs(20)).await;
+    assert!(status.is_some_and(|s| s.success()), "exit: {status:?}");
+    let stderr = p.stderr();
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(!lines.is_empty(), "nothing logged");
+    for line in lines {
+        assert!(
+            line.starts_with('{') && line.ends_with('}'),
+            "not a JSON line: {line:?}"
+        );
+    }
+}
