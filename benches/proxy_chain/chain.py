@@ -1,0 +1,625 @@
+#!/usr/bin/env python3
+"""Helper of benches/proxy_chain.sh: the site, the checks and the report.
+
+Usage (the shell script calls these; Python 3 standard library only):
+
+    chain.py ports N                       N free loopback TCP ports, one per line
+    chain.py prepare CORPUS_JSON SITE_DIR  write the origin's docroot, its nginx locations and the
+                                           wrk request data from the recorded corpus (or from
+                                           generated JSON when CORPUS_JSON is missing or broken)
+    chain.py verify URL SITE_DIR           replay every recorded request once through the chain
+                                           front at URL and compare status, body and content-type
+    chain.py snapshot --metrics URL ... --log FILE --pids PID ...
+                                           one JSON snapshot of the counters the report needs
+    chain.py case --name N ... --before F --after F --wrk F --verify F --out F
+                                           one case's result from two snapshots and wrk's output
+    chain.py meta SITE_DIR KEY=VALUE ...   the run's description as JSON (with the site's source)
+    chain.py report OUT_MD OUT_JSON META_JSON CASE_JSON ...
+                                           the markdown table (stdout and OUT_MD) and OUT_JSON
+
+The site: response i of the corpus is the file SITE_DIR/docroot/f/NNNN, served by the nginx
+origin with its recorded content-type and its recorded response headers (those nginx does not
+generate itself) for the request target "/NNNN" + the recorded path and query. Request i is sent
+as recorded: method, headers (hop-by-hop ones and content-length dropped; wrk's raw request gets a
+content-length for the body) and body. Every response is served as 200, whatever was recorded, so
+that any non-2xx the client sees comes from a proxy.
+"""
+
+import argparse
+import http.client
+import json
+import os
+import random
+import re
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+
+# Hop-by-hop request headers (RFC 9110 7.6.1) and the length, which is recomputed.
+DROP_REQUEST = {
+    "connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding",
+    "upgrade", "proxy-authorization", "content-length",
+}
+# Response headers the origin nginx generates itself (or that are hop-by-hop, or describe an
+# encoding the stored body no longer has). Accept-Ranges and Last-Modified come from nginx's
+# static module; the recorded ETag is kept and nginx's own is turned off.
+DROP_RESPONSE = {
+    "date", "server", "content-length", "content-type", "connection", "keep-alive",
+    "transfer-encoding", "content-encoding", "accept-ranges", "last-modified", "trailer",
+    "upgrade", "proxy-connection", "te",
+}
+HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+
+
+# ===== ports =====
+
+
+def cmd_ports(args):
+    """Free ports: bind all of them at once (so they differ), then release them."""
+    socks = []
+    for _ in range(args.n):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        socks.append(s)
+    for s in socks:
+        print(s.getsockname()[1])
+        s.close()
+
+
+# ===== site =====
+
+
+def load_exchanges(corpus_path):
+    """(source description, fallback?, [(method, target, headers, body, ctype, resp headers, resp body)])."""
+    try:
+        with open(corpus_path, encoding="utf-8") as f:
+            corpus = json.load(f)
+        pairs = list(zip(corpus["requests"], corpus["responses"]))
+        if len(pairs) < 100:
+            raise ValueError("only %d exchanges" % len(pairs))
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        print("chain.py: no recorded corpus at %s (%s): using generated JSON" % (corpus_path, e),
+              file=sys.stderr)
+        return ("GENERATED JSON (the recorded corpus could not be loaded: %s)" % e, True,
+                generated_exchanges())
+    out = []
+    for i, (req, resp) in enumerate(pairs):
+        u = urllib.parse.urlsplit(req["uri"])
+        target = "/%04d%s" % (i, u.path or "/")
+        if u.query:
+            target += "?" + u.query
+        headers = [(k, v) for k, v in req["headers"] if k.lower() not in DROP_REQUEST]
+        ctype = next((v for k, v in resp["headers"] if k.lower() == "content-type"), None)
+        rheaders = [(k, v) for k, v in resp["headers"] if k.lower() not in DROP_RESPONSE]
+        out.append((req["method"], target, headers, req.get("body") or "", ctype, rheaders,
+                    resp.get("body") or ""))
+    return corpus["source"], False, out
+
+
+def generated_exchanges(n=1000):
+    """GitHub-API-like JSON exchanges, deterministic, for when the corpus cannot be fetched."""
+    rnd = random.Random(1)
+    words = ["alpha", "beta", "gamma", "delta", "teleport", "proxy", "issue", "commit", "merge",
+             "review", "label", "octocat", "release", "branch", "tag", "fix", "docs", "tests"]
+    out = []
+    for i in range(n):
+        items = [{"id": rnd.randrange(1 << 30), "number": rnd.randrange(5000),
+                  "title": " ".join(rnd.choice(words) for _ in range(rnd.randrange(3, 9))),
+                  "state": rnd.choice(["open", "closed"]),
+                  "user": {"login": rnd.choice(words) + str(rnd.randrange(100)),
+                           "id": rnd.randrange(1 << 24), "type": "User", "site_admin": False},
+                  "labels": [{"name": rnd.choice(words), "color": "%06x" % rnd.randrange(1 << 24)}
+                             for _ in range(rnd.randrange(3))],
+                  "created_at": "2024-%02d-%02dT%02d:%02d:00Z" % (
+                      rnd.randrange(1, 13), rnd.randrange(1, 29), rnd.randrange(24), rnd.randrange(60))}
+                 for _ in range(rnd.choice([1, 1, 2, 5, 30]))]
+        body = json.dumps(items if len(items) > 1 else items[0], indent=None)
+        target = "/%04d/repos/octocat/%s/issues?page=%d" % (i, rnd.choice(words), rnd.randrange(1, 9))
+        headers = [("Host", "api.github.com"), ("User-Agent", "generated-client/1.0"),
+                   ("Accept", "application/vnd.github+json"),
+                   ("Authorization", "token %040x" % rnd.randrange(1 << 160))]
+        rheaders = [("Cache-Control", "private, max-age=60, s-maxage=60"),
+                    ("ETag", 'W/"%032x"' % rnd.randrange(1 << 128)),
+                    ("X-RateLimit-Remaining", str(rnd.randrange(5000))),
+                    ("X-GitHub-Request-Id", "%04X:%05X:%07X" % (rnd.randrange(1 << 16),
+                                                                rnd.randrange(1 << 20),
+                                                                rnd.randrange(1 << 28)))]
+        out.append(("GET", target, headers, "", "application/json; charset=utf-8", rheaders, body))
+    return out
+
+
+def nginx_string(s):
+    """s as an nginx config string: quoted, with "$" kept literal through the $dollar variable."""
+    s = s.replace("\\", "\\\\").replace('"', '\\"').replace("$", "${dollar}")
+    return '"%s"' % s
+
+
+def lua_string(b):
+    """bytes as a Lua 5.1 string literal (decimal escapes, always three digits)."""
+    out = []
+    for c in b:
+        if 32 <= c < 127 and c not in (34, 92):
+            out.append(chr(c))
+        else:
+            out.append("\\%03d" % c)
+    return '"' + "".join(out) + '"'
+
+
+def cmd_prepare(args):
+    source, fallback, exchanges = load_exchanges(args.corpus)
+    docroot = os.path.join(args.site, "docroot", "f")
+    os.makedirs(docroot, exist_ok=True)
+    locations, lua = [], ["-- generated by benches/proxy_chain/chain.py prepare; one raw request each",
+                          "return {"]
+    index = []
+    req_bytes = resp_bytes = 0
+    for i, (method, target, headers, body, ctype, rheaders, rbody) in enumerate(exchanges):
+        rb = rbody.encode("utf-8")
+        with open(os.path.join(docroot, "%04d" % i), "wb") as f:
+            f.write(rb)
+        loc = ["location = /f/%04d {" % i]
+        loc.append("    default_type %s;" % nginx_string(ctype or "application/octet-stream"))
+        for k, v in rheaders:
+            if HEADER_NAME.match(k) and v:
+                loc.append("    add_header %s %s;" % (k, nginx_string(v)))
+        loc.append("}")
+        locations.append("\n".join(loc))
+        qb = body.encode("utf-8")
+        head = "%s %s HTTP/1.1\r\n" % (method, target)
+        head += "".join("%s: %s\r\n" % (k, v) for k, v in headers)
+        if qb or method in ("POST", "PUT", "PATCH"):
+            head += "Content-Length: %d\r\n" % len(qb)
+        raw = head.encode("utf-8") + b"\r\n" + qb
+        lua.append("  %s," % lua_string(raw))
+        req_bytes += len(raw)
+        resp_bytes += len(rb)
+        index.append({"method": method, "target": target, "headers": headers, "body": body,
+                      "content_type": ctype or "application/octet-stream",
+                      "check_header": next((k for k, v in rheaders
+                                            if HEADER_NAME.match(k) and v
+                                            and k.lower() not in ("etag",)), None)})
+    lua.append("}")
+    with open(os.path.join(args.site, "origin_locations.conf"), "w", encoding="utf-8") as f:
+        f.write("# generated by benches/proxy_chain/chain.py prepare: one location per response\n")
+        f.write("\n".join(locations) + "\n")
+    with open(os.path.join(args.site, "requests.lua"), "w", encoding="ascii") as f:
+        f.write("\n".join(lua) + "\n")
+    site = {"source": source, "fallback": fallback, "exchanges": len(exchanges),
+            "request_bytes": req_bytes, "response_body_bytes": resp_bytes, "index": index}
+    with open(os.path.join(args.site, "site.json"), "w", encoding="utf-8") as f:
+        json.dump(site, f)
+    print("site: %d exchanges, %.1f MB of raw requests, %.1f MB of response bodies; %s"
+          % (len(exchanges), req_bytes / 1e6, resp_bytes / 1e6, source))
+
+
+# ===== verify =====
+
+
+def cmd_verify(args):
+    """Every recorded request once, in order, on one keep-alive connection: is the answer the file?"""
+    with open(os.path.join(args.site, "site.json"), encoding="utf-8") as f:
+        site = json.load(f)
+    u = urllib.parse.urlsplit(args.url)
+    conn = None
+    bad = []
+    ok = missing_header = 0
+    t0 = time.monotonic()
+    for i, ex in enumerate(site["index"]):
+        with open(os.path.join(args.site, "docroot", "f", "%04d" % i), "rb") as f:
+            want = f.read()
+        try:
+            if conn is None:
+                conn = http.client.HTTPConnection(u.hostname, u.port, timeout=10)
+            conn.putrequest(ex["method"], ex["target"], skip_host=True, skip_accept_encoding=True)
+            for k, v in ex["headers"]:
+                conn.putheader(k, v)
+            body = ex["body"].encode("utf-8")
+            if body or ex["method"] in ("POST", "PUT", "PATCH"):
+                conn.putheader("Content-Length", str(len(body)))
+            conn.endheaders(body)
+            resp = conn.getresponse()
+            got = resp.read()
+        except (OSError, http.client.HTTPException) as e:
+            bad.append("%s %s: %s: %s" % (ex["method"], ex["target"][:60], type(e).__name__, e))
+            conn = None
+            if len(bad) >= 20:
+                break
+            continue
+        why = []
+        if resp.status != 200:
+            why.append("status %d" % resp.status)
+        if got != want:
+            why.append("body %d bytes, want %d" % (len(got), len(want)))
+        if resp.getheader("content-type") != ex["content_type"]:
+            why.append("content-type %r, want %r" % (resp.getheader("content-type"),
+                                                     ex["content_type"]))
+        if ex["check_header"] and resp.getheader(ex["check_header"]) is None:
+            missing_header += 1
+        if why:
+            bad.append("%s %s: %s" % (ex["method"], ex["target"][:60], "; ".join(why)))
+        else:
+            ok += 1
+    result = {"checked": len(site["index"]), "ok": ok, "failed": len(site["index"]) - ok,
+              "missing_recorded_header": missing_header, "examples": bad[:5],
+              "seconds": round(time.monotonic() - t0, 2)}
+    print(json.dumps(result))
+    return 0 if not bad else 1
+
+
+# ===== snapshots =====
+
+
+def parse_prometheus(text):
+    """{(name, frozenset(labels)): value} from the Prometheus text format."""
+    out = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        m = re.match(r'^([A-Za-z_:][A-Za-z0-9_:]*)(?:\{(.*)\})?\s+(\S+)', line)
+        if not m:
+            continue
+        labels = frozenset(re.findall(r'([A-Za-z_][A-Za-z0-9_]*)="((?:[^"\\]|\\.)*)"', m.group(2) or ""))
+        try:
+            out[(m.group(1), labels)] = float(m.group(3))
+        except ValueError:
+            pass
+    return out
+
+
+def metric(series, name, **labels):
+    """Sum of the series called name whose labels include labels."""
+    want = set(labels.items())
+    return sum(v for (n, ls), v in series.items() if n == name and want <= ls)
+
+
+def httptp_counters(url):
+    with urllib.request.urlopen(url, timeout=5) as r:
+        s = parse_prometheus(r.read().decode("utf-8", "replace"))
+    c = {}
+    for side in ("in", "out"):
+        for direction in ("received", "sent"):
+            c["bytes_%s_%s" % (side, direction)] = metric(
+                s, "httptp_bytes_total", side=side, direction=direction)
+    c["requests_ok"] = metric(s, "httptp_requests_total", outcome="ok")
+    c["requests_all"] = metric(s, "httptp_requests_total")
+    return c
+
+
+def cpu_seconds(pid):
+    """User + system CPU of pid and its children (nginx workers), in seconds."""
+    ticks = 0
+    pids = [pid]
+    try:
+        for task in os.listdir("/proc/%d/task" % pid):
+            with open("/proc/%d/task/%s/children" % (pid, task)) as f:
+                pids += [int(p) for p in f.read().split()]
+    except OSError:
+        pass
+    for p in pids:
+        try:
+            with open("/proc/%d/stat" % p) as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            ticks += int(fields[11]) + int(fields[12])  # utime, stime
+        except (OSError, IndexError, ValueError):
+            pass
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def nginx_log(path, offset):
+    """(lines, bytes) summed over "$request_length $bytes_sent" lines after offset."""
+    lines = total_in = total_out = 0
+    with open(path, "rb") as f:
+        f.seek(offset)
+        for line in f:
+            parts = line.split()
+            if len(parts) == 2:
+                lines += 1
+                total_in += int(parts[0])
+                total_out += int(parts[1])
+    return lines, total_in, total_out
+
+
+def kernel_link(port):
+    """(bytes sent, bytes received) by the established TCP connections to 127.0.0.1:port, from
+    the kernel's tcp_info (payload only); a cross-check of the proxies' own counts."""
+    out = subprocess.run(["ss", "-tinH", "state", "established", "( dport = :%d )" % port],
+                         capture_output=True, text=True, timeout=10, check=False).stdout
+    sent = sum(int(x) for x in re.findall(r"\bbytes_sent:(\d+)", out))
+    received = sum(int(x) for x in re.findall(r"\bbytes_received:(\d+)", out))
+    conns = len(re.findall(r"\bbytes_sent:", out))
+    return sent, received, conns
+
+
+def cmd_snapshot(args):
+    snap = {"time": time.time()}
+    if args.link_port:
+        snap["kernel_sent"], snap["kernel_received"], snap["kernel_conns"] = kernel_link(args.link_port)
+    for i, url in enumerate(args.metrics or []):
+        snap["httptp_%d" % i] = httptp_counters(url)
+    if args.log:
+        snap["log_offset"] = os.path.getsize(args.log)
+    snap["cpu_s"] = sum(cpu_seconds(p) for p in args.pids or [])
+    print(json.dumps(snap))
+
+
+# ===== one case =====
+
+
+def read_wrk(path):
+    """wrk's own text and the WRK_RESULT line our Lua done() prints."""
+    with open(path, encoding="utf-8", errors="replace") as f:
+        text = f.read()
+    for line in text.splitlines():
+        if line.startswith("WRK_RESULT "):
+            return json.loads(line[len("WRK_RESULT "):]), text
+    return None, text
+
+
+def cmd_case(args):
+    res = {"name": args.name, "round": int(args.round or 1), "chain": args.chain, "codec": args.codec, "ok": True, "notes": []}
+    if args.error:
+        res["notes"].append(args.error)
+        res["ok"] = False
+    wrk, text = read_wrk(args.wrk) if args.wrk and os.path.exists(args.wrk) else (None, "")
+    if wrk:
+        secs = wrk["duration_us"] / 1e6
+        res.update(requests=wrk["requests"], seconds=round(secs, 2),
+                   rps=wrk["requests"] / secs if secs else 0.0,
+                   p50_ms=wrk["lat_p50_us"] / 1e3, p99_ms=wrk["lat_p99_us"] / 1e3,
+                   non2xx=wrk["status_errors"],
+                   socket_errors=wrk["connect_errors"] + wrk["read_errors"] + wrk["write_errors"]
+                   + wrk["timeouts"],
+                   wrk_errors={k: wrk[k] for k in ("connect_errors", "read_errors", "write_errors",
+                                                   "timeouts", "status_errors")})
+        # wrk counts status >= 400 as errors; 3xx would be wrong here too but is not counted.
+        if re.search(r"Non-2xx or 3xx responses: (\d+)", text):
+            res["non2xx"] = max(res["non2xx"], int(re.search(
+                r"Non-2xx or 3xx responses: (\d+)", text).group(1)))
+    elif args.wrk:
+        res["ok"] = False
+        res["notes"].append("no wrk result")
+    if args.before and args.after:
+        with open(args.before) as f:
+            before = json.load(f)
+        with open(args.after) as f:
+            after = json.load(f)
+        res["cpu_s"] = after["cpu_s"] - before["cpu_s"]
+        if args.chain == "httptp" and "httptp_0" in after:
+            a0, a1 = before["httptp_0"], after["httptp_0"]
+            d = {k: a1[k] - a0[k] for k in a1}
+            reqs = d["requests_ok"]
+            res["link_requests"] = reqs
+            res["link_sent"] = d["bytes_out_sent"]
+            res["link_received"] = d["bytes_out_received"]
+            if "httptp_1" in after:  # B's side of the same link, as a cross-check
+                b0, b1 = before["httptp_1"], after["httptp_1"]
+                res["link_b_in"] = (b1["bytes_in_received"] - b0["bytes_in_received"]
+                                    + b1["bytes_in_sent"] - b0["bytes_in_sent"])
+                res["b_requests_ok"] = b1["requests_ok"] - b0["requests_ok"]
+            res["a_requests_not_ok"] = d["requests_all"] - d["requests_ok"]
+        elif args.chain == "nginx" and args.log:
+            lines, rin, rout = nginx_log(args.log, before["log_offset"])
+            # lines past the after snapshot are only a few stragglers; count them all
+            res["link_requests"] = lines
+            res["link_sent"] = rin
+            res["link_received"] = rout
+        if "kernel_sent" in after:
+            res["kernel_link_bytes"] = (after["kernel_sent"] - before["kernel_sent"]
+                                        + after["kernel_received"] - before["kernel_received"])
+            res["kernel_link_conns"] = [before["kernel_conns"], after["kernel_conns"]]
+        if res.get("link_requests"):
+            res["link_bytes_per_req"] = (res["link_sent"] + res["link_received"]) / res["link_requests"]
+            res["link_req_bytes_per_req"] = res["link_sent"] / res["link_requests"]
+            res["link_resp_bytes_per_req"] = res["link_received"] / res["link_requests"]
+        if res.get("requests"):
+            res["cpu_us_per_req"] = res["cpu_s"] * 1e6 / res["requests"]
+    if args.verify and os.path.exists(args.verify):
+        with open(args.verify) as f:
+            try:
+                res["verify"] = json.loads(f.read().strip().splitlines()[-1])
+            except (ValueError, IndexError):
+                res["verify"] = {"failed": -1, "examples": ["no verify output"]}
+        if res["verify"].get("failed"):
+            res["ok"] = False
+    if res.get("non2xx") or res.get("socket_errors"):
+        res["ok"] = False
+    with open(args.out, "w") as f:
+        json.dump(res, f, indent=1)
+
+
+# ===== report =====
+
+
+def fmt(v, spec, missing="-"):
+    return missing if v is None else format(v, spec)
+
+
+MEDIAN_KEYS = ("rps", "p50_ms", "p99_ms", "link_bytes_per_req", "link_req_bytes_per_req",
+               "link_resp_bytes_per_req", "cpu_us_per_req")
+SUM_KEYS = ("requests", "non2xx", "socket_errors")
+
+
+def aggregate(runs):
+    """One row per case from its rounds: the medians of the rates, the sums of the errors."""
+    row = {k: runs[0][k] for k in ("name", "chain", "codec")}
+    row["rounds"] = len(runs)
+    row["ok"] = all(r["ok"] for r in runs)
+    for k in MEDIAN_KEYS:
+        vals = [r[k] for r in runs if r.get(k) is not None]
+        row[k] = statistics.median(vals) if vals else None
+    row["rps_rounds"] = [r.get("rps") for r in runs]
+    conns = [r["kernel_link_conns"][1] for r in runs if r.get("kernel_link_conns")]
+    row["link_conns"] = max(conns) if conns else None
+    for k in SUM_KEYS:
+        vals = [r[k] for r in runs if r.get(k) is not None]
+        row[k] = sum(vals) if vals else None
+    verifies = [r["verify"] for r in runs if r.get("verify")]
+    if verifies:
+        row["verify"] = {k: sum(v.get(k, 0) for v in verifies)
+                         for k in ("checked", "ok", "failed", "missing_recorded_header")}
+    notes = []
+    for r in runs:
+        tag = "round %d: " % r.get("round", 1) if len(runs) > 1 else ""
+        notes += [tag + n for n in r.get("notes", [])]
+        v = r.get("verify") or {}
+        notes += [tag + "verify: " + e for e in v.get("examples", [])]
+        if v.get("missing_recorded_header"):
+            notes.append(tag + "verify: %d responses lacked a recorded response header"
+                         % v["missing_recorded_header"])
+        if r.get("wrk_errors") and any(r["wrk_errors"].values()):
+            notes.append(tag + "wrk errors: %s" % r["wrk_errors"])
+        counted = (r.get("link_sent") or 0) + (r.get("link_received") or 0)
+        if r["chain"] == "httptp" and r.get("link_b_in") is not None and counted \
+                and abs(r["link_b_in"] - counted) > 0.02 * counted:
+            notes.append(tag + "A counted %d link bytes, B %d" % (counted, r["link_b_in"]))
+        kernel = r.get("kernel_link_bytes")
+        if kernel is not None and counted and abs(kernel - counted) > 0.05 * counted:
+            conns = r.get("kernel_link_conns")
+            notes.append(tag + "the kernel's tcp_info counted %d link bytes, the proxy %d "
+                         "(A->B connections before/after: %s%s)"
+                         % (kernel, counted, conns, "; some came or went" if conns
+                            and conns[0] != conns[1] else ""))
+    row["notes"] = notes
+    return row
+
+
+def cmd_report(args):
+    runs = []
+    for p in args.cases:
+        with open(p) as f:
+            runs.append(json.load(f))
+    with open(args.meta) as f:
+        meta = json.load(f)
+    names = list(dict.fromkeys(r["name"] for r in runs))
+    rows = [aggregate([r for r in runs if r["name"] == n]) for n in names]
+    nginx = next((c for c in rows if c["chain"] == "nginx" and c.get("rps")), None)
+    rounds = int(meta.get("rounds", 1))
+    lines = ["# proxy chain: wrk -> proxy A -> proxy B -> nginx origin (loopback)", ""]
+    if meta.get("fallback"):
+        lines += ["**WARNING: the recorded corpus could not be loaded; generated JSON was used.**", ""]
+    lines += ["- machine: %s, %s CPUs, %s; load average %s (start -> end; the machine may be "
+              "shared)" % (meta["cpu"], meta["nproc"], meta["kernel"], meta.get("load", "?")),
+              "- run: %s, wrk %s -t%s -c%s -d%s after a %s warm-up, %s; %s; httptp %s"
+              % (meta["date"], meta.get("wrk", ""), meta["threads"], meta["conns"],
+                 meta["duration"], meta["warmup"],
+                 "one round" if rounds == 1 else
+                 "%d interleaved rounds, medians (req/s: median, min-max)" % rounds,
+                 meta.get("nginx", "nginx"), meta.get("httptp", "")),
+              "- fairness on %s cores: every proxy is one process with one worker (nginx "
+              "worker_processes 1; one httptp process per side, whose tokio runtime has a worker thread "
+              "per core), the origin is one nginx worker "
+              "serving static files; wrk, both proxies and the origin share the cores"
+              % meta["nproc"],
+              "- traffic: %s; %d exchanges replayed in order (recorded method, headers and body; "
+              "the origin answers with the recorded body, content-type and headers, always 200)"
+              % (meta["source"], meta["exchanges"]),
+              "- link B/req: bytes between proxy A and proxy B, both directions, TCP payload, per "
+              "request (httptp: A's httptp_bytes_total{side=\"out\"} over "
+              "httptp_requests_total{outcome=\"ok\"}; nginx: B's $request_length + $bytes_sent "
+              "over its logged requests; checked against the kernel's tcp_info counts of the A->B "
+              "connections); link conns: A->B TCP connections open at the end; proxy CPU: user+system of both proxies over wrk's "
+              "requests", ""]
+    lines.append("| case | req/s | p50 ms | p99 ms | link B/req | A->B | B->A | vs nginx link | "
+                 "link conns | proxy CPU us/req | non-2xx | socket errors | verify |")
+    lines.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for c in rows:
+        ratio = None
+        if nginx and c.get("link_bytes_per_req") and nginx.get("link_bytes_per_req"):
+            ratio = nginx["link_bytes_per_req"] / c["link_bytes_per_req"]
+        rps = fmt(c.get("rps"), ",.0f")
+        done = [x for x in c["rps_rounds"] if x is not None]
+        if len(done) > 1:
+            rps += " (%s-%s)" % (format(min(done), ",.0f"), format(max(done), ",.0f"))
+        v = c.get("verify")
+        vtxt = "-" if not v else ("ok %d/%d" % (v["ok"], v["checked"]) if not v["failed"]
+                                  else "**%d failed**" % v["failed"])
+        lines.append("| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |" % (
+            c["name"], rps, fmt(c.get("p50_ms"), ".2f"), fmt(c.get("p99_ms"), ".2f"),
+            fmt(c.get("link_bytes_per_req"), ",.0f"), fmt(c.get("link_req_bytes_per_req"), ",.0f"),
+            fmt(c.get("link_resp_bytes_per_req"), ",.0f"),
+            ("baseline" if c is nginx else "%.1fx smaller" % ratio) if ratio else "-",
+            fmt(c.get("link_conns"), "d"), fmt(c.get("cpu_us_per_req"), ".0f"), fmt(c.get("non2xx"), "d"),
+            fmt(c.get("socket_errors"), "d"), vtxt))
+    lines.append("")
+    targets = []
+    for c in rows:
+        if c["chain"] != "httptp" or not nginx:
+            continue
+        if c.get("rps") is not None:
+            targets.append(("httptp %s: req/s >= nginx chain's (%.0f vs %.0f)"
+                            % (c["codec"], c["rps"], nginx["rps"]),
+                            c["rps"] >= nginx["rps"] and c["ok"]))
+        else:
+            targets.append(("httptp %s: req/s >= nginx chain's (no result)" % c["codec"], False))
+        if c["codec"] == "flate" and nginx.get("link_bytes_per_req"):
+            lb = c.get("link_bytes_per_req")
+            targets.append(("httptp flate: link bytes/req <= 1/10 of nginx chain's "
+                            "(%s vs %.0f / 10 = %.0f)" % (fmt(lb, ".0f"), nginx["link_bytes_per_req"],
+                                                          nginx["link_bytes_per_req"] / 10),
+                            lb is not None and lb <= nginx["link_bytes_per_req"] / 10))
+    if targets:
+        lines += ["Targets (a case with errors does not pass):", ""]
+        lines += ["- %s %s" % ("PASS" if ok else "MISS", text) for text, ok in targets]
+        lines.append("")
+    notes = [(c["name"], n) for c in rows for n in c["notes"]]
+    if notes:
+        lines += ["Notes:", ""]
+        lines += ["- %s: %s" % n for n in notes]
+        lines.append("")
+    md = "\n".join(lines)
+    print(md)
+    with open(args.md, "w") as f:
+        f.write(md + "\n")
+    with open(args.json, "w") as f:
+        json.dump({"meta": meta, "summary": rows, "runs": runs,
+                   "targets": [{"target": t, "pass": ok} for t, ok in targets]}, f, indent=1)
+
+
+def cmd_meta(args):
+    with open(os.path.join(args.site, "site.json"), encoding="utf-8") as f:
+        site = json.load(f)
+    meta = {k: site[k] for k in ("source", "fallback", "exchanges", "request_bytes",
+                                 "response_body_bytes")}
+    meta.update(kv.split("=", 1) for kv in args.kv)
+    print(json.dumps(meta))
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    s = sub.add_parser("ports")
+    s.add_argument("n", type=int)
+    s = sub.add_parser("prepare")
+    s.add_argument("corpus")
+    s.add_argument("site")
+    s = sub.add_parser("verify")
+    s.add_argument("url")
+    s.add_argument("site")
+    s = sub.add_parser("snapshot")
+    s.add_argument("--metrics", nargs="*")
+    s.add_argument("--log")
+    s.add_argument("--link-port", type=int)
+    s.add_argument("--pids", nargs="*", type=int)
+    s = sub.add_parser("case")
+    for a in ("--name", "--round", "--chain", "--codec", "--before", "--after", "--wrk", "--verify", "--log",
+              "--error", "--out"):
+        s.add_argument(a)
+    s = sub.add_parser("meta")
+    s.add_argument("site")
+    s.add_argument("kv", nargs="*")
+    s = sub.add_parser("report")
+    s.add_argument("md")
+    s.add_argument("json")
+    s.add_argument("meta")
+    s.add_argument("cases", nargs="*")
+    args = p.parse_args()
+    return {"ports": cmd_ports, "prepare": cmd_prepare, "verify": cmd_verify,
+            "snapshot": cmd_snapshot, "case": cmd_case, "meta": cmd_meta, "report": cmd_report}[args.cmd](args) or 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
