@@ -36,6 +36,11 @@ use crate::metrics::{Metrics, Side};
 use crate::proxy::Proxy;
 use crate::upstream::Outbound;
 
+/// mimalloc: a proxy allocates and frees a few buffers per request on every core; glibc's
+/// allocator showed up at about 8 % of the CPU profile under load.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse_from(args::normalize(std::env::args_os()));
     init_logging(&cli.proxy.log_format);
