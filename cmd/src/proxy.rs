@@ -77,6 +77,15 @@ impl Proxy {
             );
         };
         strip_hop_by_hop(request.headers_mut());
+        // HTTP/2 and teleport carry the authority in the URI; HTTP/1.1 upstreams want Host.
+        if !request.headers().contains_key(header::HOST)
+            && let Some(value) = request
+                .uri()
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        {
+            request.headers_mut().insert(header::HOST, value);
+        }
         if let (Some(name), Some(ip)) = (&self.client_ip_header, client_ip) {
             append_client_ip(request.headers_mut(), name, ip);
         }

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use bytes::Bytes;
-use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, header};
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -269,18 +269,6 @@ async fn handle(
         parts
             .headers
             .insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
-    }
-    // HTTP/2 carries the authority in the URI; upstreams want it in Host.
-    if !parts.headers.contains_key(header::HOST)
-        && let Some(value) = parts
-            .uri
-            .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-    {
-        parts.headers.insert(header::HOST, value);
-    }
-    if let Some(path) = parts.uri.path_and_query().cloned() {
-        parts.uri = Uri::from(path);
     }
     proxy
         .forward(Request::from_parts(parts, body), peer, started)

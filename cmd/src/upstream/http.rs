@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use bytes::Bytes;
 use http::uri::{Authority, PathAndQuery, Scheme};
-use http::{HeaderValue, Request, Response, Uri, header};
+use http::{Request, Response, Uri};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
@@ -130,16 +130,7 @@ impl HttpUpstreams {
         &self,
         request: Request<Bytes>,
     ) -> Result<Response<Bytes>, ForwardError> {
-        let (mut parts, body) = request.into_parts();
-        // The original authority travels in Host; the URI names the upstream.
-        if !parts.headers.contains_key(header::HOST)
-            && let Some(value) = parts
-                .uri
-                .authority()
-                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-        {
-            parts.headers.insert(header::HOST, value);
-        }
+        let (parts, body) = request.into_parts();
         let path = parts
             .uri
             .path_and_query()
