@@ -210,6 +210,10 @@ impl HttpUpstreams {
     /// Power of two choices among the addresses not ejected and not `tried` (among all
     /// untried ones if every one is ejected).
     fn pick(&self, tried: &[usize]) -> usize {
+        // One address (the common deployment): nothing to choose, nothing to allocate.
+        if self.upstreams.len() == 1 {
+            return 0;
+        }
         let now = Instant::now();
         let untried = || (0..self.upstreams.len()).filter(|i| !tried.contains(i));
         let live: Vec<usize> = untried()

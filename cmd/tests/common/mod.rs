@@ -570,6 +570,16 @@ impl DeadAddr {
 
 // ===== upstream =====
 
+/// The one value of header `name`, as text.
+fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).map(|v| v.to_str().expect("ascii header"))
+}
+
+/// Every value of header `name`, in order.
+fn all<'a>(headers: &'a HeaderMap, name: &str) -> Vec<&'a [u8]> {
+    headers.get_all(name).iter().map(|v| v.as_bytes()).collect()
+}
+
 /// One request as the upstream received it.
 #[derive(Debug, Clone)]
 pub(crate) struct Recorded {
@@ -582,17 +592,11 @@ pub(crate) struct Recorded {
 
 impl Recorded {
     pub(crate) fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .get(name)
-            .map(|v| v.to_str().expect("ascii header"))
+        header(&self.headers, name)
     }
 
     pub(crate) fn all(&self, name: &str) -> Vec<&[u8]> {
-        self.headers
-            .get_all(name)
-            .iter()
-            .map(|v| v.as_bytes())
-            .collect()
+        all(&self.headers, name)
     }
 
     pub(crate) fn id(&self) -> Option<&str> {
@@ -903,17 +907,11 @@ pub(crate) struct Reply {
 
 impl Reply {
     pub(crate) fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .get(name)
-            .map(|v| v.to_str().expect("ascii header"))
+        header(&self.headers, name)
     }
 
     pub(crate) fn all(&self, name: &str) -> Vec<&[u8]> {
-        self.headers
-            .get_all(name)
-            .iter()
-            .map(|v| v.as_bytes())
-            .collect()
+        all(&self.headers, name)
     }
 
     pub(crate) fn text(&self) -> String {
