@@ -32,11 +32,9 @@ use http::{Method, Request, Response};
 use serde_json::{Value, json};
 use teleport_benches::corpus::Corpus;
 use teleport_transport::codec::Encoder;
-use teleport_transport::compress::Codec;
+use teleport_transport::compress::{Codec, Levels};
 use teleport_transport::frame::{Frame, Limits, RequestFrame, ResponseFrame};
 
-/// The deflate level: [`teleport_transport::conn::ConnConfig`]'s default.
-const DEFLATE_LEVEL: u32 = 6;
 /// Messages per batch of the batched stream mode.
 const BATCH: usize = 16;
 /// Exchanges of the generated corpus used when not benchmarking (test mode).
@@ -107,13 +105,13 @@ impl Direction {
                 .frames
                 .iter()
                 .map(|frame| {
-                    let mut encoder = Encoder::new(codec, DEFLATE_LEVEL, limits);
+                    let mut encoder = Encoder::new(codec, Levels::default(), limits);
                     push(&mut encoder, frame);
                     encoder.finish().len()
                 })
                 .sum(),
             Mode::Stream { batch } => {
-                let mut encoder = Encoder::new(codec, DEFLATE_LEVEL, limits);
+                let mut encoder = Encoder::new(codec, Levels::default(), limits);
                 self.frames
                     .chunks(batch)
                     .map(|frames| {
@@ -328,7 +326,11 @@ fn main() {
             dir.frame_bytes
         );
     }
-    println!("deflate level {DEFLATE_LEVEL}; ratios are baseline bytes / wire bytes\n");
+    let levels = Levels::default();
+    println!(
+        "deflate level {}, zstd level {}; ratios are baseline bytes / wire bytes\n",
+        levels.deflate, levels.zstd
+    );
 
     let (text, plain) = table(&directions, &Codec::ALL);
     print!("{text}");
@@ -337,7 +339,7 @@ fn main() {
         .iter()
         .map(Direction::with_sensitive_credentials)
         .collect();
-    let (text, marked) = table(&sensitive, &[Codec::Snappy, Codec::Deflate]);
+    let (text, marked) = table(&sensitive, &[Codec::Snappy, Codec::Deflate, Codec::Zstd]);
     println!(
         "\nwith authorization, proxy-authorization, cookie and set-cookie marked sensitive \
          (those frames go in raw blocks):"
@@ -348,7 +350,8 @@ fn main() {
         let report = json!({
             "source": source,
             "exchanges": exchanges,
-            "deflate_level": DEFLATE_LEVEL,
+            "deflate_level": levels.deflate,
+            "zstd_level": levels.zstd,
             "batch": BATCH,
             "directions": plain,
             "credentials_sensitive": marked,

@@ -9,7 +9,7 @@
 //!   the payload reaches `Bytes` the way [`Decoder`] gets it: copied into a reused `BytesMut`
 //!   and split off (no allocation once the previous frame is dropped). Target: the response's
 //!   encode + decode under 150 ns.
-//! - `codec_round_trip_response_261b_{none,snappy,deflate}`: that response as a batch of one
+//! - `codec_round_trip_response_261b_{none,snappy,deflate,zstd}`: that response as a batch of one
 //!   frame through [`Encoder::push`] + [`Encoder::finish`] and [`Decoder::decode`]: frame, block
 //!   and compression, one context per direction kept across iterations (the frame id changes).
 //! - `compress_throughput_{codec}/{teleport,teleport_blocks,raw}` and
@@ -20,9 +20,9 @@
 //!     included) and [`Encoder::finish`] per batch: frames, blocks, compression.
 //!   - compress `teleport_blocks`: teleport's [`Compressor::compress_block`] on the same blocks of
 //!     pre-encoded frame bytes: the compression layer alone.
-//!   - compress `raw`: the crate on the same blocks, used as well as it can be: `snap::raw::Encoder`
-//!     and one `flate2::Compress` (sync flush at each block end), both writing into a buffer
-//!     zeroed once.
+//!   - compress `raw`: the crate on the same blocks, used as well as it can be: `snap::raw::Encoder`,
+//!     one `flate2::Compress` (sync flush at each block end) and one `zstd_safe::CCtx` with
+//!     teleport's parameters (flush at each block end), all writing into a buffer zeroed once.
 //!     The setup checks that it produces exactly the bytes teleport puts on the wire.
 //!   - decompress `teleport`: [`Decoder::decode`] over each batch's wire bytes (copied into the
 //!     reused read buffer first, as a socket read would): blocks, decompression, frame parsing and
@@ -31,8 +31,8 @@
 //!     `teleport_blocks` line is.
 //!   - decompress `teleport_blocks`: teleport's [`Decompressor::decompress_block`] on the same
 //!     blocks.
-//!   - decompress `raw`: `snap::raw::Decoder` and one `flate2::Decompress` (sync flush per block),
-//!     both writing into a buffer zeroed once.
+//!   - decompress `raw`: `snap::raw::Decoder`, one `flate2::Decompress` (sync flush per block) and
+//!     one `zstd_safe::DCtx`, all writing into a buffer zeroed once.
 //!
 //!   Target: `teleport` within 20 % of `raw` (time ratio <= 1.20): the framing must not be the
 //!   cost. `none` has no crate to compare with; its `teleport` line is the cost of framing alone.
@@ -54,15 +54,17 @@ use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress};
 use http::{HeaderValue, Method, Request, Response};
 use teleport_benches::corpus::Corpus;
 use teleport_transport::codec::{BLOCK_HEADER_LEN, Decoder, Encoder, Inbound};
-use teleport_transport::compress::{BLOCK_MAX, Codec, Compressor, Decompressor};
+use teleport_transport::compress::{
+    BLOCK_MAX, Codec, Compressor, Decompressor, Levels, ZSTD_WINDOW_LOG,
+};
 use teleport_transport::frame::{
     Frame, FrameHeader, HEADER_LEN, Limits, RequestFrame, ResponseFrame,
 };
+use zstd_safe::zstd_sys::ZSTD_EndDirective;
+use zstd_safe::{CParameter, InBuffer, OutBuffer};
 
 /// Frames per batch in the throughput benches.
 const BATCH_FRAMES: usize = 32;
-/// The deflate level of the benches: [`teleport_transport::conn::ConnConfig`]'s default.
-const DEFLATE_LEVEL: u32 = 6;
 /// Exchanges of the generated corpus used when not benchmarking (test mode).
 const TEST_EXCHANGES: usize = 48;
 
@@ -199,7 +201,7 @@ fn frames(c: &mut Criterion) {
 fn codec_round_trips(c: &mut Criterion) {
     let limits = Limits::default();
     for codec in Codec::ALL {
-        let mut encoder = Encoder::new(codec, DEFLATE_LEVEL, limits);
+        let mut encoder = Encoder::new(codec, Levels::default(), limits);
         let mut decoder = Decoder::new(codec, limits);
         let mut src = BytesMut::with_capacity(4096);
         let mut frame = response_261b();
@@ -286,7 +288,7 @@ impl Workload {
 
     /// Teleport's wire bytes for each batch, from a fresh encoder.
     fn wire(&self, codec: Codec) -> Vec<Vec<u8>> {
-        let mut encoder = Encoder::new(codec, DEFLATE_LEVEL, Limits::default());
+        let mut encoder = Encoder::new(codec, Levels::default(), Limits::default());
         self.batches
             .iter()
             .map(|batch| {
@@ -315,6 +317,7 @@ fn blocks(wire: &[u8]) -> Vec<Range<usize>> {
 enum RawCompressor {
     Snappy(Box<snap::raw::Encoder>),
     Deflate(Box<Compress>),
+    Zstd(zstd_safe::CCtx<'static>),
 }
 
 impl RawCompressor {
@@ -322,9 +325,22 @@ impl RawCompressor {
         match codec {
             Codec::Snappy => Self::Snappy(Box::new(snap::raw::Encoder::new())),
             Codec::Deflate => Self::Deflate(Box::new(Compress::new(
-                Compression::new(DEFLATE_LEVEL),
+                Compression::new(Levels::default().deflate),
                 false,
             ))),
+            Codec::Zstd => {
+                // teleport's zstd parameters (docs/PROTOCOL.md, section 4).
+                let mut cctx = zstd_safe::CCtx::create();
+                for param in [
+                    CParameter::CompressionLevel(Levels::default().zstd),
+                    CParameter::WindowLog(ZSTD_WINDOW_LOG),
+                    CParameter::ChecksumFlag(false),
+                    CParameter::ContentSizeFlag(false),
+                ] {
+                    cctx.set_parameter(param).expect("zstd parameter");
+                }
+                Self::Zstd(cctx)
+            }
             _ => unreachable!("no raw crate for {codec}"),
         }
     }
@@ -345,6 +361,18 @@ impl RawCompressor {
                 );
                 written
             }
+            Self::Zstd(cctx) => {
+                let mut input = InBuffer::around(block);
+                let mut output = OutBuffer::around(out);
+                let left = cctx
+                    .compress_stream2(&mut output, &mut input, ZSTD_EndDirective::ZSTD_e_flush)
+                    .expect("zstd");
+                assert!(
+                    left == 0 && input.pos() == block.len(),
+                    "the buffer holds the worst case"
+                );
+                output.pos()
+            }
         }
     }
 }
@@ -352,6 +380,7 @@ impl RawCompressor {
 enum RawDecompressor {
     Snappy(snap::raw::Decoder),
     Deflate(Box<Decompress>),
+    Zstd(zstd_safe::DCtx<'static>),
 }
 
 impl RawDecompressor {
@@ -359,6 +388,7 @@ impl RawDecompressor {
         match codec {
             Codec::Snappy => Self::Snappy(snap::raw::Decoder::new()),
             Codec::Deflate => Self::Deflate(Box::new(Decompress::new(false))),
+            Codec::Zstd => Self::Zstd(zstd_safe::DCtx::create()),
             _ => unreachable!("no raw crate for {codec}"),
         }
     }
@@ -375,15 +405,25 @@ impl RawDecompressor {
                 debug_assert_eq!((inflate.total_in() - read) as usize, block.len());
                 (inflate.total_out() - written) as usize
             }
+            Self::Zstd(dctx) => {
+                let mut input = InBuffer::around(block);
+                let mut output = OutBuffer::around(out);
+                dctx.decompress_stream(&mut output, &mut input)
+                    .expect("zstd");
+                debug_assert_eq!(input.pos(), block.len());
+                output.pos()
+            }
         }
     }
 }
 
-/// A buffer for the worst case of one block of either codec, zeroed once. The raw side uses the
+/// A buffer for the worst case of one block of any codec, zeroed once. The raw side uses the
 /// crates' slice APIs on it: flate2's `*_vec` methods would zero the vector's spare capacity on
 /// every call (with the pure-Rust backend), which is the caller's cost, not the codec's.
 fn block_buffer() -> Vec<u8> {
-    let worst = snap::raw::max_compress_len(BLOCK_MAX).max(BLOCK_MAX + BLOCK_MAX / 8 + 1024);
+    let worst = snap::raw::max_compress_len(BLOCK_MAX)
+        .max(BLOCK_MAX + BLOCK_MAX / 8 + 1024)
+        .max(zstd_safe::compress_bound(BLOCK_MAX) + 64);
     vec![0; worst]
 }
 
@@ -420,7 +460,7 @@ fn throughput(c: &mut Criterion) {
 
         let mut group = c.benchmark_group(format!("compress_throughput_{codec}"));
         configure(&mut group, w.bytes);
-        let mut encoder = Encoder::new(codec, DEFLATE_LEVEL, limits);
+        let mut encoder = Encoder::new(codec, Levels::default(), limits);
         group.bench_function("teleport", |b| {
             b.iter(|| {
                 let mut total = 0;
@@ -434,7 +474,7 @@ fn throughput(c: &mut Criterion) {
             })
         });
         if has_raw {
-            let mut compressor = Compressor::new(codec, DEFLATE_LEVEL);
+            let mut compressor = Compressor::new(codec, Levels::default());
             let mut out = Vec::with_capacity(4 * BLOCK_MAX);
             group.bench_function("teleport_blocks", |b| {
                 b.iter(|| {

@@ -56,7 +56,7 @@ pub(crate) struct ProxyFlags {
         value_name = "TYPE"
     )]
     pub(crate) in_type: String,
-    /// Compression of the responses sent back on a teleport -in: none, flate, snappy.
+    /// Compression of the responses sent back on a teleport -in: none, flate, snappy, zstd.
     #[arg(long = "inCompress", alias = "in-compress", default_value = "flate")]
     pub(crate) in_compress: String,
     /// How long a teleport -in may hold responses to batch them (Go duration: 0, 500us, 2ms).
@@ -114,7 +114,7 @@ pub(crate) struct ProxyFlags {
         value_name = "TYPE"
     )]
     pub(crate) out_type: String,
-    /// Compression of the requests sent on a teleport -out: none, flate, snappy.
+    /// Compression of the requests sent on a teleport -out: none, flate, snappy, zstd.
     #[arg(long = "outCompress", alias = "out-compress", default_value = "flate")]
     pub(crate) out_compress: String,
     /// How long a teleport -out may hold requests to batch them (Go duration).
@@ -201,8 +201,8 @@ pub(crate) struct DemoFlags {
     /// Requests in flight at once (one HTTP/1.1 keep-alive connection each).
     #[arg(long, default_value_t = 64)]
     pub(crate) connections: usize,
-    /// Compression on the teleport link: none, flate, snappy.
-    #[arg(long, default_value = "flate")]
+    /// Compression on the teleport link: none, flate, snappy, zstd.
+    #[arg(long, default_value = "zstd")]
     pub(crate) compress: String,
     /// Replay the responses of a recorded corpus (`benches/fetch_corpus.py`'s corpus.json)
     /// instead of the built-in generated API responses.

@@ -207,13 +207,15 @@ impl ProxyConfig {
     }
 }
 
-/// A compression name as the Go httptp spells them (`flate`; `deflate` is accepted too).
+/// A compression name as the Go httptp spells them (`flate`; `deflate` is accepted too), or
+/// `zstd`, which the Go httptp does not have.
 pub(crate) fn parse_codec(flag: &str, value: &str) -> anyhow::Result<Codec> {
     Ok(match value {
         "none" => Codec::None,
         "flate" | "deflate" => Codec::Deflate,
         "snappy" => Codec::Snappy,
-        _ => bail!("unknown -{flag}={value:?}; supported: none, flate, snappy"),
+        "zstd" => Codec::Zstd,
+        _ => bail!("unknown -{flag}={value:?}; supported: none, flate, snappy, zstd"),
     })
 }
 
@@ -269,6 +271,7 @@ mod tests {
         assert_eq!(parse_codec("x", "flate").unwrap(), Codec::Deflate);
         assert_eq!(parse_codec("x", "snappy").unwrap(), Codec::Snappy);
         assert_eq!(parse_codec("x", "none").unwrap(), Codec::None);
+        assert_eq!(parse_codec("x", "zstd").unwrap(), Codec::Zstd);
         let err = parse_codec("outCompress", "zip").unwrap_err().to_string();
         assert!(err.contains("-outCompress") && err.contains("zip"), "{err}");
     }

@@ -34,6 +34,11 @@ async fn chain_http_teleport_http_flate() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chain_http_teleport_http_zstd() {
+    chain_battery("zstd").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chain_with_an_h2c_client() {
     let up = Upstream::tcp().await;
     let (a, _b) = start_chain("flate", &up.addr, |a| a, |b| b).await;

@@ -188,8 +188,8 @@ impl ClientBuilder {
         self
     }
 
-    /// Every connection setting at once (codec, deflate level, limits, batch policy, handshake
-    /// timeout, queues), in place of the setters above.
+    /// Every connection setting at once (codec, deflate and zstd levels, limits, batch policy,
+    /// handshake timeout, queues), in place of the setters above.
     pub fn conn_config(&mut self, conn: ConnConfig) -> &mut Self {
         self.conn = conn;
         self

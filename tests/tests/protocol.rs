@@ -15,7 +15,7 @@ use http::{Method, header};
 use teleport_tests::{Pki, tls_connect};
 use teleport_transport::batch::BatchPolicy;
 use teleport_transport::codec::{Decoder, Encoder, Inbound};
-use teleport_transport::compress::{Codec, CodecSet};
+use teleport_transport::compress::{Codec, CodecSet, Levels};
 use teleport_transport::conn::{Conn, ConnConfig, ConnStats, Receiver, SendError, Sender};
 use teleport_transport::frame::{Frame, FrameType, Limits, RequestFrame, ResponseFrame};
 use teleport_transport::handshake::{self, Hello, Params, Refusal, Settings};
@@ -460,7 +460,7 @@ async fn frames_that_arrive_with_the_server_hello_are_kept() {
     let fake_server = async move {
         read_hello(&mut raw).await;
         let mut bytes = hello_bytes(&settings(Codec::None));
-        let mut encoder = Encoder::new(Codec::None, 6, Limits::default());
+        let mut encoder = Encoder::new(Codec::None, Levels::default(), Limits::default());
         encoder.push(&Frame::Pong { payload: 9 }).unwrap();
         bytes.extend_from_slice(encoder.finish());
         // One write: the client reads its answer and the frame together.
@@ -843,7 +843,7 @@ async fn an_oversized_frame_from_the_peer_is_rejected_and_the_stream_goes_on() {
             ..Limits::default()
         });
         // Built with the default (permissive) limits, not the server's. Spans several blocks.
-        let mut encoder = Encoder::new(codec, 6, Limits::default());
+        let mut encoder = Encoder::new(codec, Levels::default(), Limits::default());
         let big = request(1, body(200 << 10, 1));
         let big_len = encoder.push(&big).unwrap();
         encoder.push(&request(2, body(261, 2))).unwrap();
@@ -1024,7 +1024,7 @@ async fn dropping_every_sender_closes_both_sides_cleanly() {
 
 #[tokio::test]
 async fn a_peer_vanishing_mid_frame_is_a_read_error() {
-    let mut encoder = Encoder::new(Codec::None, 6, Limits::default());
+    let mut encoder = Encoder::new(Codec::None, Levels::default(), Limits::default());
     encoder.push(&request(1, body(10_000, 1))).unwrap();
     let batch = encoder.finish().to_vec();
     // Inside the first block header; inside the frame.

@@ -28,7 +28,7 @@
 
 use bytes::{Buf, BytesMut};
 
-use crate::compress::{BLOCK_MAX, BLOCK_WIRE_MAX, Codec, Compressor, Decompressor};
+use crate::compress::{BLOCK_MAX, BLOCK_WIRE_MAX, Codec, Compressor, Decompressor, Levels};
 use crate::error::ProtocolError;
 use crate::frame::{Frame, FrameHeader, FrameType, HEADER_LEN, Limits};
 
@@ -77,10 +77,10 @@ pub struct Encoder {
 
 impl Encoder {
     /// An encoder for one direction of a connection whose receiver announced `peer` limits.
-    pub fn new(codec: Codec, deflate_level: u32, peer: Limits) -> Self {
+    pub fn new(codec: Codec, levels: Levels, peer: Limits) -> Self {
         Self {
             codec,
-            compressor: Compressor::new(codec, deflate_level),
+            compressor: Compressor::new(codec, levels),
             peer,
             pending: Vec::new(),
             out: Vec::new(),
@@ -333,7 +333,7 @@ mod tests {
     use crate::frame::tests::{assert_same, samples};
 
     fn encode(codec: Codec, frames: &[Frame]) -> Vec<u8> {
-        let mut encoder = Encoder::new(codec, 6, Limits::default());
+        let mut encoder = Encoder::new(codec, Levels::default(), Limits::default());
         for frame in frames {
             encoder.push(frame).unwrap();
         }
@@ -535,7 +535,7 @@ mod tests {
         assert_eq!(encode(Codec::None, &[Frame::Pong { payload: 42 }]), raw);
         // Deflate: the first ping costs 15 bytes; the same ping in the next batch, 9, because
         // the context remembers the first. Each block ends with the sync-flush marker 00 00 ff ff.
-        let mut encoder = Encoder::new(Codec::Deflate, 6, Limits::default());
+        let mut encoder = Encoder::new(Codec::Deflate, Levels::default(), Limits::default());
         let ping = Frame::Ping { payload: 42 };
         encoder.push(&ping).unwrap();
         #[rustfmt::skip]

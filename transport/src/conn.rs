@@ -34,7 +34,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::batch::{BatchPolicy, Batcher, Decision, FlushReason};
 use crate::codec::{Decoder, Encoder, Inbound};
-use crate::compress::{Codec, CodecSet};
+use crate::compress::{Codec, CodecSet, Levels};
 use crate::error::{Error, ProtocolError};
 use crate::frame::{Frame, Limits};
 use crate::handshake::{self, Hello, Params, Settings};
@@ -49,7 +49,7 @@ const CONTROL_QUEUE: usize = 16;
 pub struct ConnConfig {
     codec: Codec,
     accept: CodecSet,
-    deflate_level: u32,
+    levels: Levels,
     limits: Limits,
     max_concurrent: u32,
     batch: BatchPolicy,
@@ -63,7 +63,7 @@ impl Default for ConnConfig {
         Self {
             codec: Codec::None,
             accept: CodecSet::all(),
-            deflate_level: 6,
+            levels: Levels::default(),
             limits: Limits::default(),
             max_concurrent: 0,
             batch: BatchPolicy::default(),
@@ -90,7 +90,14 @@ impl ConnConfig {
 
     /// The deflate level, 0 (store) to 9 (smallest). Default 6.
     pub fn deflate_level(&mut self, level: u32) -> &mut Self {
-        self.deflate_level = level.min(9);
+        self.levels.deflate = level.min(9);
+        self
+    }
+
+    /// The zstd level, 1 (fastest) to 19 (smallest), or negative for more speed at a lower ratio.
+    /// Default 3.
+    pub fn zstd_level(&mut self, level: i32) -> &mut Self {
+        self.levels.zstd = level;
         self
     }
 
@@ -327,7 +334,7 @@ where
             read_buf: self.read_buf,
             encoder: Encoder::new(
                 self.params.send_codec,
-                self.config.deflate_level,
+                self.config.levels,
                 self.params.peer_limits,
             ),
             decoder: Decoder::new(self.params.recv_codec, self.config.limits),

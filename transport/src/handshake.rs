@@ -329,7 +329,7 @@ mod tests {
             0x00,                   // status: ok
             0x00, 0x18,             // body length 24
             0x02,                   // send codec: deflate
-            0x07,                   // accepts none, snappy, deflate
+            0x0f,                   // accepts none, snappy, deflate, zstd
             0x01, 0x10, 0x00, 0x00, // max frame 17 MiB
             0x00, 0x01, 0x00, 0x00, // max header bytes 64 KiB
             0x00, 0x80,             // max headers 128

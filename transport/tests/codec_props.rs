@@ -16,7 +16,7 @@ use teleport_transport::ProtocolError;
 use teleport_transport::codec::{
     BLOCK_COMPRESSED, BLOCK_HEADER_LEN, BLOCK_RAW, Decoder, Encoder, Inbound,
 };
-use teleport_transport::compress::{BLOCK_MAX, Codec, CodecSet, Compressor};
+use teleport_transport::compress::{BLOCK_MAX, Codec, CodecSet, Compressor, Levels};
 use teleport_transport::frame::{
     ErrorCode, ErrorFrame, Frame, FrameType, GoAwayFrame, HEADER_LEN, Limits, RequestFrame,
     ResponseFrame,
@@ -369,8 +369,8 @@ struct Wire {
     batch_ends: Vec<(usize, usize)>,
 }
 
-fn encode(codec: Codec, level: u32, frames: &[Frame], breaks: &[u8]) -> Wire {
-    let mut encoder = Encoder::new(codec, level, Limits::default());
+fn encode(codec: Codec, levels: Levels, frames: &[Frame], breaks: &[u8]) -> Wire {
+    let mut encoder = Encoder::new(codec, levels, Limits::default());
     let mut wire = Wire {
         bytes: Vec::new(),
         batch_ends: Vec::new(),
@@ -575,7 +575,7 @@ fn decode_garbage(
 
 /// Puts a frame stream into blocks of the codec, as an encoder would, whatever the stream holds.
 fn blocks(codec: Codec, stream: &[u8], block: usize) -> Vec<u8> {
-    let mut compressor = Compressor::new(codec, 6);
+    let mut compressor = Compressor::new(codec, Levels::default());
     let mut out = Vec::new();
     for chunk in stream.chunks(block.clamp(1, BLOCK_MAX)) {
         let start = out.len();
@@ -616,7 +616,9 @@ proptest! {
         level in 0u32..=9,
     ) {
         for codec in Codec::ALL {
-            let wire = encode(codec, level, &frames, &breaks);
+            // deflate 0-9 and zstd -1-8: store-only and negative (fast) levels included.
+            let levels = Levels { deflate: level, zstd: level as i32 - 1 };
+            let wire = encode(codec, levels, &frames, &breaks);
             let got = feed(&mut Decoder::new(codec, Limits::default()), &wire, &chunks)?;
             check_frames(&frames, &got)?;
         }
@@ -683,7 +685,7 @@ proptest! {
         split in any::<Index>(),
     ) {
         for codec in Codec::ALL {
-            let mut encoder = Encoder::new(codec, 6, Limits::default());
+            let mut encoder = Encoder::new(codec, Levels::default(), Limits::default());
             let mut decoder = Decoder::new(codec, Limits::default());
             let mut sizes = Vec::with_capacity(batches);
             for batch in 0..batches {
@@ -732,7 +734,7 @@ proptest! {
         let mut frames = before.clone();
         frames.push(bad.clone());
         frames.push(after.clone());
-        let wire = encode(codec, 6, &frames, &breaks);
+        let wire = encode(codec, Levels::default(), &frames, &breaks);
         let got = feed(&mut Decoder::new(codec, STRICT), &wire, &chunks)?;
         prop_assert_eq!(got.len(), frames.len());
         let n = before.len();
@@ -796,7 +798,7 @@ proptest! {
         chunks in chunk_sizes(),
         codec in codec(),
     ) {
-        let mut wire = encode(codec, 6, &frames, &[]).bytes;
+        let mut wire = encode(codec, Levels::default(), &frames, &[]).bytes;
         for (at, xor) in flips {
             let at = at.index(wire.len());
             wire[at] ^= xor;
@@ -1075,7 +1077,7 @@ fn fuzz_seeds_decode() {
             if name == "big" && codec == Codec::None {
                 continue;
             }
-            let wire = encode(codec, 6, frames, breaks);
+            let wire = encode(codec, Levels::default(), frames, breaks);
             let got = feed(&mut Decoder::new(codec, Limits::default()), &wire, &[7]).unwrap();
             check_frames(frames, &got).unwrap();
             for mode in 0..4u8 {

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
 use bytes::{Bytes, BytesMut};
 use teleport_transport::codec::{Decoder, Encoder, Inbound};
-use teleport_transport::compress::{BLOCK_MAX, Codec};
+use teleport_transport::compress::{BLOCK_MAX, Codec, Levels};
 use teleport_transport::frame::{Frame, Limits, ResponseFrame};
 
 struct Counting;
@@ -80,13 +80,14 @@ fn codec_contexts_and_buffers_stay_within_the_documented_bounds() {
         (Codec::None, 8 << 10, 136 << 10),
         (Codec::Snappy, 48 << 10, 136 << 10),
         (Codec::Deflate, 400 << 10, 208 << 10),
+        (Codec::Zstd, 3 << 20, 2 << 20),
     ];
     let limits = Limits::default();
     let small = response(1000);
     for (codec, encoder_max, decoder_max) in bounds {
         let mut wire = BytesMut::with_capacity(256 << 10);
         let (mut encoder, encoder_bytes) = peak(|| {
-            let mut encoder = Encoder::new(codec, 6, limits);
+            let mut encoder = Encoder::new(codec, Levels::default(), limits);
             for _ in 0..3 {
                 encoder.push(&small).unwrap();
                 wire.extend_from_slice(encoder.finish());
@@ -136,7 +137,7 @@ fn codec_contexts_and_buffers_stay_within_the_documented_bounds() {
         response: http::Response::new(Bytes::from(noise)),
     });
     for codec in Codec::ALL {
-        let mut encoder = Encoder::new(codec, 6, limits);
+        let mut encoder = Encoder::new(codec, Levels::default(), limits);
         encoder.push(&big).unwrap();
         let wire = encoder.finish().to_vec();
         let before = LIVE.load(Relaxed);
