@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
-"""Helper of benches/proxy_chain.sh: the site, the checks and the report.
+"""Helper of benches/proxy_chain.sh and benches/slow_link.sh: the site, the checks, the reports.
 
-Usage (the shell script calls these; Python 3 standard library only):
+Usage (the shell scripts call these; Python 3 standard library only, but link-plot):
 
     chain.py ports N                       N free loopback TCP ports, one per line
     chain.py prepare CORPUS_JSON SITE_DIR  write the origin's docroot, its nginx locations and the
@@ -9,13 +9,17 @@ Usage (the shell script calls these; Python 3 standard library only):
                                            generated JSON when CORPUS_JSON is missing or broken)
     chain.py verify URL SITE_DIR           replay every recorded request once through the chain
                                            front at URL and compare status, body and content-type
-    chain.py snapshot --metrics URL ... --log FILE --pids PID ...
+    chain.py snapshot --metrics URL ... --log FILE --pids PID ... --veth NS:DEV ...
                                            one JSON snapshot of the counters the report needs
     chain.py case --name N ... --before F --after F --wrk F --verify F --out F
                                            one case's result from two snapshots and wrk's output
     chain.py meta SITE_DIR KEY=VALUE ...   the run's description as JSON (with the site's source)
     chain.py report OUT_MD OUT_JSON META_JSON CASE_JSON ...
                                            the markdown table (stdout and OUT_MD) and OUT_JSON
+    chain.py link-report OUT_MD OUT_JSON META_JSON CASE_JSON ...
+                                           the same for slow_link.sh: a table per link rate
+    chain.py link-plot REPORT_JSON OUT_PNG the slow-link report as bar charts (needs matplotlib,
+                                           the only import outside the standard library)
 
 The site: response i of the corpus is the file SITE_DIR/docroot/f/NNNN, served by the nginx
 origin with its recorded content-type and its recorded response headers (those nginx does not
@@ -334,6 +338,24 @@ def kernel_link(port):
     return sent, received, conns
 
 
+def veth_counters(spec):
+    """The counters of one veth end "NS:DEV" ("DEV" in the current namespace): bytes and packets
+    each way as the device counts them (Ethernet frames without FCS) and its root qdisc's drops."""
+    ns, _, dev = spec.rpartition(":")
+    netns = ["-n", ns] if ns else []
+    link = json.loads(subprocess.run(["ip"] + netns + ["-s", "-j", "link", "show", "dev", dev],
+                                     capture_output=True, text=True, timeout=10,
+                                     check=True).stdout)[0]["stats64"]
+    qdiscs = json.loads(subprocess.run(["tc"] + netns + ["-s", "-j", "qdisc", "show", "dev", dev],
+                                       capture_output=True, text=True, timeout=10,
+                                       check=True).stdout)
+    root = next((q for q in qdiscs if q.get("root")), {})
+    return {"veth": spec, "tx_bytes": link["tx"]["bytes"], "tx_packets": link["tx"]["packets"],
+            "rx_bytes": link["rx"]["bytes"], "rx_packets": link["rx"]["packets"],
+            "qdisc": root.get("kind"), "qdisc_drops": root.get("drops", 0),
+            "qdisc_overlimits": root.get("overlimits", 0)}
+
+
 def cmd_snapshot(args):
     snap = {"time": time.time()}
     if args.link_port:
@@ -342,7 +364,10 @@ def cmd_snapshot(args):
         snap["httptp_%d" % i] = httptp_counters(url)
     if args.log:
         snap["log_offset"] = os.path.getsize(args.log)
-    snap["cpu_s"] = sum(cpu_seconds(p) for p in args.pids or [])
+    if args.veth:
+        snap["veth"] = [veth_counters(v) for v in args.veth]
+    snap["cpu_each"] = [cpu_seconds(p) for p in args.pids or []]
+    snap["cpu_s"] = sum(snap["cpu_each"])
     print(json.dumps(snap))
 
 
@@ -359,8 +384,30 @@ def read_wrk(path):
     return None, text
 
 
+def link_counts(res, before, after):
+    """The veth counters' deltas into res: L2 bytes and packets per wrk request, each way (the
+    first veth listed is the client end: its tx is A->B), the rates over wrk's run, tbf drops."""
+    c0, c1 = before["veth"][0], after["veth"][0]
+    d = {k: c1[k] - c0[k] for k in ("tx_bytes", "tx_packets", "rx_bytes", "rx_packets")}
+    res["l2"] = {"a_to_b_bytes": d["tx_bytes"], "b_to_a_bytes": d["rx_bytes"],
+                 "a_to_b_packets": d["tx_packets"], "b_to_a_packets": d["rx_packets"]}
+    res["qdisc_drops"] = sum(a["qdisc_drops"] - b["qdisc_drops"]
+                             for a, b in zip(after["veth"], before["veth"]))
+    if res.get("requests"):
+        n = res["requests"]
+        res["l2_bytes_per_req"] = (d["tx_bytes"] + d["rx_bytes"]) / n
+        res["l2_a_to_b_per_req"] = d["tx_bytes"] / n
+        res["l2_b_to_a_per_req"] = d["rx_bytes"] / n
+        res["l2_packets_per_req"] = (d["tx_packets"] + d["rx_packets"]) / n
+    if res.get("seconds"):
+        res["l2_a_to_b_mbit_s"] = d["tx_bytes"] * 8 / res["seconds"] / 1e6
+        res["l2_b_to_a_mbit_s"] = d["rx_bytes"] * 8 / res["seconds"] / 1e6
+
+
 def cmd_case(args):
     res = {"name": args.name, "round": int(args.round or 1), "chain": args.chain, "codec": args.codec, "ok": True, "notes": []}
+    if args.link:
+        res["link"] = args.link
     if args.error:
         res["notes"].append(args.error)
         res["ok"] = False
@@ -370,6 +417,7 @@ def cmd_case(args):
         res.update(requests=wrk["requests"], seconds=round(secs, 2),
                    rps=wrk["requests"] / secs if secs else 0.0,
                    p50_ms=wrk["lat_p50_us"] / 1e3, p99_ms=wrk["lat_p99_us"] / 1e3,
+                   http_bytes=wrk["bytes"], http_mb_s=wrk["bytes"] / secs / 1e6 if secs else 0.0,
                    non2xx=wrk["status_errors"],
                    socket_errors=wrk["connect_errors"] + wrk["read_errors"] + wrk["write_errors"]
                    + wrk["timeouts"],
@@ -388,6 +436,11 @@ def cmd_case(args):
         with open(args.after) as f:
             after = json.load(f)
         res["cpu_s"] = after["cpu_s"] - before["cpu_s"]
+        if len(after.get("cpu_each", [])) == 2 and len(before.get("cpu_each", [])) == 2:
+            res["cpu_a_s"], res["cpu_b_s"] = (a - b for a, b in zip(after["cpu_each"],
+                                                                    before["cpu_each"]))
+        if "veth" in after and "veth" in before:
+            link_counts(res, before, after)
         if args.chain == "httptp" and "httptp_0" in after:
             a0, a1 = before["httptp_0"], after["httptp_0"]
             d = {k: a1[k] - a0[k] for k in a1}
@@ -417,6 +470,11 @@ def cmd_case(args):
             res["link_resp_bytes_per_req"] = res["link_received"] / res["link_requests"]
         if res.get("requests"):
             res["cpu_us_per_req"] = res["cpu_s"] * 1e6 / res["requests"]
+            if "cpu_a_s" in res:
+                res["cpu_a_s_per_1k"] = res["cpu_a_s"] * 1e3 / res["requests"]
+                res["cpu_b_s_per_1k"] = res["cpu_b_s"] * 1e3 / res["requests"]
+            if "kernel_link_bytes" in res:
+                res["tcp_payload_per_req"] = res["kernel_link_bytes"] / res["requests"]
     if args.verify and os.path.exists(args.verify):
         with open(args.verify) as f:
             try:
@@ -443,18 +501,21 @@ MEDIAN_KEYS = ("rps", "p50_ms", "p99_ms", "link_bytes_per_req", "link_req_bytes_
 SUM_KEYS = ("requests", "non2xx", "socket_errors")
 
 
-def aggregate(runs):
-    """One row per case from its rounds: the medians of the rates, the sums of the errors."""
+def aggregate(runs, median_keys=MEDIAN_KEYS, sum_keys=SUM_KEYS, payload_notes=True):
+    """One row per case from its rounds: the medians of the rates, the sums of the errors; with
+    payload_notes, notes where the proxy's and the kernel's counts of the link payload differ."""
     row = {k: runs[0][k] for k in ("name", "chain", "codec")}
+    if "link" in runs[0]:
+        row["link"] = runs[0]["link"]
     row["rounds"] = len(runs)
     row["ok"] = all(r["ok"] for r in runs)
-    for k in MEDIAN_KEYS:
+    for k in median_keys:
         vals = [r[k] for r in runs if r.get(k) is not None]
         row[k] = statistics.median(vals) if vals else None
     row["rps_rounds"] = [r.get("rps") for r in runs]
     conns = [r["kernel_link_conns"][1] for r in runs if r.get("kernel_link_conns")]
     row["link_conns"] = max(conns) if conns else None
-    for k in SUM_KEYS:
+    for k in sum_keys:
         vals = [r[k] for r in runs if r.get(k) is not None]
         row[k] = sum(vals) if vals else None
     verifies = [r["verify"] for r in runs if r.get("verify")]
@@ -473,6 +534,8 @@ def aggregate(runs):
         if r.get("wrk_errors") and any(r["wrk_errors"].values()):
             notes.append(tag + "wrk errors: %s" % r["wrk_errors"])
         counted = (r.get("link_sent") or 0) + (r.get("link_received") or 0)
+        if not payload_notes:
+            continue
         if r["chain"] == "httptp" and r.get("link_b_in") is not None and counted \
                 and abs(r["link_b_in"] - counted) > 0.02 * counted:
             notes.append(tag + "A counted %d link bytes, B %d" % (counted, r["link_b_in"]))
@@ -487,23 +550,67 @@ def aggregate(runs):
     return row
 
 
-def cmd_report(args):
+def load_runs(args):
+    """(the case results, the meta) of a report command."""
     runs = []
     for p in args.cases:
         with open(p) as f:
             runs.append(json.load(f))
     with open(args.meta) as f:
         meta = json.load(f)
+    return runs, meta
+
+
+def report_head(title, meta):
+    """The report's title, the fallback warning, the machine line."""
+    lines = [title, ""]
+    if meta.get("fallback"):
+        lines += ["**WARNING: the recorded corpus could not be loaded; generated JSON was used.**", ""]
+    lines.append("- machine: %s, %s CPUs, %s; load average %s (start -> end; the machine may be "
+                 "shared)" % (meta["cpu"], meta["nproc"], meta["kernel"], meta.get("load", "?")))
+    return lines
+
+
+def traffic_line(meta):
+    return ("- traffic: %s; %d exchanges replayed in order (recorded method, headers and body; "
+            "the origin answers with the recorded body, content-type and headers, always 200)"
+            % (meta["source"], meta["exchanges"]))
+
+
+def rps_cell(c):
+    """req/s, with the rounds' range when there were several."""
+    rps = fmt(c.get("rps"), ",.0f")
+    done = [x for x in c["rps_rounds"] if x is not None]
+    if len(done) > 1:
+        rps += " (%s-%s)" % (format(min(done), ",.0f"), format(max(done), ",.0f"))
+    return rps
+
+
+def verify_cell(c):
+    v = c.get("verify")
+    return "-" if not v else ("ok %d/%d" % (v["ok"], v["checked"]) if not v["failed"]
+                              else "**%d failed**" % v["failed"])
+
+
+def write_report(args, lines, meta, rows, runs, targets):
+    """The markdown on stdout and in args.md; everything in args.json."""
+    md = "\n".join(lines)
+    print(md)
+    with open(args.md, "w") as f:
+        f.write(md + "\n")
+    with open(args.json, "w") as f:
+        json.dump({"meta": meta, "summary": rows, "runs": runs,
+                   "targets": [{"target": t, "pass": ok} for t, ok in targets]}, f, indent=1)
+
+
+def cmd_report(args):
+    runs, meta = load_runs(args)
     names = list(dict.fromkeys(r["name"] for r in runs))
     rows = [aggregate([r for r in runs if r["name"] == n]) for n in names]
     nginx = next((c for c in rows if c["chain"] == "nginx" and c.get("rps")), None)
     rounds = int(meta.get("rounds", 1))
-    lines = ["# proxy chain: wrk -> proxy A -> proxy B -> nginx origin (loopback)", ""]
-    if meta.get("fallback"):
-        lines += ["**WARNING: the recorded corpus could not be loaded; generated JSON was used.**", ""]
-    lines += ["- machine: %s, %s CPUs, %s; load average %s (start -> end; the machine may be "
-              "shared)" % (meta["cpu"], meta["nproc"], meta["kernel"], meta.get("load", "?")),
-              "- run: %s, wrk %s -t%s -c%s -d%s after a %s warm-up, %s; %s; httptp %s"
+    lines = report_head("# proxy chain: wrk -> proxy A -> proxy B -> nginx origin (loopback)", meta)
+    lines += ["- run: %s, wrk %s -t%s -c%s -d%s after a %s warm-up, %s; %s; httptp %s"
               % (meta["date"], meta.get("wrk", ""), meta["threads"], meta["conns"],
                  meta["duration"], meta["warmup"],
                  "one round" if rounds == 1 else
@@ -514,9 +621,7 @@ def cmd_report(args):
               "per core), the origin is one nginx worker "
               "serving static files; wrk, both proxies and the origin share the cores"
               % meta["nproc"],
-              "- traffic: %s; %d exchanges replayed in order (recorded method, headers and body; "
-              "the origin answers with the recorded body, content-type and headers, always 200)"
-              % (meta["source"], meta["exchanges"]),
+              traffic_line(meta),
               "- link B/req: bytes between proxy A and proxy B, both directions, TCP payload, per "
               "request (httptp: A's httptp_bytes_total{side=\"out\"} over "
               "httptp_requests_total{outcome=\"ok\"}; nginx: B's $request_length + $bytes_sent "
@@ -530,20 +635,13 @@ def cmd_report(args):
         ratio = None
         if nginx and c.get("link_bytes_per_req") and nginx.get("link_bytes_per_req"):
             ratio = nginx["link_bytes_per_req"] / c["link_bytes_per_req"]
-        rps = fmt(c.get("rps"), ",.0f")
-        done = [x for x in c["rps_rounds"] if x is not None]
-        if len(done) > 1:
-            rps += " (%s-%s)" % (format(min(done), ",.0f"), format(max(done), ",.0f"))
-        v = c.get("verify")
-        vtxt = "-" if not v else ("ok %d/%d" % (v["ok"], v["checked"]) if not v["failed"]
-                                  else "**%d failed**" % v["failed"])
         lines.append("| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |" % (
-            c["name"], rps, fmt(c.get("p50_ms"), ".2f"), fmt(c.get("p99_ms"), ".2f"),
+            c["name"], rps_cell(c), fmt(c.get("p50_ms"), ".2f"), fmt(c.get("p99_ms"), ".2f"),
             fmt(c.get("link_bytes_per_req"), ",.0f"), fmt(c.get("link_req_bytes_per_req"), ",.0f"),
             fmt(c.get("link_resp_bytes_per_req"), ",.0f"),
             ("baseline" if c is nginx else "%.1fx smaller" % ratio) if ratio else "-",
             fmt(c.get("link_conns"), "d"), fmt(c.get("cpu_us_per_req"), ".0f"), fmt(c.get("non2xx"), "d"),
-            fmt(c.get("socket_errors"), "d"), vtxt))
+            fmt(c.get("socket_errors"), "d"), verify_cell(c)))
     lines.append("")
     targets = []
     for c in rows:
@@ -555,10 +653,11 @@ def cmd_report(args):
                             c["rps"] >= nginx["rps"] and c["ok"]))
         else:
             targets.append(("httptp %s: req/s >= nginx chain's (no result)" % c["codec"], False))
-        if c["codec"] == "flate" and nginx.get("link_bytes_per_req"):
+        if c["codec"] in ("flate", "zstd") and nginx.get("link_bytes_per_req"):
             lb = c.get("link_bytes_per_req")
-            targets.append(("httptp flate: link bytes/req <= 1/10 of nginx chain's "
-                            "(%s vs %.0f / 10 = %.0f)" % (fmt(lb, ".0f"), nginx["link_bytes_per_req"],
+            targets.append(("httptp %s: link bytes/req <= 1/10 of nginx chain's "
+                            "(%s vs %.0f / 10 = %.0f)" % (c["codec"], fmt(lb, ".0f"),
+                                                          nginx["link_bytes_per_req"],
                                                           nginx["link_bytes_per_req"] / 10),
                             lb is not None and lb <= nginx["link_bytes_per_req"] / 10))
     if targets:
@@ -570,13 +669,198 @@ def cmd_report(args):
         lines += ["Notes:", ""]
         lines += ["- %s: %s" % n for n in notes]
         lines.append("")
-    md = "\n".join(lines)
-    print(md)
-    with open(args.md, "w") as f:
-        f.write(md + "\n")
-    with open(args.json, "w") as f:
-        json.dump({"meta": meta, "summary": rows, "runs": runs,
-                   "targets": [{"target": t, "pass": ok} for t, ok in targets]}, f, indent=1)
+    write_report(args, lines, meta, rows, runs, targets)
+
+
+# ===== slow link report =====
+
+
+LINK_MEDIAN_KEYS = MEDIAN_KEYS + (
+    "http_mb_s", "l2_bytes_per_req", "l2_a_to_b_per_req", "l2_b_to_a_per_req",
+    "l2_packets_per_req", "l2_a_to_b_mbit_s", "l2_b_to_a_mbit_s", "cpu_a_s_per_1k",
+    "cpu_b_s_per_1k", "tcp_payload_per_req")
+LINK_SUM_KEYS = SUM_KEYS + ("qdisc_drops",)
+
+
+def rate_bits(rate):
+    """tc's rate ("100mbit", "1gbit", "500kbit") in bit/s; 0 when it cannot be read."""
+    m = re.match(r"^(\d+(?:\.\d+)?)([kmgt]?)bit$", rate.lower())
+    if not m:
+        return 0
+    return float(m.group(1)) * 1000 ** " kmgt".index(m.group(2) or " ")
+
+
+def link_targets(rows, link):
+    """Over LINK: each httptp codec against the nginx chain (>= 10x its req/s, p99 no worse)."""
+    nginx = next((c for c in rows if c.get("link") == link and c["chain"] == "nginx"
+                  and c.get("rps")), None)
+    out = []
+    for c in rows:
+        if c.get("link") != link or c["chain"] != "httptp":
+            continue
+        if not nginx:
+            out.append(("httptp %s over %s: no nginx chain result to compare with"
+                        % (c["codec"], link), False))
+        elif c.get("rps") is None:
+            out.append(("httptp %s over %s: not run (see the notes)" % (c["codec"], link), False))
+        else:
+            why = "" if c["ok"] else " (the case had errors)"
+            out.append(("httptp %s over %s: req/s %.0f >= 10 x nginx chain's %.0f = %.0f, and p99 "
+                        "%.1f ms <= nginx chain's %.1f ms%s"
+                        % (c["codec"], link, c["rps"], nginx["rps"], 10 * nginx["rps"],
+                           c["p99_ms"], nginx["p99_ms"], why),
+                        c["ok"] and c["rps"] >= 10 * nginx["rps"]
+                        and c["p99_ms"] <= nginx["p99_ms"]))
+    return out
+
+
+def cmd_link_report(args):
+    runs, meta = load_runs(args)
+    keys = list(dict.fromkeys((r.get("link"), r["name"]) for r in runs))
+    rows = [aggregate([r for r in runs if (r.get("link"), r["name"]) == k],
+                      LINK_MEDIAN_KEYS, LINK_SUM_KEYS, payload_notes=False) for k in keys]
+    links = meta["links"].split()
+    rounds = int(meta.get("rounds", 1))
+    lines = report_head("# slow link: wrk -> proxy A =(shaped veth)=> proxy B -> nginx origin",
+                        meta)
+    lines += [
+        "- tools: wrk %s, nginx %s, %s; httptp %s" % (meta.get("wrk", "?"), meta.get("nginx", "?"),
+                                                     meta.get("haproxy", "haproxy ?"),
+                                                     meta.get("httptp", "")),
+        "- run: %s, wrk -t%s -c%s -d%s after a %s warm-up, per case and link; %s"
+        % (meta["date"], meta["threads"], meta["conns"], meta["duration"], meta["warmup"],
+           "one round" if rounds == 1 else
+           "%d rounds interleaving the cases, medians (req/s: median, min-max)" % rounds),
+        "- link: network namespaces %s and %s joined by one veth "
+        "pair, shaped by a tbf qdisc on the egress of both ends: %s; %s. Loopback inside a "
+        "namespace is not shaped, no delay is added"
+        % (meta["ns_client"], meta["ns_server"], meta["shaping"], meta.get("offloads", "")),
+        "- cases: nginx: two nginx (one worker each), HTTP/1.1 with upstream keepalive; h2: two "
+        "haproxy (nbthread 1 each), HTTP/1.1 in, HTTP/2 between them (http-reuse always: the "
+        "requests multiplex as streams over few connections), HTTP/1.1 keepalive to the origin; "
+        "httptp-CODEC: httptp A (http in, teleport out) and httptp B (teleport in, http out), "
+        "both directions of the link compressed with CODEC. The origin is one nginx worker "
+        "serving static files; all processes share the %s cores" % meta["nproc"],
+        traffic_line(meta),
+        "- measured: req/s = wrk's requests over wrk's duration; HTTP MB/s = bytes wrk read "
+        "(status lines, headers, bodies) per second; p50/p99 = wrk's latency percentiles; "
+        "link B/req = bytes crossing the veth both ways (Ethernet frames as the veth counts them: "
+        "IP, TCP headers and payload plus 14 bytes, no FCS or preamble) between two snapshots that "
+        "bracket wrk's measured run, over wrk's requests (responses still in flight when wrk "
+        "stops count in the bytes only), split A->B (requests) and B->A (responses); pkts/req = "
+        "frames both ways; B->A Mbit/s = the response direction's frame bytes over wrk's duration "
+        "(the shaped rate is its ceiling; what drains from the tbf queue after wrk stops, at most "
+        "its latency's worth, counts too, so a saturated link can read ~1% above); tbf drops = "
+        "packets both qdiscs dropped; conns = A->B TCP connections open at the end (ss); CPU A, "
+        "CPU B = each proxy's user+system seconds "
+        "(/proc/PID/stat, nginx with its worker) per 1000 wrk requests; verify = every recorded "
+        "exchange once through the chain, status, body bytes and content-type compared", ""]
+    for link in links:
+        lrows = [c for c in rows if c.get("link") == link]
+        if not lrows:
+            continue
+        nginx = next((c for c in lrows if c["chain"] == "nginx" and c.get("rps")), None)
+        lines += ["## %s" % link, "",
+                  "| case | req/s | vs nginx | HTTP MB/s | p50 ms | p99 ms | link B/req | A->B | "
+                  "B->A | pkts/req | B->A Mbit/s | tbf drops | conns | CPU A s/1k req | "
+                  "CPU B s/1k req | non-2xx | socket errors | verify |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        for c in lrows:
+            ratio = "-"
+            if nginx and c.get("rps") is not None:
+                ratio = "baseline" if c is nginx else "%.1fx" % (c["rps"] / nginx["rps"])
+            vtxt = verify_cell(c)
+            if c.get("rps") is None and not c.get("verify"):
+                vtxt = "**not run**"
+            lines.append("| %s |" % " | ".join((
+                c["name"], rps_cell(c), ratio, fmt(c.get("http_mb_s"), ".2f"),
+                fmt(c.get("p50_ms"), ".2f"),
+                fmt(c.get("p99_ms"), ".2f"), fmt(c.get("l2_bytes_per_req"), ",.0f"),
+                fmt(c.get("l2_a_to_b_per_req"), ",.0f"), fmt(c.get("l2_b_to_a_per_req"), ",.0f"),
+                fmt(c.get("l2_packets_per_req"), ".2f"), fmt(c.get("l2_b_to_a_mbit_s"), ".1f"),
+                fmt(c.get("qdisc_drops"), "d"), fmt(c.get("link_conns"), "d"),
+                fmt(c.get("cpu_a_s_per_1k"), ".3f"), fmt(c.get("cpu_b_s_per_1k"), ".3f"),
+                fmt(c.get("non2xx"), "d"), fmt(c.get("socket_errors"), "d"), vtxt)))
+        lines.append("")
+    notes = []
+    for c in rows:  # the same note in several rounds once, with the rounds it came from
+        said = {}
+        for n in c["notes"]:
+            m = re.match(r"^round (\d+): (.*)$", n, re.S)
+            said.setdefault(m.group(2) if m else n, []).append(m.group(1) if m else None)
+        for text, tags in said.items():
+            tags = [t for t in tags if t]
+            where = ("round %s: " if len(tags) == 1 else "rounds %s: ") % ", ".join(tags) \
+                if tags and len(tags) < rounds else ""
+            notes.append("%s %s: %s%s" % (c.get("link", ""), c["name"], where, text))
+    if notes:
+        lines += ["Notes:", ""]
+        lines += ["- " + n for n in notes]
+        lines.append("")
+    target_link = meta.get("target_link")
+    targets = link_targets(rows, target_link) if target_link else []
+    if targets:
+        lines += ["Targets over %s (a MISS does not fail the run; a case with errors does not "
+                  "pass):" % target_link, ""]
+        lines += ["- %s %s" % ("PASS" if ok else "MISS", text) for text, ok in targets]
+        lines.append("")
+    write_report(args, lines, meta, rows, runs, targets)
+
+
+def cmd_link_plot(args):
+    """Grouped bars from the link report's JSON: req/s, p99 and link bytes per request, per case
+    and link. Needs matplotlib (Debian's python3-matplotlib), imported only here."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    with open(args.json) as f:
+        report = json.load(f)
+    rows = report["summary"]
+    links = [lk for lk in report["meta"]["links"].split() if any(r.get("link") == lk for r in rows)]
+    names = list(dict.fromkeys(r["name"] for r in rows))
+    by = {(r.get("link"), r["name"]): r for r in rows}
+    panels = (("rps", "requests/s", "%.0f"), ("p99_ms", "p99 latency, ms", "%.1f"),
+              ("l2_bytes_per_req", "link bytes/request (L2, both ways)", "%.0f"))
+    fig, axes = plt.subplots(len(panels), 1, figsize=(max(8, 1.6 * len(names) + 2), 11))
+    width = 0.8 / max(1, len(links))
+    for ax, (key, label, spec) in zip(axes, panels):
+        for j, link in enumerate(links):
+            xs, ys = [], []
+            for i, name in enumerate(names):
+                v = (by.get((link, name)) or {}).get(key)
+                if v:
+                    xs.append(i + (j - (len(links) - 1) / 2) * width)
+                    ys.append(v)
+            bars = ax.bar(xs, ys, width, label=link)
+            for b, y in zip(bars, ys):
+                ax.annotate(spec % y, (b.get_x() + b.get_width() / 2, y), ha="center",
+                            va="bottom", fontsize=7)
+        for i, name in enumerate(names):  # cases that did not run at all
+            if not any((by.get((lk, name)) or {}).get(key) for lk in links):
+                ax.annotate("not run", (i, 0), ha="center", va="bottom", fontsize=8,
+                            xycoords=("data", "axes fraction"), textcoords="offset points",
+                            xytext=(0, 4), color="gray")
+        target = (by.get((report["meta"].get("target_link"), "nginx")) or {}).get("rps")
+        if key == "rps" and target:  # the target: 10x the nginx chain's req/s over that link
+            ax.axhline(10 * target, ls="--", lw=1, color="gray")
+            ax.annotate("target: 10 x nginx over %s" % report["meta"]["target_link"],
+                        (-0.45, 10 * target), va="bottom", fontsize=8, color="gray")
+        ax.set_ylim(bottom=0)
+        ax.margins(y=0.12)
+        ax.set_xlim(-0.5, len(names) - 0.5)
+        ax.set_ylabel(label)
+        ax.set_xticks(range(len(names)))
+        ax.set_xticklabels(names)
+        if ax is axes[0]:
+            ax.legend(title="link", fontsize=8, loc="upper left", bbox_to_anchor=(1.005, 1))
+        ax.grid(axis="y", alpha=0.3)
+    meta = report["meta"]
+    fig.suptitle("HTTP over a shaped link (tbf): wrk -c%s, %s per case; %s, %s CPUs"
+                 % (meta["conns"], meta["duration"], meta["cpu"], meta["nproc"]), fontsize=10)
+    fig.tight_layout()
+    fig.savefig(args.png, dpi=110)
+    print("plot: %s" % args.png)
 
 
 def cmd_meta(args):
@@ -604,9 +888,10 @@ def main():
     s.add_argument("--log")
     s.add_argument("--link-port", type=int)
     s.add_argument("--pids", nargs="*", type=int)
+    s.add_argument("--veth", nargs="*", help="NS:DEV of the link's client end, then others")
     s = sub.add_parser("case")
     for a in ("--name", "--round", "--chain", "--codec", "--before", "--after", "--wrk", "--verify", "--log",
-              "--error", "--out"):
+              "--error", "--out", "--link"):
         s.add_argument(a)
     s = sub.add_parser("meta")
     s.add_argument("site")
@@ -616,9 +901,18 @@ def main():
     s.add_argument("json")
     s.add_argument("meta")
     s.add_argument("cases", nargs="*")
+    s = sub.add_parser("link-report")
+    s.add_argument("md")
+    s.add_argument("json")
+    s.add_argument("meta")
+    s.add_argument("cases", nargs="*")
+    s = sub.add_parser("link-plot")
+    s.add_argument("json")
+    s.add_argument("png")
     args = p.parse_args()
     return {"ports": cmd_ports, "prepare": cmd_prepare, "verify": cmd_verify,
-            "snapshot": cmd_snapshot, "case": cmd_case, "meta": cmd_meta, "report": cmd_report}[args.cmd](args) or 0
+            "snapshot": cmd_snapshot, "case": cmd_case, "meta": cmd_meta, "report": cmd_report,
+            "link-report": cmd_link_report, "link-plot": cmd_link_plot}[args.cmd](args) or 0
 
 
 if __name__ == "__main__":
