@@ -1,7 +1,7 @@
 //! Fuzzes the frame decoder: block framing, decompression and frame parsing.
 //!
-//! The first byte picks the codec (`byte % 3`: none, snappy, deflate) and how the rest is split
-//! into reads (`byte / 3`: all at once, one byte at a time, or pseudo-random sizes). The decoder
+//! The first byte picks the codec (`byte % 4`: none, snappy, deflate, zstd) and how the rest is split
+//! into reads (`byte / 4`: all at once, one byte at a time, or pseudo-random sizes). The decoder
 //! runs under tight limits, so the memory it may hold (one frame, one block of frame stream and
 //! one compressed block) stays small; libFuzzer's `-rss_limit_mb` catches it if it does not.
 //!
@@ -29,8 +29,9 @@ fuzz_target!(|data: &[u8]| {
     let Some((&first, input)) = data.split_first() else {
         return;
     };
-    let codec = Codec::ALL[usize::from(first % 3)];
-    let mut reads = Reads::new(first / 3);
+    let codecs = Codec::ALL.len() as u8;
+    let codec = Codec::ALL[usize::from(first % codecs)];
+    let mut reads = Reads::new(first / codecs);
     let mut decoder = Decoder::new(codec, LIMITS);
     let mut src = BytesMut::new();
     let mut pos = 0;

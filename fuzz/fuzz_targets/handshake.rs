@@ -16,7 +16,7 @@ use teleport_transport::handshake::{self, HELLO_LEN, Hello, MAGIC, Settings, VER
 
 fuzz_target!(|data: &[u8]| {
     let local = Settings {
-        codec: Codec::ALL[usize::from(data.first().copied().unwrap_or(0) % 3)],
+        codec: Codec::ALL[usize::from(data.first().copied().unwrap_or(0)) % Codec::ALL.len()],
         accept: CodecSet::from_bits(data.get(1).copied().unwrap_or(0)),
         limits: Limits::default(),
         max_concurrent: 64,

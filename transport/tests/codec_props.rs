@@ -1081,7 +1081,7 @@ fn fuzz_seeds_decode() {
             let got = feed(&mut Decoder::new(codec, Limits::default()), &wire, &[7]).unwrap();
             check_frames(frames, &got).unwrap();
             for mode in 0..4u8 {
-                let first = codec.to_u8() + 3 * mode;
+                let first = codec.to_u8() + Codec::ALL.len() as u8 * mode;
                 let seed = [&[first][..], &wire.bytes].concat();
                 seeds.push((format!("decode/{codec}-{name}-{mode}"), seed));
             }
