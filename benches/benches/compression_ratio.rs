@@ -217,7 +217,7 @@ fn directions(corpus: Corpus) -> [Direction; 2] {
             && (request.method() == Method::HEAD
                 || response.status() == 204
                 || response.status() == 304);
-        responses.push(Frame::Response(ResponseFrame {
+        responses.push(Frame::from(ResponseFrame {
             id: i as u32 + 1,
             bodiless,
             response,
@@ -228,7 +228,7 @@ fn directions(corpus: Corpus) -> [Direction; 2] {
         .into_iter()
         .enumerate()
         .map(|(i, request)| {
-            Frame::Request(RequestFrame {
+            Frame::from(RequestFrame {
                 id: i as u32 + 1,
                 deadline: None,
                 request,

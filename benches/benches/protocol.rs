@@ -93,7 +93,7 @@ fn response_261b() -> Frame {
         .header("cache-control", "private, max-age=60, s-maxage=60")
         .body(Bytes::from_static(RESPONSE_BODY))
         .expect("valid response");
-    Frame::Response(ResponseFrame {
+    Frame::from(ResponseFrame {
         id: 1,
         bodiless: false,
         response,
@@ -115,7 +115,7 @@ fn request_261b() -> Frame {
         )
         .body(Bytes::from_static(REQUEST_BODY))
         .expect("valid request");
-    Frame::Request(RequestFrame {
+    Frame::from(RequestFrame {
         id: 1,
         deadline: Some(Duration::from_secs(30)),
         request,
@@ -255,7 +255,7 @@ impl Workload {
                     && (request.method() == Method::HEAD
                         || response.status() == 204
                         || response.status() == 304);
-                Frame::Response(ResponseFrame {
+                Frame::from(ResponseFrame {
                     id: i as u32 + 1,
                     bodiless,
                     response,

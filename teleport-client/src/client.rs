@@ -127,11 +127,11 @@ impl Client {
         let inner = &*self.inner;
         let mut retries = inner.config.retry.max_retries;
         let copy = (retries > 0 && is_idempotent(request.method())).then(|| copy_of(&request));
-        let mut frame = RequestFrame {
+        let mut frame = Box::new(RequestFrame {
             id: 0,
             deadline: None,
             request,
-        };
+        });
         loop {
             let conn = inner.pick(down).await?;
             *down = false;
@@ -171,11 +171,11 @@ impl Client {
                     match &copy {
                         Some(copy) if retries > 0 && (refused || error.is_connection_lost()) => {
                             retries -= 1;
-                            frame = RequestFrame {
+                            frame = Box::new(RequestFrame {
                                 id: 0,
                                 deadline: None,
                                 request: copy_of(copy),
-                            };
+                            });
                         }
                         _ => return Err(error),
                     }
@@ -222,7 +222,7 @@ fn copy_of(request: &Request<Bytes>) -> Request<Bytes> {
     copy
 }
 
-fn request_of(frame: Frame) -> RequestFrame {
+fn request_of(frame: Frame) -> Box<RequestFrame> {
     match frame {
         Frame::Request(request) => request,
         _ => unreachable!("only request frames are sent by requests"),

@@ -1,7 +1,6 @@
 //! One connection of the client: request ids, the requests pending on it, and the task that
 //! routes the server's answers to them.
 
-use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 use std::io;
 use std::sync::atomic::Ordering::{Relaxed, SeqCst};
@@ -11,6 +10,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::Response;
+use rustc_hash::FxHashMap;
 use teleport_transport::codec::Inbound;
 use teleport_transport::conn::{Driver, Receiver, Sender};
 use teleport_transport::frame::{ErrorCode, Frame, RequestFrame};
@@ -29,14 +29,16 @@ pub(crate) enum Reply {
     /// An error frame, a rejected response, or the connection's loss.
     Failed(Error),
     /// The request never reached the socket: send it on another connection.
-    Unsent(RequestFrame),
+    Unsent(Box<RequestFrame>),
 }
 
 /// A connection as requests see it.
 pub(crate) struct ConnHandle {
     pub(crate) sender: Sender,
     pub(crate) upstream: Arc<Upstream>,
-    pending: Mutex<HashMap<u32, oneshot::Sender<Reply>>>,
+    /// By request id. The ids are this client's own (sequential), not a peer's choice, so a
+    /// fast unkeyed hash is safe here.
+    pending: Mutex<FxHashMap<u32, oneshot::Sender<Reply>>>,
     /// `pending.len()`, readable without the lock, for balancing.
     pending_count: AtomicUsize,
     max_pending: usize,

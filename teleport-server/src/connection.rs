@@ -212,7 +212,7 @@ impl<S: HttpService> Dispatch<S> {
 
     /// Runs one request. Most handlers answer at once, so the first poll happens here, on the
     /// connection's task; only a handler that must wait gets a task of its own (and a timer).
-    async fn run_request(&mut self, request: RequestFrame, permit: Room) {
+    async fn run_request(&mut self, request: Box<RequestFrame>, permit: Room) {
         let id = request.id;
         let shared = self.shared.clone();
         let sender = self.sender.clone();
@@ -280,14 +280,14 @@ async fn acquire(global: Option<Arc<Semaphore>>) -> Room {
 /// Runs the service on one request and turns the outcome into the frame that answers it.
 async fn handle<S: HttpService>(
     shared: &Shared<S>,
-    request: RequestFrame,
+    request: Box<RequestFrame>,
     max_body: usize,
 ) -> Frame {
     let RequestFrame {
         id,
         deadline,
         request,
-    } = request;
+    } = *request;
     let head = request.method() == Method::HEAD;
     let timeout = match (shared.config.handler_timeout, deadline) {
         (Some(a), Some(b)) => Some(a.min(b)),
@@ -346,7 +346,7 @@ async fn handle<S: HttpService>(
         }
     };
     bump(&counters.responses);
-    Frame::Response(ResponseFrame {
+    Frame::from(ResponseFrame {
         id,
         bodiless,
         response: Response::from_parts(parts, body),
@@ -420,7 +420,7 @@ fn internal_error(id: u32) -> Frame {
         http::header::CONTENT_TYPE,
         http::HeaderValue::from_static("text/plain; charset=utf-8"),
     );
-    Frame::Response(ResponseFrame {
+    Frame::from(ResponseFrame {
         id,
         bodiless: false,
         response,

@@ -113,7 +113,7 @@ async fn next(rx: &mut Receiver, who: &str) -> Inbound {
 
 async fn next_request(rx: &mut Receiver) -> RequestFrame {
     match next(rx, "server").await {
-        Inbound::Frame(Frame::Request(r)) => r,
+        Inbound::Frame(Frame::Request(r)) => *r,
         other => panic!("expected a request, got {other:?}"),
     }
 }
@@ -144,7 +144,7 @@ fn request_with(method: Method, id: u32, body: Bytes) -> Frame {
         .header("x-id", format!("{id:08}"))
         .body(body)
         .expect("request");
-    Frame::Request(RequestFrame {
+    Frame::from(RequestFrame {
         id,
         deadline: None,
         request,
@@ -165,7 +165,7 @@ fn answer(req: &RequestFrame) -> Frame {
     if head {
         headers.insert(header::CONTENT_LENGTH, MIB.into());
     }
-    Frame::Response(ResponseFrame {
+    Frame::from(ResponseFrame {
         id: req.id,
         bodiless: head,
         response,

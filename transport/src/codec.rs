@@ -384,7 +384,7 @@ mod tests {
         let body: Vec<u8> = (0..3 * BLOCK_MAX + 17)
             .map(|i| (i * 7 % 251) as u8)
             .collect();
-        let big = Frame::Response(ResponseFrame {
+        let big = Frame::from(ResponseFrame {
             id: 9,
             bodiless: false,
             response: http::Response::new(Bytes::from(body)),
@@ -403,7 +403,7 @@ mod tests {
 
     #[test]
     fn oversized_frames_fail_alone_and_the_stream_stays_in_sync() {
-        let long = Frame::Response(ResponseFrame {
+        let long = Frame::from(ResponseFrame {
             id: 7,
             bodiless: false,
             response: http::Response::new(Bytes::from(vec![b'x'; 3 * BLOCK_MAX])),
@@ -453,7 +453,7 @@ mod tests {
                 .header("authorization", token)
                 .body(Bytes::new())
                 .unwrap();
-            Frame::Request(crate::frame::RequestFrame {
+            Frame::from(crate::frame::RequestFrame {
                 id: 1,
                 deadline: None,
                 request,

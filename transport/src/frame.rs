@@ -175,10 +175,11 @@ pub struct GoAwayFrame {
 /// One frame.
 #[derive(Debug, Clone)]
 pub enum Frame {
-    /// An HTTP request.
-    Request(RequestFrame),
+    /// An HTTP request. Boxed, like the response: the `http` types are a few hundred bytes,
+    /// and a frame moves through several queues and futures on its way.
+    Request(Box<RequestFrame>),
     /// An HTTP response.
-    Response(ResponseFrame),
+    Response(Box<ResponseFrame>),
     /// A request that ended without a response.
     Error(ErrorFrame),
     /// The client gave up on a request.
@@ -227,6 +228,18 @@ impl FrameHeader {
 }
 
 // ===== impl Frame =====
+
+impl From<RequestFrame> for Frame {
+    fn from(frame: RequestFrame) -> Self {
+        Frame::Request(Box::new(frame))
+    }
+}
+
+impl From<ResponseFrame> for Frame {
+    fn from(frame: ResponseFrame) -> Self {
+        Frame::Response(Box::new(frame))
+    }
+}
 
 impl Frame {
     /// The frame's type.
@@ -388,7 +401,7 @@ impl Frame {
         let frame = match ty {
             FrameType::Request => {
                 nonzero_id(id)?;
-                Frame::Request(decode_request(&mut rd, id, header.flags, limits)?)
+                Frame::from(decode_request(&mut rd, id, header.flags, limits)?)
             }
             FrameType::Response => {
                 nonzero_id(id)?;
@@ -403,7 +416,7 @@ impl Frame {
                 let mut response = http::Response::new(body);
                 *response.status_mut() = status;
                 *response.headers_mut() = headers;
-                Frame::Response(ResponseFrame {
+                Frame::from(ResponseFrame {
                     id,
                     bodiless,
                     response,
@@ -747,22 +760,22 @@ pub(crate) mod tests {
             .body(Bytes::new())
             .unwrap();
         vec![
-            Frame::Request(RequestFrame {
+            Frame::from(RequestFrame {
                 id: 1,
                 deadline: Some(Duration::from_millis(250)),
                 request,
             }),
-            Frame::Request(RequestFrame {
+            Frame::from(RequestFrame {
                 id: u32::MAX,
                 deadline: None,
                 request: origin_form,
             }),
-            Frame::Response(ResponseFrame {
+            Frame::from(ResponseFrame {
                 id: 1,
                 bodiless: false,
                 response,
             }),
-            Frame::Response(ResponseFrame {
+            Frame::from(ResponseFrame {
                 id: 2,
                 bodiless: true,
                 response: head,
@@ -838,7 +851,7 @@ pub(crate) mod tests {
             for (n, v) in headers {
                 r = r.header(*n, *v);
             }
-            Frame::Response(ResponseFrame {
+            Frame::from(ResponseFrame {
                 id: 1,
                 bodiless: false,
                 response: r.body(Bytes::from_static(body)).unwrap(),
@@ -879,7 +892,7 @@ pub(crate) mod tests {
             err(Frame::Cancel { id: 0 }),
             malformed("request id 0, which is reserved")
         );
-        let bodiless_with_body = Frame::Response(ResponseFrame {
+        let bodiless_with_body = Frame::from(ResponseFrame {
             id: 1,
             bodiless: true,
             response: http::Response::new(Bytes::from_static(b"x")),
@@ -990,7 +1003,7 @@ pub(crate) mod tests {
             0x00, 0x00, 0x00, 0x00,       // empty body
         ];
         golden(
-            Frame::Request(RequestFrame {
+            Frame::from(RequestFrame {
                 id: 1,
                 deadline: Some(Duration::from_millis(1500)),
                 request,
@@ -1019,7 +1032,7 @@ pub(crate) mod tests {
             b'{', b'"', b'o', b'k', b'"', b':', b't', b'r', b'u', b'e', b'}',
         ];
         golden(
-            Frame::Response(ResponseFrame {
+            Frame::from(ResponseFrame {
                 id: 1,
                 bodiless: false,
                 response,
@@ -1047,7 +1060,7 @@ pub(crate) mod tests {
                                           // no body length, no body
         ];
         golden(
-            Frame::Response(ResponseFrame {
+            Frame::from(ResponseFrame {
                 id: 2,
                 bodiless: true,
                 response,

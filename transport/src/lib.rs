@@ -41,10 +41,10 @@
 //! tokio::spawn(server_driver.run());
 //!
 //! let request = http::Request::get("/hello").body(Bytes::new())?;
-//! tx.send(Frame::Request(RequestFrame { id: 1, deadline: None, request })).await?;
+//! tx.send(Frame::from(RequestFrame { id: 1, deadline: None, request })).await?;
 //! if let Some(Inbound::Frame(Frame::Request(req))) = server_rx.recv().await {
 //!     let response = http::Response::new(Bytes::from_static(b"hi"));
-//!     server_tx.send(Frame::Response(ResponseFrame { id: req.id, bodiless: false, response })).await?;
+//!     server_tx.send(Frame::from(ResponseFrame { id: req.id, bodiless: false, response })).await?;
 //! }
 //! match rx.recv().await {
 //!     Some(Inbound::Frame(Frame::Response(res))) => assert_eq!(res.response.body(), "hi"),

@@ -202,7 +202,7 @@ fn request(headers: BoxedStrategy<HeaderMap>, body: BoxedStrategy<Bytes>) -> Box
             *request.method_mut() = method;
             *request.uri_mut() = uri;
             *request.headers_mut() = headers;
-            Frame::Request(RequestFrame {
+            Frame::from(RequestFrame {
                 id,
                 deadline: deadline.map(|ms| Duration::from_millis(u64::from(ms))),
                 request,
@@ -226,7 +226,7 @@ fn response_with(
             let mut response = http::Response::new(if bodiless { Bytes::new() } else { body });
             *response.status_mut() = http::StatusCode::from_u16(status).unwrap();
             *response.headers_mut() = headers;
-            Frame::Response(ResponseFrame {
+            Frame::from(ResponseFrame {
                 id,
                 bodiless,
                 response,
@@ -660,12 +660,12 @@ fn api_batch(seed: u64, batch: usize) -> Vec<Frame> {
         .body(Bytes::from(body))
         .unwrap();
     vec![
-        Frame::Request(RequestFrame {
+        Frame::from(RequestFrame {
             id,
             deadline: Some(Duration::from_millis(1500)),
             request,
         }),
-        Frame::Response(ResponseFrame {
+        Frame::from(ResponseFrame {
             id: id + 1,
             bodiless: false,
             response,
@@ -1007,7 +1007,7 @@ fn fuzz_seeds_decode() {
             request = request.header("authorization", token.clone());
         }
         let request = request.body(Bytes::from(body)).unwrap();
-        Frame::Request(RequestFrame {
+        Frame::from(RequestFrame {
             id,
             deadline: Some(Duration::from_millis(1500)),
             request,
@@ -1030,22 +1030,22 @@ fn fuzz_seeds_decode() {
         .unwrap();
     let small = vec![
         request(1, compressible(300, 1), true),
-        Frame::Response(ResponseFrame {
+        Frame::from(ResponseFrame {
             id: 1,
             bodiless: false,
             response: http::Response::new(Bytes::from(compressible(500, 2))),
         }),
-        Frame::Response(ResponseFrame {
+        Frame::from(ResponseFrame {
             id: 2,
             bodiless: true,
             response: head,
         }),
-        Frame::Request(RequestFrame {
+        Frame::from(RequestFrame {
             id: 3,
             deadline: None,
             request: purge,
         }),
-        Frame::Request(RequestFrame {
+        Frame::from(RequestFrame {
             id: 4,
             deadline: None,
             request: connect,

@@ -65,7 +65,7 @@ fn response(body_len: usize) -> Frame {
         .header("content-type", "application/json")
         .body(Bytes::from(body))
         .unwrap();
-    Frame::Response(ResponseFrame {
+    Frame::from(ResponseFrame {
         id: 1,
         bodiless: false,
         response,
@@ -131,7 +131,7 @@ fn codec_contexts_and_buffers_stay_within_the_documented_bounds() {
             x as u8
         })
         .collect();
-    let big = Frame::Response(ResponseFrame {
+    let big = Frame::from(ResponseFrame {
         id: 1,
         bodiless: false,
         response: http::Response::new(Bytes::from(noise)),
