@@ -11,10 +11,10 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use axum::Router;
 use axum::extract::Path;
 use axum::routing::{get, post};
-use teleport_server::{Server, ServerConfig};
+use axum::{Extension, Router};
+use teleport_server::{Peer, Server, ServerConfig};
 use teleport_transport::listener::{Listener, ListenerConfig, shutdown_signal};
 
 async fn user(Path(id): Path<u64>) -> String {
@@ -23,6 +23,11 @@ async fn user(Path(id): Path<u64>) -> String {
 
 async fn echo(body: String) -> String {
     body
+}
+
+/// The caller's address, from the connection's [`Peer`] (see `peer_extension` below).
+async fn whoami(Extension(peer): Extension<Peer>) -> String {
+    format!("{}\n", peer.addr())
 }
 
 #[tokio::main]
@@ -34,12 +39,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .parse()?;
     let router = Router::new()
         .route("/users/{id}", get(user))
-        .route("/echo", post(echo));
+        .route("/echo", post(echo))
+        .route("/whoami", get(whoami));
 
     let mut listener = ListenerConfig::default();
     listener.listen(addr);
     let mut config = ServerConfig::default();
-    config.handler_timeout(Some(Duration::from_secs(10)));
+    config
+        .handler_timeout(Some(Duration::from_secs(10)))
+        .peer_extension(true);
     let running = Server::with_config(router, config).serve(Listener::bind(&listener)?)?;
     println!("listening on {}", running.local_addrs()[0]);
 

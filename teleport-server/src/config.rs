@@ -13,6 +13,7 @@ pub struct ServerConfig {
     pub(crate) max_concurrent: usize,
     pub(crate) overload_wait: Duration,
     pub(crate) handler_timeout: Option<Duration>,
+    pub(crate) peer_extension: bool,
 }
 
 impl Default for ServerConfig {
@@ -23,6 +24,7 @@ impl Default for ServerConfig {
             max_concurrent: 0,
             overload_wait: Duration::from_secs(1),
             handler_timeout: Some(Duration::from_secs(60)),
+            peer_extension: false,
         };
         config.sync_conn();
         config
@@ -68,6 +70,16 @@ impl ServerConfig {
     /// client gets a `timeout` error. `None`: only the request's deadline. Default 60 s.
     pub fn handler_timeout(&mut self, timeout: Option<Duration>) -> &mut Self {
         self.handler_timeout = timeout;
+        self
+    }
+
+    /// Whether each request carries its connection's [`Peer`](crate::Peer) (address, client
+    /// certificates, server name) as an extension, on connections that
+    /// [`Server::serve`](crate::Server::serve) accepted or that were given one through
+    /// [`Server::serve_connection_from`](crate::Server::serve_connection_from). Off by default:
+    /// the first extension costs each request an allocation.
+    pub fn peer_extension(&mut self, on: bool) -> &mut Self {
+        self.peer_extension = on;
         self
     }
 

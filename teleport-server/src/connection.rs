@@ -33,7 +33,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::service::{BoxError, HttpService};
 use crate::stats::{Counters, bump};
-use crate::{Body, Error, ServerConfig};
+use crate::{Body, Error, Peer, ServerConfig};
 
 /// What every connection of one server shares.
 pub(crate) struct Shared<S> {
@@ -47,6 +47,7 @@ pub(crate) struct Shared<S> {
 /// Serves one connection until the client closes it, or until it fails.
 pub(crate) async fn serve<S, IO>(
     io: IO,
+    peer: Option<Peer>,
     shared: Arc<Shared<S>>,
     shutdown: CancellationToken,
 ) -> Result<(), Error>
@@ -71,6 +72,7 @@ where
         going_away: false,
         full_since: None,
         shutdown,
+        peer: peer.filter(|_| shared.config.peer_extension),
         shared,
     };
     let counters = dispatch.shared.counters.clone();
@@ -93,6 +95,8 @@ struct Dispatch<S> {
     /// Since when the connection has been full without a break; past `overload_wait` it sheds.
     full_since: Option<Instant>,
     shutdown: CancellationToken,
+    /// Set on each request as an extension, when the server is configured to.
+    peer: Option<Peer>,
     shared: Arc<Shared<S>>,
 }
 
@@ -217,10 +221,11 @@ impl<S: HttpService> Dispatch<S> {
         let shared = self.shared.clone();
         let sender = self.sender.clone();
         let max_body = sender.params().peer_limits.max_body as usize;
+        let peer = self.peer.clone();
         shared.counters.in_flight.fetch_add(1, Relaxed);
         let mut work = Box::pin(async move {
             let _permit = permit;
-            let frame = handle(&shared, request, max_body).await;
+            let frame = handle(&shared, request, peer, max_body).await;
             send(&sender, frame, &shared.counters).await;
             shared.counters.in_flight.fetch_sub(1, Relaxed);
             id
@@ -281,13 +286,17 @@ async fn acquire(global: Option<Arc<Semaphore>>) -> Room {
 async fn handle<S: HttpService>(
     shared: &Shared<S>,
     request: Box<RequestFrame>,
+    peer: Option<Peer>,
     max_body: usize,
 ) -> Frame {
     let RequestFrame {
         id,
         deadline,
-        request,
+        mut request,
     } = *request;
+    if let Some(peer) = peer {
+        request.extensions_mut().insert(peer);
+    }
     let head = request.method() == Method::HEAD;
     let timeout = match (shared.config.handler_timeout, deadline) {
         (Some(a), Some(b)) => Some(a.min(b)),

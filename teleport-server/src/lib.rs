@@ -22,6 +22,8 @@
 //!   clients send nothing new and close once answered; what is left at the deadline is closed.
 //! - **TLS**: plaintext, TLS, mutual TLS, or TLS required, from the listener's
 //!   [`TlsConfig`](teleport_transport::listener::TlsConfig).
+//! - **Who is asking**: with [`ServerConfig::peer_extension`] on, each request carries the
+//!   connection's [`Peer`] (address, client certificates, server name) as an extension.
 //!
 //! ## Quick start
 //!
@@ -64,6 +66,7 @@ mod body;
 mod config;
 mod connection;
 mod error;
+mod peer;
 mod server;
 mod service;
 mod stats;
@@ -71,6 +74,7 @@ mod stats;
 pub use body::Body;
 pub use config::ServerConfig;
 pub use error::Error;
+pub use peer::Peer;
 pub use server::{Server, ServerHandle};
 pub use service::{BoxError, HttpService};
 pub use stats::ServerStats;

@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use crate::connection::{self, Shared};
 use crate::service::HttpService;
 use crate::stats::Counters;
-use crate::{Error, ServerConfig, ServerStats};
+use crate::{Error, Peer, ServerConfig, ServerStats};
 
 /// Serves one [`HttpService`] over teleport connections. Cheap to clone: every clone serves
 /// the same service under the same limits and counters.
@@ -70,7 +70,21 @@ impl<S: HttpService> Server<S> {
     where
         IO: AsyncRead + AsyncWrite + Unpin,
     {
-        connection::serve(io, self.shared.clone(), shutdown).await
+        connection::serve(io, None, self.shared.clone(), shutdown).await
+    }
+
+    /// Serves one connection like [`serve_connection`](Self::serve_connection), from `peer`:
+    /// with [`ServerConfig::peer_extension`] on, its requests carry it as an extension.
+    pub async fn serve_connection_from<IO>(
+        &self,
+        io: IO,
+        peer: Peer,
+        shutdown: CancellationToken,
+    ) -> Result<(), Error>
+    where
+        IO: AsyncRead + AsyncWrite + Unpin,
+    {
+        connection::serve(io, Some(peer), self.shared.clone(), shutdown).await
     }
 
     /// Serves every connection `listener` accepts, with its TLS (mutual TLS, TLS required)
@@ -81,8 +95,12 @@ impl<S: HttpService> Server<S> {
             let server = server.clone();
             async move {
                 let token = cx.token().clone();
-                server
-                    .serve_connection(stream, token)
+                let peer = server
+                    .shared
+                    .config
+                    .peer_extension
+                    .then(|| Peer::of(&stream, &cx));
+                connection::serve(stream, peer, server.shared.clone(), token)
                     .await
                     .map_err(Into::into)
             }

@@ -1,16 +1,16 @@
 //! An axum `Router` served by teleport-server and called through teleport-client: routing,
-//! path and body extractors, status codes and headers survive the link.
+//! path, body and `Extension<Peer>` extractors, status codes and headers survive the link.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use axum::Router;
 use axum::extract::Path;
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::{get, post};
+use axum::{Extension, Router};
 use bytes::Bytes;
 use teleport_client::Client;
-use teleport_server::Server;
+use teleport_server::{Peer, Server, ServerConfig};
 use teleport_transport::listener::{Listener, ListenerConfig};
 
 async fn user(Path(id): Path<u64>) -> (StatusCode, [(&'static str, &'static str); 1], String) {
@@ -29,14 +29,21 @@ async fn echo(headers: HeaderMap, body: String) -> String {
     format!("{tag}:{body}")
 }
 
+async fn whoami(Extension(peer): Extension<Peer>) -> String {
+    peer.addr().ip().to_string()
+}
+
 #[tokio::test]
 async fn axum_router_over_teleport() {
     let router = Router::new()
         .route("/users/{id}", get(user))
-        .route("/echo", post(echo));
+        .route("/echo", post(echo))
+        .route("/whoami", get(whoami));
     let mut config = ListenerConfig::default();
     config.listen(SocketAddr::from(([127, 0, 0, 1], 0)));
-    let running = Server::new(router)
+    let mut server_config = ServerConfig::default();
+    server_config.peer_extension(true);
+    let running = Server::with_config(router, server_config)
         .serve(Listener::bind(&config).unwrap())
         .unwrap();
     let client = Client::builder()
@@ -61,6 +68,12 @@ async fn axum_router_over_teleport() {
     let response = client.send(post_echo).await.unwrap();
     assert_eq!(response.status(), 200);
     assert_eq!(response.body(), &Bytes::from_static(b"t1:hello"));
+
+    let whoami = http::Request::get("http://api/whoami")
+        .body(Bytes::new())
+        .unwrap();
+    let response = client.send(whoami).await.unwrap();
+    assert_eq!(response.body(), &Bytes::from_static(b"127.0.0.1"));
 
     let missing = http::Request::get("http://api/nowhere")
         .body(Bytes::new())

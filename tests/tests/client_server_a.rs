@@ -14,8 +14,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode};
+use rustls_pki_types::CertificateDer;
+use rustls_pki_types::pem::PemObject;
 use teleport_client::{BoxIo, Client, ClientBuilder, ClientTls, Error};
-use teleport_server::{Body, HttpService, Server, ServerConfig, ServerHandle};
+use teleport_server::{Body, HttpService, Peer, Server, ServerConfig, ServerHandle};
 use teleport_tests::Pki;
 use teleport_transport::compress::Codec;
 use teleport_transport::conn::ConnConfig;
@@ -415,6 +417,109 @@ async fn mtls_listener_accepts_only_clients_of_its_ca() {
     let response = trusted.send(get("/again")).await.unwrap();
     assert_eq!(response.body(), "/again".as_bytes());
     finish(trusted, running).await;
+}
+
+/// Answers with what it knows of the peer: address and TLS in headers, the client's own
+/// certificate (DER) as the body; "no peer" without the extension.
+fn peer_service() -> impl HttpService {
+    tower::service_fn(|request: Request<Body>| async move {
+        let Some(peer) = request.extensions().get::<Peer>() else {
+            return text("no peer");
+        };
+        let cert = peer.certificates().first().map(|c| c.to_vec());
+        let mut response = Response::new(Body::from(cert.unwrap_or_default()));
+        let headers = response.headers_mut();
+        headers.insert("x-peer-addr", peer.addr().to_string().parse().unwrap());
+        headers.insert(
+            "x-local-addr",
+            peer.local_addr().to_string().parse().unwrap(),
+        );
+        headers.insert(
+            "x-peer-tls",
+            HeaderValue::from_static(["no", "yes"][peer.is_tls() as usize]),
+        );
+        Ok(response)
+    })
+}
+
+fn peer_config() -> ServerConfig {
+    let mut config = ServerConfig::default();
+    config.peer_extension(true);
+    config
+}
+
+fn header<'a>(response: &'a Response<Bytes>, name: &str) -> &'a str {
+    response.headers()[name].to_str().unwrap()
+}
+
+#[tokio::test]
+async fn peer_extension_is_off_by_default() {
+    let (running, addr) = serve_plain(peer_service());
+    let client = client_to(addr).build().unwrap();
+    let response = client.send(get("/who")).await.unwrap();
+    assert_eq!(response.body(), "no peer".as_bytes());
+    finish(client, running).await;
+}
+
+#[tokio::test]
+async fn peer_extension_gives_a_plaintext_peer_its_address() {
+    let (running, addr) = serve(peer_service(), peer_config(), &loopback(None));
+    let client = client_to(addr).build().unwrap();
+    let response = client.send(get("/who")).await.unwrap();
+    let peer: SocketAddr = header(&response, "x-peer-addr").parse().unwrap();
+    assert_eq!(peer.ip(), addr.ip());
+    assert_ne!(peer.port(), addr.port());
+    assert_eq!(header(&response, "x-local-addr"), addr.to_string());
+    assert_eq!(header(&response, "x-peer-tls"), "no");
+    assert!(response.body().is_empty(), "no certificate without TLS");
+    finish(client, running).await;
+}
+
+#[tokio::test]
+async fn peer_extension_carries_the_mtls_client_certificate() {
+    let pki = Pki::generate();
+    let (running, addr) = serve(
+        peer_service(),
+        peer_config(),
+        &loopback(Some(pki.server_mtls())),
+    );
+    let client = client_to(addr)
+        .tls(client_tls(&pki, Some(&pki.client)))
+        .build()
+        .unwrap();
+    let response = client.send(get("/who")).await.unwrap();
+    assert_eq!(header(&response, "x-peer-tls"), "yes");
+    let expected = CertificateDer::from_pem_slice(pki.client.cert_pem.as_bytes()).unwrap();
+    assert_eq!(response.body().as_ref(), expected.as_ref());
+    finish(client, running).await;
+}
+
+#[tokio::test]
+async fn serve_connection_from_hands_the_given_peer_to_requests() {
+    let server = Server::with_config(peer_service(), peer_config());
+    let peer = Peer::new(
+        SocketAddr::from(([192, 0, 2, 7], 4321)),
+        SocketAddr::from(([192, 0, 2, 1], 80)),
+    );
+    let mut builder = Client::builder();
+    builder
+        .addr("in-memory:1")
+        .timeout(SOON)
+        .connector(move |_addr: &str| {
+            let (client_io, server_io) = tokio::io::duplex(64 << 10);
+            let (server, peer) = (server.clone(), peer.clone());
+            tokio::spawn(async move {
+                let _ = server
+                    .serve_connection_from(server_io, peer, CancellationToken::new())
+                    .await;
+            });
+            async move { Ok(Box::new(client_io) as BoxIo) }
+        });
+    let client = builder.build().unwrap();
+    let response = client.send(get("/who")).await.unwrap();
+    assert_eq!(header(&response, "x-peer-addr"), "192.0.2.7:4321");
+    assert_eq!(header(&response, "x-local-addr"), "192.0.2.1:80");
+    assert_eq!(header(&response, "x-peer-tls"), "no");
 }
 
 #[tokio::test]
