@@ -23,7 +23,6 @@
 //! test --benches`) it runs on a small generated corpus and writes no file.
 
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
 use std::{env, fs};
 
 use bytes::Bytes;
@@ -293,15 +292,6 @@ fn table(directions: &[Direction], codecs: &[Codec]) -> (String, Value) {
     (text, Value::Object(json_dirs))
 }
 
-fn target_dir() -> PathBuf {
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let root = manifest.parent().unwrap_or(manifest);
-    match env::var_os("CARGO_TARGET_DIR") {
-        Some(dir) if !dir.is_empty() => root.join(dir),
-        _ => root.join("target"),
-    }
-}
-
 fn main() {
     let bench = bench_mode();
     let corpus = if bench {
@@ -356,7 +346,7 @@ fn main() {
             "directions": plain,
             "credentials_sensitive": marked,
         });
-        let path = target_dir().join("compression-ratio.json");
+        let path = teleport_benches::target_dir().join("compression-ratio.json");
         let written = serde_json::to_vec_pretty(&report)
             .map_err(|e| e.to_string())
             .and_then(|bytes| fs::write(&path, bytes).map_err(|e| e.to_string()));

@@ -40,7 +40,6 @@ use std::convert::Infallible;
 use std::env;
 use std::fs;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -381,18 +380,9 @@ fn e2e(c: &mut Criterion) {
     }
 }
 
-fn target_dir() -> PathBuf {
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let root = manifest.parent().unwrap_or(manifest);
-    match env::var_os("CARGO_TARGET_DIR") {
-        Some(dir) if !dir.is_empty() => root.join(dir),
-        _ => root.join("target"),
-    }
-}
-
 /// Merges this run's counts into `<target>/e2e-allocs.json` (a filtered run keeps the others).
 fn write_counts(counts: Map<String, Value>) {
-    let path = target_dir().join("e2e-allocs.json");
+    let path = teleport_benches::target_dir().join("e2e-allocs.json");
     let mut all = fs::read(&path)
         .ok()
         .and_then(|bytes| serde_json::from_slice::<Map<String, Value>>(&bytes).ok())

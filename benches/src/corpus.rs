@@ -18,9 +18,8 @@
 //!                                                              +--> Corpus::generated
 //! ```
 
-use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::{env, fmt, fs};
+use std::{fmt, fs};
 
 use bytes::Bytes;
 use http::header::{CONTENT_LENGTH, HeaderMap, HeaderName, HeaderValue};
@@ -112,22 +111,10 @@ fn header_bytes(headers: &HeaderMap) -> usize {
 
 // ===== fetching and parsing =====
 
-fn workspace_root() -> PathBuf {
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
-    manifest.parent().unwrap_or(manifest).to_path_buf()
-}
-
-fn target_dir(root: &Path) -> PathBuf {
-    match env::var_os("CARGO_TARGET_DIR") {
-        Some(dir) if !dir.is_empty() => root.join(dir),
-        _ => root.join("target"),
-    }
-}
-
 fn fetch() -> Result<Corpus, String> {
-    let root = workspace_root();
+    let root = crate::workspace_root();
     let script = root.join("benches").join("fetch_corpus.py");
-    let dir = target_dir(&root).join("teleport-corpus");
+    let dir = crate::target_dir().join("teleport-corpus");
     let output = Command::new("python3")
         .arg(&script)
         .arg(&dir)
