@@ -69,6 +69,9 @@ pub struct Encoder {
     pending: Vec<u8>,
     /// The batch's wire bytes.
     out: Vec<u8>,
+    /// Where the raw block being filled starts in `out` (its header), while one is open. Raw
+    /// frames are encoded straight into it: no staging copy.
+    raw_open: Option<usize>,
     /// `out` was handed out by `finish` and is to be cleared by the next call.
     handed_out: bool,
     batch_frames: usize,
@@ -84,6 +87,7 @@ impl Encoder {
             peer,
             pending: Vec::new(),
             out: Vec::new(),
+            raw_open: None,
             handed_out: false,
             batch_frames: 0,
             batch_bytes: 0,
@@ -99,14 +103,15 @@ impl Encoder {
     /// added) with a message-scoped error. Returns the frame's encoded length.
     pub fn push(&mut self, frame: &Frame) -> Result<usize, ProtocolError> {
         self.reset_if_handed_out();
-        let len = if self.codec != Codec::None && frame.is_sensitive() {
+        let len = if self.codec == Codec::None {
+            let len = frame.check(&self.peer)?;
+            self.push_raw(frame, len);
+            len
+        } else if frame.is_sensitive() {
             let len = frame.check(&self.peer)?;
             self.seal();
-            frame.encode(&self.peer, &mut self.pending)?;
-            for chunk in self.pending.chunks(BLOCK_MAX) {
-                put_block(&mut self.out, BLOCK_RAW, chunk);
-            }
-            self.pending.clear();
+            self.push_raw(frame, len);
+            self.close_raw();
             len
         } else {
             let len = frame.encode(&self.peer, &mut self.pending)?;
@@ -149,6 +154,38 @@ impl Encoder {
         }
     }
 
+    /// Encodes a frame `len` bytes long into raw blocks: into the open one if it fits there,
+    /// else into a new one. A frame longer than a block is staged and cut into full blocks.
+    fn push_raw(&mut self, frame: &Frame, len: usize) {
+        let room = self
+            .raw_open
+            .map_or(0, |at| BLOCK_MAX - (self.out.len() - at - BLOCK_HEADER_LEN));
+        if len > room {
+            self.close_raw();
+        }
+        if len > BLOCK_MAX {
+            frame.encode_checked(len, &mut self.pending);
+            for chunk in self.pending.chunks(BLOCK_MAX) {
+                put_block(&mut self.out, BLOCK_RAW, chunk);
+            }
+            self.pending.clear();
+            return;
+        }
+        if self.raw_open.is_none() {
+            self.raw_open = Some(self.out.len());
+            self.out.extend_from_slice(&[BLOCK_RAW, 0, 0, 0]);
+        }
+        frame.encode_checked(len, &mut self.out);
+    }
+
+    /// Ends the open raw block, if any, writing its length.
+    fn close_raw(&mut self) {
+        if let Some(at) = self.raw_open.take() {
+            let len = self.out.len() - at - BLOCK_HEADER_LEN;
+            set_block_len(&mut self.out[at..], len);
+        }
+    }
+
     /// Puts every full block of pending bytes in a block, keeping the tail.
     fn compress_full_blocks(&mut self) {
         if self.pending.len() < BLOCK_MAX {
@@ -156,36 +193,35 @@ impl Encoder {
         }
         let full = self.pending.len() / BLOCK_MAX * BLOCK_MAX;
         for chunk in self.pending[..full].chunks(BLOCK_MAX) {
-            compress_into(&mut self.compressor, self.codec, chunk, &mut self.out);
+            compress_into(&mut self.compressor, chunk, &mut self.out);
         }
         self.pending.drain(..full);
     }
 
-    /// Puts all pending bytes in blocks, the last one possibly short.
+    /// Puts all pending bytes in blocks, the last one possibly short, and ends the open raw
+    /// block.
     fn seal(&mut self) {
+        self.close_raw();
         self.compress_full_blocks();
         if !self.pending.is_empty() {
-            compress_into(
-                &mut self.compressor,
-                self.codec,
-                &self.pending,
-                &mut self.out,
-            );
+            compress_into(&mut self.compressor, &self.pending, &mut self.out);
             self.pending.clear();
         }
     }
 }
 
-fn compress_into(compressor: &mut Compressor, codec: Codec, chunk: &[u8], out: &mut Vec<u8>) {
-    let kind = if codec == Codec::None {
-        BLOCK_RAW
-    } else {
-        BLOCK_COMPRESSED
-    };
+/// Puts `chunk` in a compressed block. (Frames of an uncompressed connection go in raw blocks
+/// directly.)
+fn compress_into(compressor: &mut Compressor, chunk: &[u8], out: &mut Vec<u8>) {
     let start = out.len();
-    out.extend_from_slice(&[kind, 0, 0, 0]);
+    out.extend_from_slice(&[BLOCK_COMPRESSED, 0, 0, 0]);
     let len = compressor.compress_block(chunk, out);
-    out[start + 1..start + BLOCK_HEADER_LEN].copy_from_slice(&(len as u32).to_be_bytes()[1..]);
+    set_block_len(&mut out[start..], len);
+}
+
+/// Writes `len` into the block header at the start of `block`.
+fn set_block_len(block: &mut [u8], len: usize) {
+    block[1..BLOCK_HEADER_LEN].copy_from_slice(&(len as u32).to_be_bytes()[1..]);
 }
 
 fn put_block(out: &mut Vec<u8>, kind: u8, payload: &[u8]) {
@@ -311,6 +347,13 @@ impl Decoder {
             src.reserve(total - src.len());
             return Ok(false);
         }
+        if kind == BLOCK_RAW && self.frames.is_empty() {
+            // The common case on an uncompressed connection: blocks end on frame boundaries, so
+            // the block becomes the frame stream as it is, without a copy.
+            src.advance(BLOCK_HEADER_LEN);
+            self.frames = src.split_to(len);
+            return Ok(true);
+        }
         let payload = &src[BLOCK_HEADER_LEN..total];
         if kind == BLOCK_RAW {
             self.frames.extend_from_slice(payload);
@@ -399,6 +442,61 @@ mod tests {
                 assert_same(a, &frame(b));
             }
         }
+    }
+
+    /// The blocks of `wire` as (kind, payload length).
+    fn blocks(wire: &[u8]) -> Vec<(u8, usize)> {
+        let mut blocks = Vec::new();
+        let mut rest = wire;
+        while !rest.is_empty() {
+            let len = u32::from_be_bytes([0, rest[1], rest[2], rest[3]]) as usize;
+            blocks.push((rest[0], len));
+            rest = &rest[BLOCK_HEADER_LEN + len..];
+        }
+        blocks
+    }
+
+    #[test]
+    fn raw_frames_that_fit_a_block_never_straddle_two() {
+        let response = |id, len: usize| {
+            Frame::from(ResponseFrame {
+                id,
+                bodiless: false,
+                response: http::Response::new(Bytes::from(vec![id as u8; len])),
+            })
+        };
+        // 40 KiB frames: the second does not fit after the first and starts a new block; the
+        // 100 KiB one is cut into full blocks; the cancels fill the room left.
+        let frames = [
+            Frame::Cancel { id: 1 },
+            response(2, 40 << 10),
+            response(3, 40 << 10),
+            response(4, 100 << 10),
+            Frame::Cancel { id: 5 },
+            Frame::Cancel { id: 6 },
+        ];
+        let lens: Vec<usize> = frames
+            .iter()
+            .map(|f| f.check(&Limits::default()).unwrap())
+            .collect();
+        let wire = encode(Codec::None, &frames);
+        assert_eq!(
+            blocks(&wire),
+            [
+                (BLOCK_RAW, lens[0] + lens[1]),
+                (BLOCK_RAW, lens[2]),
+                (BLOCK_RAW, BLOCK_MAX),
+                (BLOCK_RAW, lens[3] - BLOCK_MAX),
+                (BLOCK_RAW, lens[4] + lens[5]),
+            ]
+        );
+        let mut decoder = Decoder::new(Codec::None, Limits::default());
+        let got = decode_all(&mut decoder, &wire);
+        assert_eq!(got.len(), frames.len());
+        for (a, b) in frames.iter().zip(got) {
+            assert_same(a, &frame(b));
+        }
+        assert!(decoder.is_idle());
     }
 
     #[test]

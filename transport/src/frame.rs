@@ -330,6 +330,12 @@ impl Frame {
     /// the check fails. Returns the encoded length.
     pub fn encode(&self, peer: &Limits, out: &mut Vec<u8>) -> Result<usize, ProtocolError> {
         let len = self.check(peer)?;
+        self.encode_checked(len, out);
+        Ok(len)
+    }
+
+    /// Appends the frame, whose [`check`](Self::check) returned `len`, to `out`.
+    pub(crate) fn encode_checked(&self, len: usize, out: &mut Vec<u8>) {
         out.reserve(len);
         let start = out.len();
         out.put_u32((len - HEADER_LEN) as u32);
@@ -374,7 +380,6 @@ impl Frame {
             Frame::Ping { payload } | Frame::Pong { payload } => out.put_u64(*payload),
         }
         debug_assert_eq!(out.len() - start, len);
-        Ok(len)
     }
 
     fn flags(&self) -> u8 {
