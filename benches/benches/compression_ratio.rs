@@ -19,18 +19,24 @@
 //! `cookie`, `set-cookie`) marked sensitive, as a careful client or server would: those frames
 //! travel in raw blocks, outside the context.
 //!
+//! A third table sweeps zstd's level in the `stream x1` mode: wire bytes against the time the
+//! encoder and decoder take per message (the best of a few passes on one core; a guide to the
+//! trade, not a benchmark of record).
+//!
 //! Run: `cargo bench -p teleport-benches --bench compression_ratio`. Without `--bench` (`cargo
 //! test --benches`) it runs on a small generated corpus and writes no file.
 
 use std::fmt::Write as _;
+use std::time::{Duration, Instant};
 use std::{env, fs};
 
 use bytes::Bytes;
+use bytes::BytesMut;
 use http::header::{AUTHORIZATION, COOKIE, HOST, HeaderMap, PROXY_AUTHORIZATION, SET_COOKIE};
 use http::{Method, Request, Response};
 use serde_json::{Value, json};
 use teleport_benches::corpus::Corpus;
-use teleport_transport::codec::Encoder;
+use teleport_transport::codec::{Decoder, Encoder};
 use teleport_transport::compress::{Codec, Levels};
 use teleport_transport::frame::{Frame, Limits, RequestFrame, ResponseFrame};
 
@@ -38,6 +44,10 @@ use teleport_transport::frame::{Frame, Limits, RequestFrame, ResponseFrame};
 const BATCH: usize = 16;
 /// Exchanges of the generated corpus used when not benchmarking (test mode).
 const TEST_EXCHANGES: usize = 40;
+/// zstd levels swept by the third table.
+const ZSTD_LEVELS: [i32; 7] = [-7, -3, -1, 1, 2, 3, 6];
+/// Timed passes per level; the fastest counts.
+const PASSES: usize = 3;
 
 /// How messages share compression contexts and batches.
 #[derive(Clone, Copy)]
@@ -95,7 +105,7 @@ impl Direction {
 
     /// Wire bytes of the direction through `codec` in `mode`.
     fn wire(&self, codec: Codec, mode: Mode) -> usize {
-        let limits = Limits::default();
+        let (limits, levels) = (Limits::default(), Levels::default());
         let push = |encoder: &mut Encoder, frame: &Frame| {
             encoder.push(frame).expect("corpus frames encode");
         };
@@ -104,13 +114,13 @@ impl Direction {
                 .frames
                 .iter()
                 .map(|frame| {
-                    let mut encoder = Encoder::new(codec, Levels::default(), limits);
+                    let mut encoder = Encoder::new(codec, levels, limits);
                     push(&mut encoder, frame);
                     encoder.finish().len()
                 })
                 .sum(),
             Mode::Stream { batch } => {
-                let mut encoder = Encoder::new(codec, Levels::default(), limits);
+                let mut encoder = Encoder::new(codec, levels, limits);
                 self.frames
                     .chunks(batch)
                     .map(|frames| {
@@ -122,6 +132,37 @@ impl Direction {
                     .sum()
             }
         }
+    }
+
+    /// The `stream x1` mode at `levels`, timed: wire bytes, and the fastest of [`PASSES`] passes
+    /// of encoding every message and of decoding the result.
+    fn timed_stream(&self, codec: Codec, levels: Levels) -> (usize, Duration, Duration) {
+        let limits = Limits::default();
+        let (mut best_encode, mut best_decode) = (Duration::MAX, Duration::MAX);
+        let mut wire = 0;
+        for _ in 0..PASSES {
+            let mut encoder = Encoder::new(codec, levels, limits);
+            let mut blocks = Vec::with_capacity(self.frames.len());
+            let started = Instant::now();
+            for frame in &self.frames {
+                encoder.push(frame).expect("corpus frames encode");
+                blocks.push(BytesMut::from(encoder.finish()));
+            }
+            best_encode = best_encode.min(started.elapsed());
+            wire = blocks.iter().map(|b| b.len()).sum();
+
+            let mut decoder = Decoder::new(codec, limits);
+            let started = Instant::now();
+            for mut block in blocks {
+                while decoder
+                    .decode(&mut block)
+                    .expect("the encoder's output decodes")
+                    .is_some()
+                {}
+            }
+            best_decode = best_decode.min(started.elapsed());
+        }
+        (wire, best_encode, best_decode)
     }
 
     /// The same frames with credentials marked sensitive.
@@ -292,6 +333,52 @@ fn table(directions: &[Direction], codecs: &[Codec]) -> (String, Value) {
     (text, Value::Object(json_dirs))
 }
 
+/// The zstd level sweep: per direction and level, wire bytes, ratio and time per message.
+fn zstd_levels(directions: &[Direction]) -> (String, Value) {
+    let mut text = String::new();
+    let _ = writeln!(
+        text,
+        "{:<30} {:>6} {:>12} {:>12} {:>14} {:>14}",
+        "direction", "level", "wire bytes", "vs HTTP/1.1", "encode/msg", "decode/msg"
+    );
+    let _ = writeln!(text, "{}", "-".repeat(93));
+    let mut json_dirs = serde_json::Map::new();
+    for dir in directions {
+        let mut rows = Vec::new();
+        for level in ZSTD_LEVELS {
+            let levels = Levels {
+                zstd: level,
+                ..Levels::default()
+            };
+            let (wire, encode, decode) = dir.timed_stream(Codec::Zstd, levels);
+            let per_message = |d: Duration| d.as_nanos() as f64 / dir.frames.len() as f64 / 1e3;
+            let vs_http1 = dir.http1 as f64 / wire as f64;
+            let _ = writeln!(
+                text,
+                "{:<30} {:>6} {:>12} {:>11.2}x {:>11.2} us {:>11.2} us",
+                dir.name,
+                level,
+                wire,
+                vs_http1,
+                per_message(encode),
+                per_message(decode)
+            );
+            rows.push(json!({
+                "level": level,
+                "wire_bytes": wire,
+                "ratio_vs_http1": vs_http1,
+                "encode_us_per_message": per_message(encode),
+                "decode_us_per_message": per_message(decode),
+            }));
+        }
+        json_dirs.insert(
+            dir.name.split(' ').next().unwrap_or(dir.name).to_owned(),
+            Value::Array(rows),
+        );
+    }
+    (text, Value::Object(json_dirs))
+}
+
 fn main() {
     let bench = bench_mode();
     let corpus = if bench {
@@ -336,6 +423,10 @@ fn main() {
     );
     print!("{text}");
 
+    let (text, zstd_sweep) = zstd_levels(&directions);
+    println!("\nzstd levels, stream x1 (time: the fastest of {PASSES} passes, one core):");
+    print!("{text}");
+
     if bench {
         let report = json!({
             "source": source,
@@ -345,6 +436,7 @@ fn main() {
             "batch": BATCH,
             "directions": plain,
             "credentials_sensitive": marked,
+            "zstd_levels_stream_x1": zstd_sweep,
         });
         let path = teleport_benches::target_dir().join("compression-ratio.json");
         let written = serde_json::to_vec_pretty(&report)
