@@ -21,7 +21,8 @@
 #   benches/proxy_chain.sh
 #   DURATION=10s WARMUP=3s CONNS=64 THREADS=2 ROUNDS=1 CASES="nginx none snappy flate zstd" \
 #       benches/proxy_chain.sh
-#   HTTPTP=/path/to/httptp (skip the build)  HTTPTP_A_FLAGS=... HTTPTP_B_FLAGS=... (extra flags)
+#   HTTPTP=/path/to/httptp (skip the build)  HTTPTP_WORKERS=1 (runtime threads per httptp)
+#   HTTPTP_A_FLAGS=... HTTPTP_B_FLAGS=... (extra flags)
 # Output: the table on stdout and in target/proxy-chain.md, all numbers in target/proxy-chain.json,
 # scratch files and every process's logs under target/proxy-chain/. Progress goes to stderr.
 
@@ -39,6 +40,9 @@ THREADS=${THREADS:-2}
 CASES=${CASES:-nginx none snappy flate zstd}
 ROUNDS=${ROUNDS:-1}                  # each case this many times, interleaved; the median is reported
 HTTPTP=${HTTPTP:-}
+# Runtime threads per httptp process (-workers): 1, as each nginx proxy runs one worker; 0 = one
+# per core.
+HTTPTP_WORKERS=${HTTPTP_WORKERS:-1}
 HTTPTP_A_FLAGS=${HTTPTP_A_FLAGS:-}
 HTTPTP_B_FLAGS=${HTTPTP_B_FLAGS:-}
 READY_TIMEOUT=${READY_TIMEOUT:-20}   # seconds to wait for a process to listen

@@ -30,7 +30,8 @@
 #   benches/slow_link.sh
 #   LINKS="100mbit 1gbit" CASES="nginx h2 none snappy flate zstd" DURATION=10s WARMUP=3s \
 #       CONNS=64 THREADS=2 ROUNDS=1 benches/slow_link.sh
-#   HTTPTP=/path/to/httptp (skip the build)  HTTPTP_A_FLAGS=... HTTPTP_B_FLAGS=... (extra flags)
+#   HTTPTP=/path/to/httptp (skip the build)  HTTPTP_WORKERS=1 (runtime threads per httptp)
+#   HTTPTP_A_FLAGS=... HTTPTP_B_FLAGS=... (extra flags)
 #   TBF_LATENCY=50ms (tbf's queue: how long a packet may wait before it is dropped)
 # Output: the tables on stdout and in target/slow-link.md, all numbers in target/slow-link.json,
 # the plot in target/slow-link.png, scratch files and every process's logs under
@@ -56,6 +57,9 @@ CASES=${CASES:-nginx h2 none snappy flate zstd}
 LINKS=${LINKS:-100mbit 1gbit}
 ROUNDS=${ROUNDS:-1}                  # each case this many times, interleaved; the median is reported
 HTTPTP=${HTTPTP:-}
+# Runtime threads per httptp process (-workers): 1, as each nginx proxy runs one worker; 0 = one
+# per core.
+HTTPTP_WORKERS=${HTTPTP_WORKERS:-1}
 HTTPTP_A_FLAGS=${HTTPTP_A_FLAGS:-}
 HTTPTP_B_FLAGS=${HTTPTP_B_FLAGS:-}
 TBF_LATENCY=${TBF_LATENCY:-50ms}

@@ -561,6 +561,15 @@ def load_runs(args):
     return runs, meta
 
 
+def workers_text(workers):
+    """What httptp's -workers value means, for the reports."""
+    if workers == "1":
+        return "one runtime thread"
+    if workers == "0":
+        return "a runtime thread per core"
+    return "%s runtime threads" % workers
+
+
 def report_head(title, meta):
     """The report's title, the fallback warning, the machine line."""
     lines = [title, ""]
@@ -617,10 +626,10 @@ def cmd_report(args):
                  "%d interleaved rounds, medians (req/s: median, min-max)" % rounds,
                  meta.get("nginx", "nginx"), meta.get("httptp", "")),
               "- fairness on %s cores: every proxy is one process with one worker (nginx "
-              "worker_processes 1; one httptp process per side, whose tokio runtime has a worker thread "
-              "per core), the origin is one nginx worker "
-              "serving static files; wrk, both proxies and the origin share the cores"
-              % meta["nproc"],
+              "worker_processes 1; one httptp process per side, -workers %s: %s), the origin is "
+              "one nginx worker serving static files; wrk, both proxies and the origin share the "
+              "cores" % (meta["nproc"], meta.get("httptp_workers", "0"),
+                         workers_text(meta.get("httptp_workers", "0"))),
               traffic_line(meta),
               "- link B/req: bytes between proxy A and proxy B, both directions, TCP payload, per "
               "request (httptp: A's httptp_bytes_total{side=\"out\"} over "
@@ -739,8 +748,10 @@ def cmd_link_report(args):
         "haproxy (nbthread 1 each), HTTP/1.1 in, HTTP/2 between them (http-reuse always: the "
         "requests multiplex as streams over few connections), HTTP/1.1 keepalive to the origin; "
         "httptp-CODEC: httptp A (http in, teleport out) and httptp B (teleport in, http out), "
-        "both directions of the link compressed with CODEC. The origin is one nginx worker "
-        "serving static files; all processes share the %s cores" % meta["nproc"],
+        "both directions of the link compressed with CODEC, -workers %s (%s). The origin is one "
+        "nginx worker serving static files; all processes share the %s cores"
+        % (meta.get("httptp_workers", "0"), workers_text(meta.get("httptp_workers", "0")),
+           meta["nproc"]),
         traffic_line(meta),
         "- measured: req/s = wrk's requests over wrk's duration; HTTP MB/s = bytes wrk read "
         "(status lines, headers, bodies) per second; p50/p99 = wrk's latency percentiles; "

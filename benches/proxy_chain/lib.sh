@@ -7,8 +7,8 @@
 # The sourcing script sets, before calling anything here:
 #   ROOT HERE RUN CHAIN_PY   the checkout, benches/proxy_chain, the scratch folder, chain.py
 #   LOG_TAG                  the prefix of progress lines ("proxy-chain")
-#   the run's knobs          DURATION WARMUP CONNS THREADS HTTPTP HTTPTP_A_FLAGS HTTPTP_B_FLAGS
-#                            READY_TIMEOUT STOP_TIMEOUT
+#   the run's knobs          DURATION WARMUP CONNS THREADS HTTPTP HTTPTP_WORKERS HTTPTP_A_FLAGS
+#                            HTTPTP_B_FLAGS READY_TIMEOUT STOP_TIMEOUT
 #   the topology             NS_A: network namespace of wrk and proxy A ("" on the host);
 #                            NS_B: of proxy B and the origin; ADDR_B: the address B listens on
 #                            (A's next hop); the ports P_ORIGIN P_NGINX_A P_NGINX_B P_HTTPTP_A
@@ -242,7 +242,7 @@ machine_meta() {
         cpu="$cpu" nproc="$(nproc)" kernel="$(uname -sr)" date="$(date -u +%Y-%m-%dT%H:%M:%SZ)"
         duration="$DURATION" warmup="$WARMUP" conns="$CONNS" threads="$THREADS"
         wrk="$wrk_version" nginx="$(nginx -v 2>&1 | sed 's/.*: //')"
-        httptp="${HTTPTP:-none}" rounds="$ROUNDS"
+        httptp="${HTTPTP:-none}" httptp_workers="$HTTPTP_WORKERS" rounds="$ROUNDS"
     )
 }
 
@@ -394,11 +394,11 @@ case_httptp() {
     # shellcheck disable=SC2206
     PAIR_B=("$HTTPTP" -in "$ADDR_B:$P_HTTPTP_B" -inType teleport -inCompress "$codec"
         -out "127.0.0.1:$P_ORIGIN" -outType http -expvarAddr "127.0.0.1:$P_METRICS_B"
-        -logFormat text $HTTPTP_B_FLAGS)
+        -logFormat text -workers "$HTTPTP_WORKERS" $HTTPTP_B_FLAGS)
     # shellcheck disable=SC2206
     PAIR_A=("$HTTPTP" -in "127.0.0.1:$P_HTTPTP_A" -inType http -out "$ADDR_B:$P_HTTPTP_B"
         -outType teleport -outCompress "$codec" -expvarAddr "127.0.0.1:$P_METRICS_A"
-        -logFormat text $HTTPTP_A_FLAGS)
+        -logFormat text -workers "$HTTPTP_WORKERS" $HTTPTP_A_FLAGS)
     PAIR_MEASURE=("$P_HTTPTP_A" --link-port "$P_HTTPTP_B" --metrics "${metrics[@]}")
     proxy_pair "$id" "httptp-$codec" httptp "$codec" httptp ready_httptp TERM
 }

@@ -44,10 +44,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 fn main() -> ExitCode {
     let cli = Cli::parse_from(args::normalize(std::env::args_os()));
     init_logging(&cli.proxy.log_format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match build_runtime(cli.proxy.workers) {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("httptp: starting the runtime: {error}");
@@ -68,6 +65,20 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The runtime for `-workers`: one thread (a current-thread runtime, no cross-thread wakeups),
+/// that many worker threads, or with 0 one per core.
+fn build_runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    let mut builder = if workers == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
+    if workers > 1 {
+        builder.worker_threads(workers);
+    }
+    builder.enable_all().build()
 }
 
 fn init_logging(format: &str) {

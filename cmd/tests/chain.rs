@@ -3,7 +3,8 @@
 //! TLS, unix sockets at both ends, and three hops through a teleport-to-teleport relay: the same
 //! battery of cases as the single-proxy pairs. Also a chain whose A presents no certificate, or
 //! a stranger's, to an mTLS B, failing every request with a 502 rather than hanging; and
-//! -outMaxHeaderSize raised on both hops letting a big header through.
+//! -outMaxHeaderSize raised on both hops letting a big header through; -workers setting each
+//! proxy's runtime threads.
 
 mod common;
 
@@ -36,6 +37,24 @@ async fn chain_http_teleport_http_flate() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chain_http_teleport_http_zstd() {
     chain_battery("zstd").await;
+}
+
+/// `-workers 1` runs a proxy on its main thread alone; `-workers 3` gives it three runtime
+/// threads besides.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_sets_the_runtime_threads() {
+    let up = Upstream::tcp().await;
+    let (a, b) = start_chain(
+        "zstd",
+        &up.addr,
+        |a| a.flag("workers", "1"),
+        |b| b.flag("workers", "3"),
+    )
+    .await;
+    let mut c = Client::tcp_h1(a.addr()).await.unwrap();
+    battery(&mut c, &up, Via::Proxy).await;
+    assert_eq!(a.threads(), 1, "A with -workers 1");
+    assert_eq!(b.threads(), 4, "B with -workers 3");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

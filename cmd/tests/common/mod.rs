@@ -481,6 +481,14 @@ pub(crate) struct Proc {
 }
 
 impl Proc {
+    /// The process's threads, from /proc (Linux).
+    pub(crate) fn threads(&self) -> usize {
+        let dir = format!("/proc/{}/task", self.child.id());
+        std::fs::read_dir(&dir)
+            .unwrap_or_else(|e| panic!("{dir}: {e}"))
+            .count()
+    }
+
     pub(crate) fn addr(&self) -> &str {
         &self.listen
     }
