@@ -117,6 +117,16 @@ pub(crate) struct ProxyFlags {
     /// Compression of the requests sent on a teleport -out: none, flate, snappy, zstd.
     #[arg(long = "outCompress", alias = "out-compress", default_value = "flate")]
     pub(crate) out_compress: String,
+    /// zstd level of what this proxy compresses on a teleport side (responses on a teleport -in,
+    /// requests on a teleport -out): -7 (fastest) to 19 (smallest); 1 costs about a third less
+    /// CPU than 3 for about 6 % more bytes on API traffic.
+    #[arg(long = "zstdLevel", alias = "zstd-level", default_value_t = 3,
+          allow_negative_numbers = true, value_parser = clap::value_parser!(i32).range(-7..=19))]
+    pub(crate) zstd_level: i32,
+    /// flate level of the same: 1 (fastest) to 9 (smallest).
+    #[arg(long = "flateLevel", alias = "flate-level", default_value_t = 6,
+          value_parser = clap::value_parser!(u32).range(1..=9))]
+    pub(crate) flate_level: u32,
     /// How long a teleport -out may hold requests to batch them (Go duration).
     #[arg(long = "outDelay", alias = "out-delay", default_value = "0", value_parser = parse_duration)]
     pub(crate) out_delay: Duration,
@@ -336,6 +346,22 @@ mod tests {
         assert_eq!(p.concurrency, 100_000);
         assert_eq!(p.expvar_addr, "localhost:8040");
         assert!(!p.reuse_port && !p.log_all_errors && !p.in_get_only);
+        assert_eq!((p.zstd_level, p.flate_level), (3, 6));
+    }
+
+    #[test]
+    fn compression_levels_take_negative_zstd_levels_and_refuse_out_of_range_ones() {
+        let p = parse(&["-zstdLevel", "-3", "--flate-level=1"])
+            .unwrap()
+            .proxy;
+        assert_eq!((p.zstd_level, p.flate_level), (-3, 1));
+        for bad in [
+            &["-zstdLevel", "20"][..],
+            &["-zstdLevel=-8"],
+            &["-flateLevel", "0"],
+        ] {
+            assert!(parse(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use http::HeaderName;
 use ipnet::IpNet;
-use teleport_transport::compress::Codec;
+use teleport_transport::compress::{Codec, Levels};
 use teleport_transport::listener::TlsConfig;
 
 use crate::args::ProxyFlags;
@@ -90,6 +90,8 @@ pub(crate) struct ProxyConfig {
     pub(crate) out_conns_per_addr: usize,
     pub(crate) out_tls: Option<Arc<rustls::ClientConfig>>,
     pub(crate) out_tls_server_name: Option<String>,
+    /// Compression levels of both teleport sides.
+    pub(crate) levels: Levels,
 
     pub(crate) concurrency: usize,
     pub(crate) client_ip_header: Option<HeaderName>,
@@ -198,6 +200,10 @@ impl ProxyConfig {
             out_conns_per_addr: flags.out_conns_per_addr,
             out_tls,
             out_tls_server_name: flags.out_tls_server_name.clone(),
+            levels: Levels {
+                deflate: flags.flate_level,
+                zstd: flags.zstd_level,
+            },
             concurrency: flags.concurrency,
             client_ip_header,
             metrics_addr: (!flags.expvar_addr.is_empty()).then(|| flags.expvar_addr.clone()),

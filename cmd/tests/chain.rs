@@ -4,7 +4,7 @@
 //! battery of cases as the single-proxy pairs. Also a chain whose A presents no certificate, or
 //! a stranger's, to an mTLS B, failing every request with a 502 rather than hanging; and
 //! -outMaxHeaderSize raised on both hops letting a big header through; -workers setting each
-//! proxy's runtime threads.
+//! proxy's runtime threads, with -zstdLevel at both ends of its range.
 
 mod common;
 
@@ -40,15 +40,15 @@ async fn chain_http_teleport_http_zstd() {
 }
 
 /// `-workers 1` runs a proxy on its main thread alone; `-workers 3` gives it three runtime
-/// threads besides.
+/// threads besides. The zstd levels at both ends of the range carry the battery too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn workers_sets_the_runtime_threads() {
     let up = Upstream::tcp().await;
     let (a, b) = start_chain(
         "zstd",
         &up.addr,
-        |a| a.flag("workers", "1"),
-        |b| b.flag("workers", "3"),
+        |a| a.flag("workers", "1").flag("zstdLevel", "-7"),
+        |b| b.flag("workers", "3").flag("zstdLevel", "19"),
     )
     .await;
     let mut c = Client::tcp_h1(a.addr()).await.unwrap();

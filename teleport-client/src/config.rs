@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use teleport_transport::batch::BatchPolicy;
-use teleport_transport::compress::Codec;
+use teleport_transport::compress::{Codec, Levels};
 use teleport_transport::conn::ConnConfig;
 use teleport_transport::frame::Limits;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -169,6 +169,14 @@ impl ClientBuilder {
     /// The codec requests are compressed with. Default `none`.
     pub fn compression(&mut self, codec: Codec) -> &mut Self {
         self.conn.codec(codec);
+        self
+    }
+
+    /// The compression levels of what this client sends. Default [`Levels::default`].
+    pub fn levels(&mut self, levels: Levels) -> &mut Self {
+        self.conn
+            .deflate_level(levels.deflate)
+            .zstd_level(levels.zstd);
         self
     }
 

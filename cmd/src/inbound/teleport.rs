@@ -27,6 +27,8 @@ pub(super) fn serve(config: &ProxyConfig, proxy: Arc<Proxy>) -> anyhow::Result<l
     };
     let mut conn = ConnConfig::default();
     conn.codec(config.in_codec)
+        .deflate_level(config.levels.deflate)
+        .zstd_level(config.levels.zstd)
         .limits(limits(config.in_max_header_size, config.in_max_body_size))
         .batch(batch);
     let mut server_config = ServerConfig::default();

@@ -23,6 +23,7 @@ pub(super) fn client(config: &ProxyConfig, counters: SideCounters) -> anyhow::Re
         .addrs(config.outs.iter().cloned())
         .conns_per_addr(config.out_conns_per_addr)
         .compression(config.out_codec)
+        .levels(config.levels)
         .max_batch_delay(config.out_delay)
         .limits(limits(config.out_max_header_size, config.out_max_body_size))
         // As the Go httptp: the concurrency spread over the connections (the server's
