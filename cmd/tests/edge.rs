@@ -2,14 +2,17 @@
 //! client-IP header, 502 for a dead upstream (at once, not at -outTimeout), 504 past
 //! -outTimeout, two upstreams with one dead, the out-side limits (-outMaxHeaderSize raised,
 //! -outMaxBodySize), the in-side limits (413, 431, 405, 503 over -concurrency), /metrics and
-//! /healthz, -logFormat json, and the flag syntax (Go and GNU spellings, bare booleans, values
-//! refused at startup).
+//! /healthz, -logFormat json, the flag syntax (Go and GNU spellings, bare booleans, values
+//! refused at startup), and interim (1xx) responses: `Expect: 100-continue` answered at the edge,
+//! an upstream's 100 and 103 before its final response.
 
 mod common;
 
 use common::cases::{Via, assert_bad_gateway, assert_gateway_timeout, echo_round_trip, next_id};
 use common::*;
 use http::Method;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
 
 // ===== allow-list =====
 
@@ -663,4 +666,85 @@ async fn log_format_json_writes_json_lines() {
             "not a JSON line: {line:?}"
         );
     }
+}
+
+// ===== interim (1xx) responses =====
+
+/// Reads from `stream` until `buf` holds `want`, or the peer closes; returns what was read.
+async fn read_until(stream: &mut TcpStream, buf: &mut Vec<u8>, want: &[u8]) {
+    let mut chunk = [0u8; 4096];
+    while !buf.windows(want.len()).any(|w| w == want) {
+        let n = stream.read(&mut chunk).await.expect("read");
+        if n == 0 {
+            break;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// A client that sends `Expect: 100-continue` gets `100 Continue` from proxy A before it sends
+/// the body, then the upstream's answer to the whole request, through the chain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expect_100_continue_is_answered_before_the_body_is_sent() {
+    let up = Upstream::tcp().await;
+    let (a, _b) = start_chain("zstd", &up.addr, |a| a, |b| b).await;
+    let mut stream = TcpStream::connect(a.addr()).await.unwrap();
+    let head = format!(
+        "POST /echo HTTP/1.1\r\nhost: {HOST}\r\ncontent-length: 11\r\n\
+         expect: 100-continue\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut got = Vec::new();
+    within(
+        "100 Continue",
+        read_until(&mut stream, &mut got, b"\r\n\r\n"),
+    )
+    .await;
+    let text = String::from_utf8_lossy(&got).into_owned();
+    assert!(text.starts_with("HTTP/1.1 100 Continue\r\n"), "{text:?}");
+
+    got.clear();
+    stream.write_all(b"hello there").await.unwrap();
+    within(
+        "the final response",
+        read_until(&mut stream, &mut got, b"hello there"),
+    )
+    .await;
+    let text = String::from_utf8_lossy(&got).into_owned();
+    assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text:?}");
+    assert!(text.ends_with("\r\n\r\nhello there"), "{text:?}");
+    assert_eq!(up.count(), 1);
+}
+
+/// An upstream that sends 100 Continue and 103 Early Hints before its 200: the client gets the
+/// 200 with its body intact, through the chain, and the connection stays in step.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_interim_responses_do_not_desync_the_chain() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up_addr = listener.local_addr().unwrap().to_string();
+    let upstream = tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await.unwrap();
+        let mut got = Vec::new();
+        for n in 0..2 {
+            got.clear();
+            read_until(&mut stream, &mut got, b"\r\n\r\n").await;
+            let body = format!("final {n}");
+            let reply = format!(
+                "HTTP/1.1 100 Continue\r\n\r\n\
+                 HTTP/1.1 103 Early Hints\r\nlink: </app.css>; rel=preload\r\n\r\n\
+                 HTTP/1.1 200 OK\r\ncontent-length: {}\r\nx-n: {n}\r\n\r\n{body}",
+                body.len()
+            );
+            stream.write_all(reply.as_bytes()).await.unwrap();
+        }
+    });
+    let (a, _b) = start_chain("none", &up_addr, |a| a, |b| b).await;
+    let mut c = Client::tcp_h1(a.addr()).await.unwrap();
+    for n in 0..2 {
+        let reply = c.get("/hints").await;
+        assert_eq!(reply.status, 200, "request {n}");
+        assert_eq!(reply.headers["x-n"], n.to_string().as_str());
+        assert_eq!(reply.body, format!("final {n}").as_bytes());
+    }
+    within("the upstream", upstream).await.unwrap();
 }
