@@ -17,7 +17,10 @@
 //! The [`Encoder`] compresses each full block as soon as it fills and the partial last one when
 //! the batch ends ([`Encoder::finish`]), each with a flush, so the receiver can decode everything a
 //! batch carries as soon as the batch arrives. A frame with a sensitive header goes in raw blocks,
-//! outside the shared compression context.
+//! outside the shared compression context. Raw frames (all of them on an uncompressed connection)
+//! are encoded straight into their block, and one that does not fit the open block starts a new
+//! one, so those blocks end on frame boundaries and the [`Decoder`] takes them as they are,
+//! without a copy.
 //!
 //! The [`Decoder`] follows tokio-util's `Decoder` contract: `Ok(None)` means "need more bytes".
 //!
