@@ -28,6 +28,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use anyhow::Context as _;
 use clap::Parser as _;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
 
 use crate::args::{Cli, Command};
 use crate::config::ProxyConfig;
@@ -130,6 +131,7 @@ pub(crate) struct Running {
     pub(crate) metrics_addr: Option<std::net::SocketAddr>,
     draining: Arc<AtomicBool>,
     metrics_stop: CancellationToken,
+    _timer_tick: AbortOnDropHandle<()>,
 }
 
 impl Running {
@@ -167,6 +169,7 @@ impl Running {
             metrics_addr,
             draining,
             metrics_stop,
+            _timer_tick: AbortOnDropHandle::new(tokio::spawn(timer_tick())),
         })
     }
 
@@ -182,3 +185,26 @@ impl Running {
         report
     }
 }
+
+/// Keeps a deadline at most [`TIMER_TICK`] away in the runtime's timer wheel, for the proxy's
+/// life.
+///
+/// tokio's time driver wakes the runtime's I/O driver (an eventfd `write(2)`) whenever a timer is
+/// registered earlier than the earliest deadline it saw at its last park, and when it saw none,
+/// for every registration until it parks again. A proxy registers timers per request (the
+/// upstream timeout, the handler's deadline), so when its wheel drained between bursts it paid
+/// about one wake-up syscall per request: in 3 s of the proxy-chain bench, proxy B made 8,955
+/// such writes beside 9,060 upstream requests without this tick, and 107 beside 12,910 with it.
+/// Deadlines after the tick's register silently; one earlier than it still wakes the driver, as
+/// it must.
+async fn timer_tick() {
+    let mut tick = tokio::time::interval(TIMER_TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+    }
+}
+
+/// The period of [`timer_tick`]: shorter than any per-request timeout worth having, long enough
+/// to cost nothing.
+const TIMER_TICK: std::time::Duration = std::time::Duration::from_millis(500);

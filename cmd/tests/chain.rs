@@ -57,6 +57,41 @@ async fn workers_sets_the_runtime_threads() {
     assert_eq!(b.threads(), 4, "B with -workers 3");
 }
 
+/// Each request registers timers in both proxies (A: the teleport client's timeout; B: the
+/// upstream timeout and the handler's deadline). tokio wakes its I/O driver with an eventfd
+/// `write(2)` for a timer registered while its wheel looked empty, so without httptp's standing
+/// timer tick, one request at a time cost A two write-class syscalls and B three, where the one
+/// `writev` of the HTTP side is all either needs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_cost_no_timer_wakeup_writes() {
+    const REQUESTS: u64 = 200;
+    let up = Upstream::tcp().await;
+    let (a, b) = start_chain(
+        "none",
+        &up.addr,
+        |a| a.flag("workers", "1"),
+        |b| b.flag("workers", "1"),
+    )
+    .await;
+    let mut c = Client::tcp_h1(a.addr()).await.unwrap();
+    // Warm up: connections to the upstream, the pool, lazily built state.
+    for _ in 0..10 {
+        assert_eq!(c.get("/echo").await.status, 200);
+    }
+    let before = [a.write_syscalls(), b.write_syscalls()];
+    for _ in 0..REQUESTS {
+        assert_eq!(c.get("/echo").await.status, 200);
+    }
+    for (proxy, before) in [(&a, before[0]), (&b, before[1])] {
+        let writes = proxy.write_syscalls() - before;
+        assert!(
+            writes < REQUESTS * 3 / 2,
+            "{} made {writes} write-class syscalls for {REQUESTS} requests",
+            proxy.name()
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chain_with_an_h2c_client() {
     let up = Upstream::tcp().await;

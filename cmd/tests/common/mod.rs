@@ -489,6 +489,21 @@ impl Proc {
             .count()
     }
 
+    /// Write-class system calls the process has made so far (`syscw` in /proc/PID/io, Linux):
+    /// `write` and `writev`, not `sendto`.
+    pub(crate) fn write_syscalls(&self) -> u64 {
+        let path = format!("/proc/{}/io", self.child.id());
+        let io = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+        io.lines()
+            .find_map(|line| line.strip_prefix("syscw:"))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{path} has no syscw: {io}"))
+    }
+
+    pub(crate) fn name(&self) -> &str {
+        &self.name
+    }
+
     pub(crate) fn addr(&self) -> &str {
         &self.listen
     }
