@@ -17,10 +17,12 @@
 # Reports per case and link: requests/s, HTTP bytes delivered per second, p50 and p99 latency, the
 # link's bytes per request (L2 frames at the veth, each way and both) and packets per request, the
 # response direction's Mbit/s, tbf drops, A->B connections, CPU seconds per 1000 requests of proxy
-# A and of proxy B, wrk's non-2xx and socket errors, and a check of every recorded exchange through
-# the chain. Then the targets over the 100mbit link (the slowest one when LINKS has no 100mbit):
-# each httptp codec >= 10x the nginx chain's req/s with a p99 no worse. A MISS does not fail the
-# script. Traffic: the recorded API exchanges of benches/fetch_corpus.py, as in proxy_chain.sh.
+# A, of proxy B and of the rest of the machine (wrk, the origin, softirq; the origin also apart),
+# wrk's non-2xx and socket errors, and a check of every recorded exchange through the chain. Then
+# the targets over the 100mbit link (the slowest one when LINKS has no 100mbit): each httptp codec
+# >= 10x the nginx chain's req/s with a p99 no worse; for a codec short of it, the CPU that the
+# cores would leave both proxies per request at 10x, beside what they took. A MISS does not fail
+# the script. Traffic: the recorded API exchanges of benches/fetch_corpus.py, as in proxy_chain.sh.
 #
 # Needs root (network namespaces, tc); without it, says so and exits 0. apt-get installs wrk,
 # nginx-light, haproxy, ethtool and python3-matplotlib when missing. The namespaces (and with them

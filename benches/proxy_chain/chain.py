@@ -380,6 +380,8 @@ def cmd_snapshot(args):
     snap["cpu_each"] = [cpu_seconds(p) for p in args.pids or []]
     snap["cpu_s"] = sum(snap["cpu_each"])
     snap["machine_cpu_s"], snap["machine_steal_s"] = machine_cpu()
+    if args.origin_pid:
+        snap["origin_cpu_s"] = cpu_seconds(args.origin_pid)
     print(json.dumps(snap))
 
 
@@ -451,6 +453,8 @@ def cmd_case(args):
         if "machine_cpu_s" in after and "machine_cpu_s" in before:
             res["machine_cpu_s"] = after["machine_cpu_s"] - before["machine_cpu_s"]
             res["machine_steal_s"] = after["machine_steal_s"] - before["machine_steal_s"]
+        if "origin_cpu_s" in after and "origin_cpu_s" in before:
+            res["origin_cpu_s"] = after["origin_cpu_s"] - before["origin_cpu_s"]
         if len(after.get("cpu_each", [])) == 2 and len(before.get("cpu_each", [])) == 2:
             res["cpu_a_s"], res["cpu_b_s"] = (a - b for a, b in zip(after["cpu_each"],
                                                                     before["cpu_each"]))
@@ -492,6 +496,8 @@ def cmd_case(args):
                 # Everything but the two proxies: wrk, the origin, softirq, anything else running.
                 res["rest_cpu_s_per_1k"] = ((res["machine_cpu_s"] - res["cpu_s"]) * 1e3
                                             / res["requests"])
+            if "origin_cpu_s" in res:
+                res["origin_cpu_s_per_1k"] = res["origin_cpu_s"] * 1e3 / res["requests"]
             if "kernel_link_bytes" in res:
                 res["tcp_payload_per_req"] = res["kernel_link_bytes"] / res["requests"]
     if args.verify and os.path.exists(args.verify):
@@ -708,7 +714,7 @@ def cmd_report(args):
 LINK_MEDIAN_KEYS = MEDIAN_KEYS + (
     "http_mb_s", "l2_bytes_per_req", "l2_a_to_b_per_req", "l2_b_to_a_per_req",
     "l2_packets_per_req", "l2_a_to_b_mbit_s", "l2_b_to_a_mbit_s", "cpu_a_s_per_1k",
-    "cpu_b_s_per_1k", "rest_cpu_s_per_1k", "tcp_payload_per_req")
+    "cpu_b_s_per_1k", "rest_cpu_s_per_1k", "origin_cpu_s_per_1k", "tcp_payload_per_req")
 LINK_SUM_KEYS = SUM_KEYS + ("qdisc_drops",)
 
 
@@ -729,10 +735,12 @@ def cpu_budget(c, nginx, nproc):
         return None
     total = nproc * 1e3 / (10 * nginx["rps"])  # CPU seconds per 1000 requests, all cores
     left = total - c["rest_cpu_s_per_1k"]
+    origin = c.get("origin_cpu_s_per_1k")
     return ("CPU at 10x (%.0f req/s) on %d cores: %.3f s per 1000 requests in all; the rest of "
-            "the chain (wrk, origin, softirq) took %.3f here, leaving %.3f for both proxies, "
+            "the chain (wrk, origin%s, softirq) took %.3f here, leaving %.3f for both proxies, "
             "which took %.3f (A %.3f + B %.3f)"
-            % (10 * nginx["rps"], nproc, total, c["rest_cpu_s_per_1k"], left,
+            % (10 * nginx["rps"], nproc, total, "" if origin is None else " %.3f" % origin,
+               c["rest_cpu_s_per_1k"], left,
                c["cpu_a_s_per_1k"] + c["cpu_b_s_per_1k"], c["cpu_a_s_per_1k"],
                c["cpu_b_s_per_1k"]))
 
@@ -808,7 +816,8 @@ def cmd_link_report(args):
         "(/proc/PID/stat, nginx with its worker) per 1000 wrk requests; CPU rest = the "
         "machine's busy seconds (/proc/stat: user, nice, system, irq, softirq, all cores) less "
         "both proxies', per 1000 wrk requests: wrk, the origin, the kernel's packet work "
-        "outside the proxies' system time, and anything else running; verify = every recorded "
+        "outside the proxies' system time, and anything else running; of which origin = the "
+        "origin nginx's user+system seconds, master and worker; verify = every recorded "
         "exchange once through the chain, status, body bytes and content-type compared", ""]
     for link in links:
         lrows = [c for c in rows if c.get("link") == link]
@@ -818,8 +827,9 @@ def cmd_link_report(args):
         lines += ["## %s" % link, "",
                   "| case | req/s | vs nginx | HTTP MB/s | p50 ms | p99 ms | link B/req | A->B | "
                   "B->A | pkts/req | B->A Mbit/s | tbf drops | conns | CPU A s/1k req | "
-                  "CPU B s/1k req | CPU rest s/1k req | non-2xx | socket errors | verify |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "CPU B s/1k req | CPU rest s/1k req | of which origin | non-2xx | socket errors | "
+                  "verify |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for c in lrows:
             ratio = "-"
             if nginx and c.get("rps") is not None:
@@ -835,7 +845,7 @@ def cmd_link_report(args):
                 fmt(c.get("l2_packets_per_req"), ".2f"), fmt(c.get("l2_b_to_a_mbit_s"), ".1f"),
                 fmt(c.get("qdisc_drops"), "d"), fmt(c.get("link_conns"), "d"),
                 fmt(c.get("cpu_a_s_per_1k"), ".3f"), fmt(c.get("cpu_b_s_per_1k"), ".3f"),
-                fmt(c.get("rest_cpu_s_per_1k"), ".3f"),
+                fmt(c.get("rest_cpu_s_per_1k"), ".3f"), fmt(c.get("origin_cpu_s_per_1k"), ".3f"),
                 fmt(c.get("non2xx"), "d"), fmt(c.get("socket_errors"), "d"), vtxt)))
         lines.append("")
     notes = []
@@ -945,6 +955,7 @@ def main():
     s.add_argument("--log")
     s.add_argument("--link-port", type=int)
     s.add_argument("--pids", nargs="*", type=int)
+    s.add_argument("--origin-pid", type=int, help="the origin's, for its CPU apart")
     s.add_argument("--veth", nargs="*", help="NS:DEV of the link's client end, then others")
     s = sub.add_parser("case")
     for a in ("--name", "--round", "--chain", "--codec", "--before", "--after", "--wrk", "--verify", "--log",

@@ -226,6 +226,7 @@ start_nginx() {
 start_origin() {
     render "$HERE/nginx-origin.conf" "$RUN/nginx-origin.conf" RUN="$RUN" PORT="$P_ORIGIN"
     start_nginx origin "$RUN/nginx-origin.conf" "$P_ORIGIN" 127.0.0.1 "$NS_B"
+    ORIGIN_PID=$NGINX_PID
     log "origin: checking every recorded exchange served directly"
     nsx "$NS_B" python3 "$CHAIN_PY" verify "http://127.0.0.1:$P_ORIGIN/" "$RUN/site" \
         >"$RUN/origin.verify.json" ||
@@ -276,11 +277,13 @@ measure() {
     log "$id: warm-up ${WARMUP}"
     run_wrk "$port" "$WARMUP" "$RUN/logs/wrk-$id-warmup.txt"
     sleep 1.5 # nginx B's access log flushes every second; the link drains
-    nsx "$NS_A" python3 "$CHAIN_PY" snapshot "$@" "${SNAP_EXTRA[@]}" >"$RUN/$id.before.json"
+    nsx "$NS_A" python3 "$CHAIN_PY" snapshot "$@" "${SNAP_EXTRA[@]}" --origin-pid "$ORIGIN_PID" \
+        >"$RUN/$id.before.json"
     log "$id: wrk -t$THREADS -c$CONNS -d$DURATION"
     run_wrk "$port" "$DURATION" "$RUN/logs/wrk-$id.txt"
     sleep 1.5
-    nsx "$NS_A" python3 "$CHAIN_PY" snapshot "$@" "${SNAP_EXTRA[@]}" >"$RUN/$id.after.json"
+    nsx "$NS_A" python3 "$CHAIN_PY" snapshot "$@" "${SNAP_EXTRA[@]}" --origin-pid "$ORIGIN_PID" \
+        >"$RUN/$id.after.json"
     grep -E 'Requests/sec|Non-2xx|Socket errors|requests in' "$RUN/logs/wrk-$id.txt" >&2 || true
 }
 
