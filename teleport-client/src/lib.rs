@@ -27,6 +27,12 @@
 //!   while (then tried again).
 //! - **TLS** with verification always on, and client certificates for mutual TLS ([`ClientTls`]).
 //!
+//! A note on cost: every request arms a timer. tokio's time driver wakes its I/O driver (one
+//! eventfd `write(2)`) for each timer registered while its wheel looked empty at its last park,
+//! as it often does between bursts. A process that sends requests one at a time or in bursts
+//! saves that syscall per request by keeping one short periodic timer alive for the runtime's
+//! life (httptp keeps a 500 ms `tokio::time::interval`).
+//!
 //! ## Quick start
 //!
 //! ```no_run
