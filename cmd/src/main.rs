@@ -205,6 +205,7 @@ async fn timer_tick() {
     }
 }
 
-/// The period of [`timer_tick`]: shorter than any per-request timeout worth having, long enough
-/// to cost nothing.
+/// The period of [`timer_tick`]: shorter than per-request timeouts usually are (seconds: httptp's
+/// -outTimeout defaults to 3 s), so that theirs register silently, and long enough to cost
+/// nothing.
 const TIMER_TICK: std::time::Duration = std::time::Duration::from_millis(500);
