@@ -11,6 +11,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::Response;
 use rustc_hash::FxHashMap;
+use teleport_transport::cancel::Cancelled;
 use teleport_transport::codec::Inbound;
 use teleport_transport::conn::{Driver, Receiver, Sender};
 use teleport_transport::frame::{ErrorCode, Frame, RequestFrame};
@@ -255,8 +256,7 @@ pub(crate) async fn run(
     let mut heard = true;
     let mut ping_out = false;
     let mut reader_done = false;
-    let closing = inner.token.cancelled();
-    tokio::pin!(closing);
+    let mut closing = Cancelled::new(inner.token.clone());
     let (result, unsent) = loop {
         tokio::select! {
             biased;

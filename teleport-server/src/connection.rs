@@ -20,6 +20,7 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use futures_util::FutureExt;
 use http::{Method, Response, StatusCode};
 use teleport_transport::ProtocolError;
+use teleport_transport::cancel::Cancelled;
 use teleport_transport::codec::Inbound;
 use teleport_transport::conn::{Conn, Receiver, SendError, Sender};
 use teleport_transport::frame::{
@@ -105,8 +106,7 @@ type Room = Option<OwnedSemaphorePermit>;
 
 impl<S: HttpService> Dispatch<S> {
     async fn run(mut self, mut receiver: Receiver) {
-        let shutdown = self.shutdown.clone().cancelled_owned();
-        tokio::pin!(shutdown);
+        let mut shutdown = Cancelled::new(self.shutdown.clone());
         loop {
             tokio::select! {
                 biased;

@@ -33,6 +33,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::batch::{BatchPolicy, Batcher, Decision, FlushReason};
+use crate::cancel::Cancelled;
 use crate::codec::{Decoder, Encoder, Inbound};
 use crate::compress::{Codec, CodecSet, Levels};
 use crate::error::{Error, ProtocolError};
@@ -632,9 +633,7 @@ struct Writer<'a, W> {
 
 impl<W: AsyncWrite + Unpin> Writer<'_, W> {
     async fn run(&mut self) -> Result<(), Error> {
-        let stop = self.stop.clone();
-        let stopped = stop.cancelled();
-        tokio::pin!(stopped);
+        let mut stopped = Cancelled::new(self.stop.clone());
         loop {
             let (first, urgent) = tokio::select! {
                 biased;

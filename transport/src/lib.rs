@@ -106,6 +106,7 @@
 #![deny(unsafe_code)]
 
 pub mod batch;
+pub mod cancel;
 pub mod codec;
 pub mod compress;
 pub mod conn;

@@ -18,6 +18,7 @@ use super::server::Shared;
 use super::stats::bump;
 use super::stream::{Activity, Stream};
 use super::tls::TLS_HANDSHAKE_RECORD;
+use crate::cancel::Cancelled;
 
 /// Counts the connection as active until its task ends, however it ends.
 struct Live {
@@ -52,10 +53,10 @@ pub(crate) fn spawn<H: Handler>(
     shared.tracker.spawn(async move {
         let shared = &live.shared;
         // Each connection watches its own child token, so polling it never contends with others.
-        let forced = shared.force.child_token();
+        let forced = Cancelled::new(shared.force.child_token());
         tokio::select! {
             biased;
-            () = forced.cancelled() => bump(&shared.counters.forced),
+            () = forced => bump(&shared.counters.forced),
             () = serve(tcp, peer, local, id, started, shared, &*handler) => {}
         }
         drop(live);
