@@ -457,6 +457,10 @@ mod alloc_count {
 
     /// Runs `f`, returning its result with the allocations (and reallocations) and the bytes
     /// they asked for meanwhile.
+    ///
+    /// Never inlined, so that a profiler can scope to it (`valgrind --tool=callgrind
+    /// --toggle-collect='e2e::alloc_count::counting*'` counts instructions per request).
+    #[inline(never)]
     pub(crate) fn counting<R>(f: impl FnOnce() -> R) -> (R, u64, u64) {
         COUNT.store(0, Relaxed);
         BYTES.store(0, Relaxed);

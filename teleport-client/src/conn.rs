@@ -231,6 +231,9 @@ impl ConnHandle {
     }
 }
 
+/// Answers taken from the receive queue at once (its lock is taken once for them all).
+const INBOUND_AT_ONCE: usize = 64;
+
 /// Runs one connection: the driver, the routing of answers, keepalive probes, and the drain
 /// after a goaway. `retired` fires as soon as the connection takes no new requests, so the
 /// pool can open its successor while this one drains.
@@ -257,6 +260,7 @@ pub(crate) async fn run(
     let mut ping_out = false;
     let mut reader_done = false;
     let mut closing = Cancelled::new(inner.token.clone());
+    let mut items = Vec::with_capacity(INBOUND_AT_ONCE);
     let (result, unsent) = loop {
         tokio::select! {
             biased;
@@ -264,8 +268,12 @@ pub(crate) async fn run(
             item = receiver.recv(), if !reader_done => match item {
                 Some(item) => {
                     heard = true;
-                    if handle.on_inbound(item, &inner) {
-                        retire(&handle);
+                    items.push(item);
+                    receiver.try_recv_many(&mut items, INBOUND_AT_ONCE);
+                    for item in items.drain(..) {
+                        if handle.on_inbound(item, &inner) {
+                            retire(&handle);
+                        }
                     }
                     if handle.is_retired() && handle.pending() == 0 {
                         // Drained: close our side; the server closes its own.

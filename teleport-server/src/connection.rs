@@ -104,9 +104,14 @@ struct Dispatch<S> {
 /// Room for one more request: the server-wide permit, when there is a server-wide limit.
 type Room = Option<OwnedSemaphorePermit>;
 
+/// Inbound items taken at once. While the connection is full, at most this many wait in hand
+/// beyond the receive queue; the rest back up in the socket.
+const INBOUND_AT_ONCE: usize = 64;
+
 impl<S: HttpService> Dispatch<S> {
     async fn run(mut self, mut receiver: Receiver) {
         let mut shutdown = Cancelled::new(self.shutdown.clone());
+        let mut items = Vec::with_capacity(INBOUND_AT_ONCE);
         loop {
             tokio::select! {
                 biased;
@@ -115,7 +120,13 @@ impl<S: HttpService> Dispatch<S> {
                 }
                 () = &mut shutdown, if !self.going_away => self.go_away().await,
                 item = receiver.recv() => match item {
-                    Some(item) => self.on_inbound(item).await,
+                    Some(item) => {
+                        items.push(item);
+                        receiver.try_recv_many(&mut items, INBOUND_AT_ONCE);
+                        for item in items.drain(..) {
+                            self.on_inbound(item).await;
+                        }
+                    }
                     None => break,
                 },
             }

@@ -24,6 +24,7 @@ use std::fmt;
 use std::io;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
@@ -44,6 +45,8 @@ use crate::handshake::{self, Hello, Params, Settings};
 const READ_CHUNK: usize = 64 << 10;
 /// Pongs (and other frames the driver sends itself) waiting for the writer.
 const CONTROL_QUEUE: usize = 16;
+/// Frames the writer takes from its queue at once: the queue's lock is taken once for them all.
+const TAKE_AT_ONCE: usize = 128;
 
 /// Settings of one connection. `Default` plus setters; each setter documents its default.
 #[derive(Debug, Clone)]
@@ -206,6 +209,22 @@ impl Counters {
 
 fn add(counter: &AtomicU64, n: usize) {
     counter.fetch_add(n as u64, Relaxed);
+}
+
+/// Appends up to `limit` items already in `rx` to `buf`, without waiting: one lock of the queue
+/// for them all (`try_recv` takes it once per item). Returns how many.
+fn take_waiting<T>(rx: &mut mpsc::Receiver<T>, buf: &mut Vec<T>, limit: usize) -> usize {
+    // Checked first, so that the take below finds items and registers no waker.
+    if rx.is_empty() {
+        return 0;
+    }
+    // Nothing is waited on here (the task's waker is registered where it awaits the queue), so
+    // a no-op waker stands in. Pending means the task's budget is spent: the items stay queued.
+    let mut cx = Context::from_waker(Waker::noop());
+    match rx.poll_recv_many(&mut cx, buf, limit) {
+        Poll::Ready(n) => n,
+        Poll::Pending => 0,
+    }
 }
 
 /// Queues `item`, waiting while the queue is full; gives it back if the receiver is gone.
@@ -504,6 +523,13 @@ impl Receiver {
         self.rx.recv().await
     }
 
+    /// Appends up to `limit` inbound items that are already waiting to `buf`, without waiting,
+    /// and returns how many. After a [`recv`](Self::recv), this takes the rest of a burst for
+    /// one lock of the queue instead of one each.
+    pub fn try_recv_many(&mut self, buf: &mut Vec<Inbound>, limit: usize) -> usize {
+        take_waiting(&mut self.rx, buf, limit)
+    }
+
     /// The next inbound item if one is waiting: `Empty` when none is yet, `Disconnected` once the
     /// peer's direction ended.
     pub fn try_recv(&mut self) -> Result<Inbound, mpsc::error::TryRecvError> {
@@ -543,8 +569,8 @@ where
     /// Runs like [`run`](Self::run), and stops writing once `stop` is cancelled: the writer
     /// takes no further frame, half-closes, and the reader goes on until the peer's end of
     /// stream. Then gives back the frames still queued: they never reached the socket, so their
-    /// requests may go out on another connection. Frames the writer had already taken are not
-    /// among them: those may or may not have arrived.
+    /// requests may go out on another connection. Frames already in a batch are not among them:
+    /// those may or may not have arrived.
     pub async fn run_reclaim(self, stop: CancellationToken) -> (Result<(), Error>, Vec<Frame>) {
         let Driver {
             io,
@@ -572,12 +598,14 @@ where
             batcher: Batcher::new(batch),
             max_bytes: batch.max_bytes,
             outbound,
+            taken: Vec::with_capacity(TAKE_AT_ONCE),
             control: control_rx,
             stop,
             shared: &shared,
         };
         let result = tokio::try_join!(reader.run(), writer.run()).map(drop);
-        let mut unsent = Vec::new();
+        // Taken from the queue but in no batch yet: first in line.
+        let mut unsent: Vec<Frame> = writer.taken.drain(..).rev().collect();
         writer.outbound.close();
         while let Ok(frame) = writer.outbound.try_recv() {
             unsent.push(frame);
@@ -638,6 +666,8 @@ struct Writer<'a, W> {
     batcher: Batcher,
     max_bytes: usize,
     outbound: mpsc::Receiver<Frame>,
+    /// Frames taken from `outbound` and not yet in a batch, last first (`pop` takes the oldest).
+    taken: Vec<Frame>,
     control: mpsc::Receiver<Frame>,
     stop: CancellationToken,
     shared: &'a Shared,
@@ -651,6 +681,8 @@ impl<W: AsyncWrite + Unpin> Writer<'_, W> {
                 biased;
                 () = &mut stopped => break,
                 Some(frame) = self.control.recv() => (frame, true),
+                // Left over when the last batch reached its byte limit.
+                Some(frame) = async { self.taken.pop() }, if !self.taken.is_empty() => (frame, false),
                 frame = self.outbound.recv() => match frame {
                     Some(frame) => (frame, false),
                     // Every Sender is gone and the queue is written: half-close.
@@ -673,7 +705,7 @@ impl<W: AsyncWrite + Unpin> Writer<'_, W> {
                 if let Ok(frame) = self.control.try_recv() {
                     self.push(&frame);
                     urgent = true;
-                } else if let Ok(frame) = self.outbound.try_recv() {
+                } else if let Some(frame) = self.next_queued() {
                     self.push(&frame);
                 } else {
                     queue_empty = true;
@@ -705,6 +737,18 @@ impl<W: AsyncWrite + Unpin> Writer<'_, W> {
         }
     }
 
+    /// The oldest frame waiting, if any, without waiting: from those taken already, or else from
+    /// a new take of up to [`TAKE_AT_ONCE`].
+    fn next_queued(&mut self) -> Option<Frame> {
+        if self.taken.is_empty() {
+            if take_waiting(&mut self.outbound, &mut self.taken, TAKE_AT_ONCE) == 0 {
+                return None;
+            }
+            self.taken.reverse();
+        }
+        self.taken.pop()
+    }
+
     fn push(&mut self, frame: &Frame) {
         // Senders checked the frame against the same limits, so this cannot fail; a failure
         // would be a bug, and the frame's request then times out on the peer.
@@ -731,5 +775,106 @@ impl<W: AsyncWrite + Unpin> Writer<'_, W> {
         );
         self.io.write_all(wire).await.map_err(Error::Write)?;
         self.io.flush().await.map_err(Error::Write)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::frame::RequestFrame;
+
+    fn request(id: u32) -> Frame {
+        let request = http::Request::get("/queued")
+            .body(Bytes::from_static(&[b'x'; 200]))
+            .expect("valid request");
+        Frame::from(RequestFrame {
+            id,
+            deadline: None,
+            request,
+        })
+    }
+
+    /// Batches of about five frames: most frames the writer takes wait in hand for a later one.
+    fn small_batches() -> ConnConfig {
+        let mut config = ConnConfig::default();
+        config.batch(BatchPolicy {
+            max_delay: Duration::ZERO,
+            max_bytes: 1000,
+        });
+        config
+    }
+
+    async fn pair(
+        io_buffer: usize,
+    ) -> (Conn<tokio::io::DuplexStream>, Conn<tokio::io::DuplexStream>) {
+        let (client_io, server_io) = tokio::io::duplex(io_buffer);
+        let config = small_batches();
+        tokio::try_join!(
+            Conn::connect(client_io, &config),
+            Conn::accept(server_io, &config)
+        )
+        .expect("handshake")
+    }
+
+    #[tokio::test]
+    async fn frames_taken_in_bulk_go_out_in_queue_order() {
+        let (client, server) = pair(64 << 10).await;
+        let (tx, _rx, driver) = client.split();
+        let (server_tx, mut server_rx, server_driver) = server.split();
+        // Queued before the writer runs, so it takes them in bulk and writes them over many
+        // byte-limited batches.
+        for id in 1..=300 {
+            tx.try_send(request(id)).expect("room in the queue");
+        }
+        drop(tx);
+        let client = tokio::spawn(driver.run());
+        let server = tokio::spawn(server_driver.run());
+        let mut ids = Vec::new();
+        let mut items = Vec::new();
+        while let Some(item) = server_rx.recv().await {
+            items.push(item);
+            server_rx.try_recv_many(&mut items, 16);
+            for item in items.drain(..) {
+                match item {
+                    Inbound::Frame(frame) => ids.push(frame.id()),
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+        }
+        assert_eq!(ids, (1..=300).collect::<Vec<_>>());
+        // The server closes its side too, which ends the client's reader.
+        drop(server_tx);
+        client.await.unwrap().expect("client side ends cleanly");
+        server.await.unwrap().expect("server side ends cleanly");
+    }
+
+    #[tokio::test]
+    async fn frames_taken_but_never_batched_are_given_back_in_order() {
+        // A tiny link and a peer that never reads: the first batch blocks in the write.
+        let (client, server) = pair(256).await;
+        let (tx, _rx, driver) = client.split();
+        for id in 1..=50 {
+            tx.try_send(request(id)).expect("room in the queue");
+        }
+        let run = tokio::spawn(driver.run_reclaim(CancellationToken::new()));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(
+            !run.is_finished(),
+            "the write should be stuck on the full link"
+        );
+        // The peer goes away: the write fails and the writer gives back what it never batched.
+        drop(server);
+        let (result, unsent) = run.await.unwrap();
+        assert!(result.is_err(), "a failed write is an error");
+        let ids: Vec<u32> = unsent.iter().map(Frame::id).collect();
+        let first = *ids.first().expect("frames were left over");
+        assert!(first > 1, "the first batch was written, at least in part");
+        assert_eq!(
+            ids,
+            (first..=50).collect::<Vec<_>>(),
+            "all the rest, in order"
+        );
     }
 }
