@@ -105,25 +105,26 @@ impl Encoder {
     /// Adds a frame to the batch. A frame that breaks the receiver's limits is refused (nothing is
     /// added) with a message-scoped error. Returns the frame's encoded length.
     pub fn push(&mut self, frame: &Frame) -> Result<usize, ProtocolError> {
+        let len = frame.check(&self.peer)?;
+        self.push_checked(frame, len);
+        Ok(len)
+    }
+
+    /// Adds a frame whose [`Frame::check`] against this encoder's peer limits returned `len`.
+    pub(crate) fn push_checked(&mut self, frame: &Frame, len: usize) {
         self.reset_if_handed_out();
-        let len = if self.codec == Codec::None {
-            let len = frame.check(&self.peer)?;
+        if self.codec == Codec::None {
             self.push_raw(frame, len);
-            len
         } else if frame.is_sensitive() {
-            let len = frame.check(&self.peer)?;
             self.seal();
             self.push_raw(frame, len);
             self.close_raw();
-            len
         } else {
-            let len = frame.encode(&self.peer, &mut self.pending)?;
+            frame.encode_checked(len, &mut self.pending);
             self.compress_full_blocks();
-            len
-        };
+        }
         self.batch_frames += 1;
         self.batch_bytes += len;
-        Ok(len)
     }
 
     /// Frames in the batch so far.

@@ -445,11 +445,18 @@ struct Shared {
 
 // ===== impl Sender =====
 
+/// A frame that passed [`Frame::check`] against the peer's limits, with the encoded length the
+/// check returned: the writer encodes it without checking it again.
+struct Checked {
+    frame: Frame,
+    len: usize,
+}
+
 /// Queues frames for the connection's writer. Cloneable; the connection's write side closes
 /// once every clone is dropped.
 #[derive(Clone)]
 pub struct Sender {
-    tx: mpsc::Sender<Frame>,
+    tx: mpsc::Sender<Checked>,
     shared: Arc<Shared>,
 }
 
@@ -457,24 +464,24 @@ impl Sender {
     /// Queues a frame, waiting while the queue is full. The frame is checked against the peer's
     /// limits first, so an oversized message fails here and the connection is untouched.
     pub async fn send(&self, frame: Frame) -> Result<(), SendError> {
-        let frame = self.check(frame)?;
-        send_or_wait(&self.tx, frame)
+        let checked = self.check(frame)?;
+        send_or_wait(&self.tx, checked)
             .await
-            .map_err(|frame| SendError::Closed(Box::new(frame)))
+            .map_err(|checked| SendError::Closed(Box::new(checked.frame)))
     }
 
     /// Queues a frame if there is room now.
     pub fn try_send(&self, frame: Frame) -> Result<(), SendError> {
-        let frame = self.check(frame)?;
-        self.tx.try_send(frame).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(f) => SendError::Full(Box::new(f)),
-            mpsc::error::TrySendError::Closed(f) => SendError::Closed(Box::new(f)),
+        let checked = self.check(frame)?;
+        self.tx.try_send(checked).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(c) => SendError::Full(Box::new(c.frame)),
+            mpsc::error::TrySendError::Closed(c) => SendError::Closed(Box::new(c.frame)),
         })
     }
 
-    fn check(&self, frame: Frame) -> Result<Frame, SendError> {
+    fn check(&self, frame: Frame) -> Result<Checked, SendError> {
         match frame.check(&self.shared.params.peer_limits) {
-            Ok(_) => Ok(frame),
+            Ok(len) => Ok(Checked { frame, len }),
             Err(error) => Err(SendError::Refused {
                 frame: Box::new(frame),
                 error,
@@ -552,7 +559,7 @@ pub struct Driver<IO> {
     encoder: Encoder,
     decoder: Decoder,
     batch: BatchPolicy,
-    outbound: mpsc::Receiver<Frame>,
+    outbound: mpsc::Receiver<Checked>,
     inbound: mpsc::Sender<Inbound>,
     shared: Arc<Shared>,
 }
@@ -605,10 +612,10 @@ where
         };
         let result = tokio::try_join!(reader.run(), writer.run()).map(drop);
         // Taken from the queue but in no batch yet: first in line.
-        let mut unsent: Vec<Frame> = writer.taken.drain(..).rev().collect();
+        let mut unsent: Vec<Frame> = writer.taken.drain(..).rev().map(|c| c.frame).collect();
         writer.outbound.close();
-        while let Ok(frame) = writer.outbound.try_recv() {
-            unsent.push(frame);
+        while let Ok(checked) = writer.outbound.try_recv() {
+            unsent.push(checked.frame);
         }
         (result, unsent)
     }
@@ -619,7 +626,7 @@ struct Reader<'a, R> {
     buf: BytesMut,
     decoder: Decoder,
     inbound: mpsc::Sender<Inbound>,
-    control: mpsc::Sender<Frame>,
+    control: mpsc::Sender<Checked>,
     shared: &'a Shared,
 }
 
@@ -631,8 +638,16 @@ impl<R: AsyncRead + Unpin> Reader<'_, R> {
                 add(&counters.frames_received, 1);
                 match item {
                     Inbound::Frame(Frame::Ping { payload }) => {
-                        // A gone writer means the connection is closing; nothing to answer.
-                        let _ = self.control.send(Frame::Pong { payload }).await;
+                        let pong = Frame::Pong { payload };
+                        match pong.check(&self.shared.params.peer_limits) {
+                            // A gone writer means the connection is closing; nothing to answer.
+                            Ok(len) => {
+                                let _ = self.control.send(Checked { frame: pong, len }).await;
+                            }
+                            Err(error) => {
+                                tracing::debug!(%error, "cannot answer a ping within the peer's limits");
+                            }
+                        }
                     }
                     item => {
                         if send_or_wait(&self.inbound, item).await.is_err() {
@@ -665,10 +680,10 @@ struct Writer<'a, W> {
     encoder: Encoder,
     batcher: Batcher,
     max_bytes: usize,
-    outbound: mpsc::Receiver<Frame>,
+    outbound: mpsc::Receiver<Checked>,
     /// Frames taken from `outbound` and not yet in a batch, last first (`pop` takes the oldest).
-    taken: Vec<Frame>,
-    control: mpsc::Receiver<Frame>,
+    taken: Vec<Checked>,
+    control: mpsc::Receiver<Checked>,
     stop: CancellationToken,
     shared: &'a Shared,
 }
@@ -739,7 +754,7 @@ impl<W: AsyncWrite + Unpin> Writer<'_, W> {
 
     /// The oldest frame waiting, if any, without waiting: from those taken already, or else from
     /// a new take of up to [`TAKE_AT_ONCE`].
-    fn next_queued(&mut self) -> Option<Frame> {
+    fn next_queued(&mut self) -> Option<Checked> {
         if self.taken.is_empty() {
             if take_waiting(&mut self.outbound, &mut self.taken, TAKE_AT_ONCE) == 0 {
                 return None;
@@ -749,13 +764,8 @@ impl<W: AsyncWrite + Unpin> Writer<'_, W> {
         self.taken.pop()
     }
 
-    fn push(&mut self, frame: &Frame) {
-        // Senders checked the frame against the same limits, so this cannot fail; a failure
-        // would be a bug, and the frame's request then times out on the peer.
-        if let Err(error) = self.encoder.push(frame) {
-            debug_assert!(false, "a checked frame failed to encode: {error}");
-            tracing::error!(%error, id = frame.id(), "dropping a frame that failed to encode");
-        }
+    fn push(&mut self, checked: &Checked) {
+        self.encoder.push_checked(&checked.frame, checked.len);
     }
 
     async fn write_batch(&mut self, reason: FlushReason) -> Result<(), Error> {
