@@ -67,6 +67,8 @@
 //!   with sensitive headers travel outside it. Memory per connection is bounded and measured.
 //! - One writer per connection that batches queued frames (flush when idle, after a delay, or at
 //!   a byte limit) into one write; bounded queues for backpressure.
+//! - [`cancel::Cancelled`]: a cancellation token's future that takes the token's lock only when
+//!   the token signalled, for connection loops that select over it on every wake-up.
 //!
 //! ## Quick start: an echo server on the listener
 //!
