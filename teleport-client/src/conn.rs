@@ -265,11 +265,9 @@ pub(crate) async fn run(
         tokio::select! {
             biased;
             (result, unsent) = &mut drive => break (result, unsent),
-            item = receiver.recv(), if !reader_done => match item {
-                Some(item) => {
+            n = receiver.recv_many(&mut items, INBOUND_AT_ONCE), if !reader_done => match n {
+                1.. => {
                     heard = true;
-                    items.push(item);
-                    receiver.try_recv_many(&mut items, INBOUND_AT_ONCE);
                     for item in items.drain(..) {
                         if handle.on_inbound(item, &inner) {
                             retire(&handle);
@@ -280,7 +278,7 @@ pub(crate) async fn run(
                         stop.cancel();
                     }
                 }
-                None => {
+                0 => {
                     // The server will send nothing more: stop writing and reclaim the queue.
                     reader_done = true;
                     retire(&handle);

@@ -119,16 +119,14 @@ impl<S: HttpService> Dispatch<S> {
                     self.reap(done);
                 }
                 () = &mut shutdown, if !self.going_away => self.go_away().await,
-                item = receiver.recv() => match item {
-                    Some(item) => {
-                        items.push(item);
-                        receiver.try_recv_many(&mut items, INBOUND_AT_ONCE);
-                        for item in items.drain(..) {
-                            self.on_inbound(item).await;
-                        }
+                n = receiver.recv_many(&mut items, INBOUND_AT_ONCE) => {
+                    if n == 0 {
+                        break;
                     }
-                    None => break,
-                },
+                    for item in items.drain(..) {
+                        self.on_inbound(item).await;
+                    }
+                }
             }
         }
         // The client's direction ended. A gone writer cannot carry answers: stop the handlers.

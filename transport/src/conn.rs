@@ -530,11 +530,16 @@ impl Receiver {
         self.rx.recv().await
     }
 
-    /// Appends up to `limit` inbound items that are already waiting to `buf`, without waiting,
-    /// and returns how many. After a [`recv`](Self::recv), this takes the rest of a burst for
-    /// one lock of the queue instead of one each.
-    pub fn try_recv_many(&mut self, buf: &mut Vec<Inbound>, limit: usize) -> usize {
-        take_waiting(&mut self.rx, buf, limit)
+    /// Waits for the next inbound item like [`recv`](Self::recv), then takes those already
+    /// waiting behind it, up to `limit` in all (at least one), appending them to `buf`. Returns
+    /// how many; 0 once the peer's direction ended. Under load, the rest of a burst costs one
+    /// lock of the queue instead of one each. Cancel-safe, like `recv`.
+    pub async fn recv_many(&mut self, buf: &mut Vec<Inbound>, limit: usize) -> usize {
+        let Some(first) = self.rx.recv().await else {
+            return 0;
+        };
+        buf.push(first);
+        1 + take_waiting(&mut self.rx, buf, limit.saturating_sub(1))
     }
 
     /// The next inbound item if one is waiting: `Empty` when none is yet, `Disconnected` once the
@@ -843,9 +848,7 @@ mod tests {
         let server = tokio::spawn(server_driver.run());
         let mut ids = Vec::new();
         let mut items = Vec::new();
-        while let Some(item) = server_rx.recv().await {
-            items.push(item);
-            server_rx.try_recv_many(&mut items, 16);
+        while server_rx.recv_many(&mut items, 16).await > 0 {
             for item in items.drain(..) {
                 match item {
                     Inbound::Frame(frame) => ids.push(frame.id()),
