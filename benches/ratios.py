@@ -10,14 +10,16 @@ meets the issue's target:
 
 - `--bench listener`: teleport / bare tokio; round trips no slower (ratio <= 1.00), accept rate
   within 10 % (ratio <= 1.10).
-- `--bench protocol`: encode + decode of a 261-byte response under 150 ns; teleport / raw codec
+- `--bench protocol`: encode + decode of a 261-byte response under 150 ns, and decode against
+  `frame_floor_response_261b` (building the same `http::Response`); teleport / raw codec
   crate time on the same blocks within 20 % (ratio <= 1.20), for compression and, to the same
   bar, decompression (whose teleport side also parses the frames).
 - `--bench compression_ratio`: deflate with one stream context per direction at least 10x, per
   message 2-3x (against the HTTP/1.1 bytes).
 - `--bench e2e`: time per request of every end-to-end scenario, with <target_dir>/e2e-allocs.json
   (allocations and wire bytes per request); at x1000 at most 1.0 us without compression and
-  2.0 us with deflate, sequential latency over loopback TCP at most 10 us.
+  2.0 us with deflate, sequential latency over loopback TCP at most 10 us; and the sequential
+  case against `baseline_tcp_echo_x1_get_261b`, the same bytes echoed with bare tokio.
 
 A miss that the means' 95 % confidence intervals could still explain (teleport's lower bound over
 the baseline's upper bound meets the target) is marked as such. Always exits 0: it reports, it
@@ -105,6 +107,7 @@ FRAME_REPORTS = [
     "frame_encode_response_261b",
     "frame_decode_response_261b",
     "frame_encode_decode_request_261b",
+    "frame_floor_response_261b",
     "codec_round_trip_response_261b_none",
     "codec_round_trip_response_261b_snappy",
     "codec_round_trip_response_261b_deflate",
@@ -142,6 +145,11 @@ def protocol(target: Path) -> None:
             v = "meets" if m[0] <= limit else (
                 "misses, within the 95% CI" if m[1] <= limit else "MISSES")
             print(f"{bench:<40} {m[0]:>10.1f} {'<' + format(limit, '.0f'):>8}  {v}")
+    decode = mean_ns(target, "frame_decode_response_261b", "")
+    floor = mean_ns(target, "frame_floor_response_261b", "")
+    if decode and floor:
+        print(f"(decode / floor: {decode[0] / floor[0]:.2f}x; the floor builds the same "
+              "http::Response from fields already located, the least any decode into it costs)")
     print()
     header = (f"{'group':<30} {'teleport MB/s':>13} {'blocks MB/s':>11} {'raw MB/s':>9} "
               f"{'tp/raw':>7} {'blk/raw':>7} {'target':>7}  verdict")
@@ -255,6 +263,12 @@ def e2e(target: Path) -> None:
               f"{num('client_wire_bytes_received_per_request', '.1f'):>8} {want:>7}  {v}")
     print("(allocs, B alloc: heap allocations and bytes per request, client and server together; "
           "wire out/in: the client's bytes per request after compression)")
+    sequential = mean_ns(target, "e2e_tcp_none_delay0_x1_get_261b", "")
+    echo = mean_ns(target, "baseline_tcp_echo_x1_get_261b", "")
+    if echo:
+        ratio = f"; teleport sequential / echo: {sequential[0] / echo[0]:.2f}x" if sequential else ""
+        print(f"baseline_tcp_echo_x1_get_261b: {echo[0] / 1000:.2f} us/req (the same bytes and "
+              f"syscalls with bare tokio on the same runtime{ratio})")
     print(E2E_GO)
 
 

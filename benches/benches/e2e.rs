@@ -26,6 +26,9 @@
 //! x1000 for `inmem none` and `inmem deflate`; `tls none` at x1 and x1000; the default retry
 //! policy at x1000.
 //!
+//! `baseline_tcp_echo_x1_get_261b` is the floor under the sequential case: the same bytes echoed
+//! over loopback TCP, one exchange at a time, by bare tokio tasks on the same kind of runtime.
+//!
 //! Targets (the issue's): at most 1.0 us per request without compression and 2.0 us with deflate
 //! at x1000; at most 10 us sequential latency (x1, loopback TCP). The Go original measured
 //! 2.6 us, 5.1 us, 2.2 us pipelined and 14 us sequential. `python3 benches/ratios.py` prints
@@ -379,6 +382,85 @@ fn e2e(c: &mut Criterion) {
     if bench && !counts.is_empty() {
         write_counts(counts);
     }
+    tcp_echo_baseline(c);
+}
+
+/// The floor under `e2e_tcp_none_delay0_x1_get_261b`, measured in the same process:
+/// `baseline_tcp_echo_x1_get_261b` sends the bytes teleport puts on the wire for that exchange
+/// (the request and the response, each a batch of one frame with the block header of an
+/// uncompressed connection) over loopback TCP, one exchange at a time, with nothing but tokio on
+/// the same kind of current-thread runtime: one task writes the request and reads the response,
+/// the other reads the request and writes the response. Teleport makes the same syscalls per
+/// exchange (one write and one read each way), so the difference is teleport's own work.
+fn tcp_echo_baseline(c: &mut Criterion) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+
+    let (request, response) = wire_sizes();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let mut client = runtime.block_on(async {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("local addr");
+        tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.expect("accept");
+            stream.set_nodelay(true).expect("nodelay");
+            let mut buf = vec![0u8; request];
+            let answer = vec![b'r'; response];
+            while stream.read_exact(&mut buf).await.is_ok() {
+                if stream.write_all(&answer).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let stream = TcpStream::connect(addr).await.expect("connect");
+        stream.set_nodelay(true).expect("nodelay");
+        stream
+    });
+    let ask = vec![b'q'; request];
+    let mut buf = vec![0u8; response];
+    c.bench_function("baseline_tcp_echo_x1_get_261b", |b| {
+        b.iter_custom(|iters| {
+            runtime.block_on(async {
+                let started = Instant::now();
+                for _ in 0..iters {
+                    client.write_all(&ask).await.expect("write");
+                    client.read_exact(&mut buf).await.expect("read");
+                }
+                started.elapsed()
+            })
+        })
+    });
+}
+
+/// The bytes on the wire for one exchange of the e2e bench on an uncompressed connection: its
+/// request (with the deadline the client's default timeout adds) and its response, each encoded
+/// as a batch of one frame.
+fn wire_sizes() -> (usize, usize) {
+    use teleport_transport::codec::Encoder;
+    use teleport_transport::compress::Levels;
+    use teleport_transport::frame::{Frame, Limits, RequestFrame, ResponseFrame};
+
+    let mut request = Request::new(Bytes::new());
+    *request.uri_mut() = Uri::from_static("http://foobar/foo/bar");
+    let request = Frame::from(RequestFrame {
+        id: 1,
+        deadline: Some(Duration::from_secs(30)),
+        request,
+    });
+    let response = Frame::from(ResponseFrame {
+        id: 1,
+        bodiless: false,
+        response: Response::new(Bytes::from_static(RESPONSE_BODY)),
+    });
+    let mut encoder = Encoder::new(Codec::None, Levels::default(), Limits::default());
+    let mut batch = |frame: &Frame| {
+        encoder.push(frame).expect("encodes");
+        encoder.finish().len()
+    };
+    (batch(&request), batch(&response))
 }
 
 /// Merges this run's counts into `<target>/e2e-allocs.json` (a filtered run keeps the others).

@@ -9,6 +9,10 @@
 //!   the payload reaches `Bytes` the way [`Decoder`] gets it: copied into a reused `BytesMut`
 //!   and split off (no allocation once the previous frame is dropped). Target: the response's
 //!   encode + decode under 150 ns.
+//! - `frame_floor_response_261b`: the least a decode into `http` types costs: the same
+//!   `http::Response` built from fields already located in the payload (no lengths read, names
+//!   known), with only the checks `http`'s safe constructors make (header values validated),
+//!   and dropped. `ratios.py` prints decode over it.
 //! - `codec_round_trip_response_261b_{none,snappy,deflate,zstd}`: that response as a batch of one
 //!   frame through [`Encoder::push`] + [`Encoder::finish`] and [`Decoder::decode`]: frame, block
 //!   and compression, one context per direction kept across iterations (the frame id changes).
@@ -189,6 +193,12 @@ fn frames(c: &mut Criterion) {
             let header = FrameHeader::parse(black_box(&encoded));
             Frame::decode(&header, payload.clone(), &limits).unwrap()
         })
+    });
+    // The floor under decode: the same http::Response built from fields already located in the
+    // payload (names known, no lengths read), with only the checks `http`'s safe API makes.
+    let fields = floor_fields(&payload);
+    c.bench_function("frame_floor_response_261b", |b| {
+        b.iter(|| build_response(black_box(&payload), &fields))
     });
     c.bench_function("frame_encode_decode_response_261b", |b| {
         b.iter(|| encode_decode(black_box(&response), &limits, &mut out, &mut rx))
@@ -653,3 +663,45 @@ mod alloc_count {
 
 criterion_group!(benches, frames, codec_round_trips, throughput);
 criterion_main!(benches);
+
+/// Where the typical response's header values and body sit in its encoded payload.
+struct FloorFields {
+    values: Vec<(http::HeaderName, Range<usize>)>,
+    body: Range<usize>,
+}
+
+fn floor_fields(payload: &Bytes) -> FloorFields {
+    let find = |needle: &[u8]| {
+        let at = payload
+            .windows(needle.len())
+            .position(|w| w == needle)
+            .expect("in the payload");
+        at..at + needle.len()
+    };
+    FloorFields {
+        values: vec![
+            (
+                http::header::CONTENT_TYPE,
+                find(b"application/json; charset=utf-8"),
+            ),
+            (http::header::CONTENT_LENGTH, find(b"261")),
+            (
+                http::header::CACHE_CONTROL,
+                find(b"private, max-age=60, s-maxage=60"),
+            ),
+        ],
+        body: find(RESPONSE_BODY),
+    }
+}
+
+fn build_response(payload: &Bytes, fields: &FloorFields) -> Response<Bytes> {
+    let mut headers = http::HeaderMap::with_capacity(fields.values.len());
+    for (name, range) in &fields.values {
+        let value = HeaderValue::from_maybe_shared(payload.slice(range.clone())).expect("valid");
+        headers.append(name.clone(), value);
+    }
+    let mut response = Response::new(payload.slice(fields.body.clone()));
+    *response.status_mut() = http::StatusCode::OK;
+    *response.headers_mut() = headers;
+    response
+}
