@@ -5,7 +5,9 @@
 //!   `frame_encode_decode_response_261b`, `frame_encode_decode_request_261b`: one typical message
 //!   (a 200 JSON response with 3 headers, a POST with 6 headers and a deadline), each with a
 //!   261-byte JSON body. Encode is [`Frame::encode`] into a reused `Vec`; decode is
-//!   [`FrameHeader::parse`] plus [`Frame::decode`] of the payload as `Bytes`. In the round trips
+//!   [`FrameHeader::parse`] plus [`Frame::decode_with`] of the payload as `Bytes`, with a
+//!   [`HeaderNames`] cache kept across iterations as a connection's [`Decoder`] keeps one. In
+//!   the round trips
 //!   the payload reaches `Bytes` the way [`Decoder`] gets it: copied into a reused `BytesMut`
 //!   and split off (no allocation once the previous frame is dropped). Target: the response's
 //!   encode + decode under 150 ns.
@@ -63,7 +65,7 @@ use teleport_transport::compress::{
     BLOCK_MAX, Codec, Compressor, Decompressor, Levels, ZSTD_WINDOW_LOG,
 };
 use teleport_transport::frame::{
-    Frame, FrameHeader, HEADER_LEN, Limits, RequestFrame, ResponseFrame,
+    Frame, FrameHeader, HEADER_LEN, HeaderNames, Limits, RequestFrame, ResponseFrame,
 };
 use zstd_safe::zstd_sys::ZSTD_EndDirective;
 use zstd_safe::{CParameter, InBuffer, OutBuffer};
@@ -138,14 +140,20 @@ fn next_id(frame: &mut Frame) {
 
 /// Encodes `frame` into `out`, then decodes it the way [`Decoder`] does: the bytes land in a
 /// reused read buffer, the header is parsed and the payload split off as `Bytes`.
-fn encode_decode(frame: &Frame, limits: &Limits, out: &mut Vec<u8>, rx: &mut BytesMut) -> Frame {
+fn encode_decode(
+    frame: &Frame,
+    limits: &Limits,
+    out: &mut Vec<u8>,
+    rx: &mut BytesMut,
+    names: &mut HeaderNames,
+) -> Frame {
     out.clear();
     frame.encode(limits, out).expect("encodes");
     rx.extend_from_slice(out);
     let header = FrameHeader::parse(rx);
     rx.advance(HEADER_LEN);
     let payload = rx.split_to(header.len as usize).freeze();
-    Frame::decode(&header, payload, limits)
+    Frame::decode_with(&header, payload, limits, names)
         .expect("decodes")
         .expect("a known type")
 }
@@ -159,6 +167,7 @@ fn frames(c: &mut Criterion) {
     let payload = Bytes::copy_from_slice(&encoded[HEADER_LEN..]);
     let mut out = Vec::with_capacity(1024);
     let mut rx = BytesMut::with_capacity(4096);
+    let mut names = HeaderNames::new();
 
     if bench_mode() {
         let encode = alloc_count::per_op(|| {
@@ -167,13 +176,22 @@ fn frames(c: &mut Criterion) {
         });
         let decode = alloc_count::per_op(|| {
             let header = FrameHeader::parse(black_box(&encoded));
-            drop(Frame::decode(&header, payload.clone(), &limits));
+            drop(Frame::decode_with(
+                &header,
+                payload.clone(),
+                &limits,
+                &mut names,
+            ));
         });
         let response_rt = alloc_count::per_op(|| {
-            drop(encode_decode(&response, &limits, &mut out, &mut rx));
+            drop(encode_decode(
+                &response, &limits, &mut out, &mut rx, &mut names,
+            ));
         });
         let request_rt = alloc_count::per_op(|| {
-            drop(encode_decode(&request, &limits, &mut out, &mut rx));
+            drop(encode_decode(
+                &request, &limits, &mut out, &mut rx, &mut names,
+            ));
         });
         eprintln!(
             "allocations per op: frame_encode_response_261b {encode}, \
@@ -191,7 +209,7 @@ fn frames(c: &mut Criterion) {
     c.bench_function("frame_decode_response_261b", |b| {
         b.iter(|| {
             let header = FrameHeader::parse(black_box(&encoded));
-            Frame::decode(&header, payload.clone(), &limits).unwrap()
+            Frame::decode_with(&header, payload.clone(), &limits, &mut names).unwrap()
         })
     });
     // The floor under decode: the same http::Response built from fields already located in the
@@ -201,10 +219,10 @@ fn frames(c: &mut Criterion) {
         b.iter(|| build_response(black_box(&payload), &fields))
     });
     c.bench_function("frame_encode_decode_response_261b", |b| {
-        b.iter(|| encode_decode(black_box(&response), &limits, &mut out, &mut rx))
+        b.iter(|| encode_decode(black_box(&response), &limits, &mut out, &mut rx, &mut names))
     });
     c.bench_function("frame_encode_decode_request_261b", |b| {
-        b.iter(|| encode_decode(black_box(&request), &limits, &mut out, &mut rx))
+        b.iter(|| encode_decode(black_box(&request), &limits, &mut out, &mut rx, &mut names))
     });
 }
 

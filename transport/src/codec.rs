@@ -26,14 +26,15 @@
 //!
 //! Memory: the encoder holds the batch being built (raw and compressed: the policy's byte limit
 //! plus one frame); the decoder holds at most one frame plus one block of frame stream
-//! (`max_frame + 10 + BLOCK_MAX` bytes) and the compressed bytes of one block. Each adds its
-//! codec's context (see [`compress`](crate::compress)).
+//! (`max_frame + 10 + BLOCK_MAX` bytes), the compressed bytes of one block, and a cache of
+//! header names ([`HeaderNames`], at most 13 KiB). Each adds its codec's context (see
+//! [`compress`](crate::compress)).
 
 use bytes::{Buf, BytesMut};
 
 use crate::compress::{BLOCK_MAX, BLOCK_WIRE_MAX, Codec, Compressor, Decompressor, Levels};
 use crate::error::ProtocolError;
-use crate::frame::{Frame, FrameHeader, FrameType, HEADER_LEN, Limits};
+use crate::frame::{Frame, FrameHeader, FrameType, HEADER_LEN, HeaderNames, Limits};
 
 /// The length of a block header.
 pub const BLOCK_HEADER_LEN: usize = 4;
@@ -244,6 +245,8 @@ pub struct Decoder {
     frames: BytesMut,
     /// Bytes of an oversized frame still to discard.
     skip: usize,
+    /// Header names seen on this direction, reused rather than parsed again.
+    names: HeaderNames,
 }
 
 impl Decoder {
@@ -254,6 +257,7 @@ impl Decoder {
             limits,
             frames: BytesMut::new(),
             skip: 0,
+            names: HeaderNames::new(),
         }
     }
 
@@ -313,7 +317,7 @@ impl Decoder {
             }
             self.frames.advance(HEADER_LEN);
             let payload = self.frames.split_to(header.len as usize).freeze();
-            match Frame::decode(&header, payload, &self.limits) {
+            match Frame::decode_with(&header, payload, &self.limits, &mut self.names) {
                 Ok(Some(frame)) => return Some(Inbound::Frame(frame)),
                 Ok(None) => continue,
                 Err(error) => {

@@ -398,6 +398,26 @@ impl Frame {
         payload: Bytes,
         limits: &Limits,
     ) -> Result<Option<Frame>, ProtocolError> {
+        Self::decode_inner(header, payload, limits, None)
+    }
+
+    /// Decodes like [`decode`](Self::decode), taking header names from `names` where it holds
+    /// them: what a connection's [`Decoder`](crate::codec::Decoder) does for each frame.
+    pub fn decode_with(
+        header: &FrameHeader,
+        payload: Bytes,
+        limits: &Limits,
+        names: &mut HeaderNames,
+    ) -> Result<Option<Frame>, ProtocolError> {
+        Self::decode_inner(header, payload, limits, Some(names))
+    }
+
+    fn decode_inner(
+        header: &FrameHeader,
+        payload: Bytes,
+        limits: &Limits,
+        names: Option<&mut HeaderNames>,
+    ) -> Result<Option<Frame>, ProtocolError> {
         let Some(ty) = FrameType::from_u8(header.ty) else {
             return Ok(None);
         };
@@ -406,12 +426,12 @@ impl Frame {
         let frame = match ty {
             FrameType::Request => {
                 nonzero_id(id)?;
-                Frame::from(decode_request(&mut rd, id, header.flags, limits)?)
+                Frame::from(decode_request(&mut rd, id, header.flags, limits, names)?)
             }
             FrameType::Response => {
                 nonzero_id(id)?;
                 let status = StatusCode::from_u16(rd.u16()?).map_err(|_| malformed("status"))?;
-                let headers = decode_headers(&mut rd, limits)?;
+                let headers = decode_headers(&mut rd, limits, names)?;
                 let bodiless = header.flags & FLAG_NO_BODY != 0;
                 let body = if bodiless {
                     Bytes::new()
@@ -599,6 +619,7 @@ fn decode_request(
     id: u32,
     flags: u8,
     limits: &Limits,
+    names: Option<&mut HeaderNames>,
 ) -> Result<RequestFrame, ProtocolError> {
     let method_len = rd.u8()? as usize;
     let method = Method::from_bytes(&rd.bytes(method_len)?).map_err(|_| malformed("method"))?;
@@ -632,7 +653,7 @@ fn decode_request(
     } else {
         None
     };
-    let headers = decode_headers(rd, limits)?;
+    let headers = decode_headers(rd, limits, names)?;
     let body = decode_body(rd, limits)?;
     let mut request = http::Request::new(body);
     *request.method_mut() = method;
@@ -645,7 +666,11 @@ fn decode_request(
     })
 }
 
-fn decode_headers(rd: &mut Reader, limits: &Limits) -> Result<HeaderMap, ProtocolError> {
+fn decode_headers(
+    rd: &mut Reader,
+    limits: &Limits,
+    mut names: Option<&mut HeaderNames>,
+) -> Result<HeaderMap, ProtocolError> {
     let count = rd.u16()? as usize;
     if count > limits.max_headers as usize {
         return Err(ProtocolError::TooManyHeaders {
@@ -669,8 +694,11 @@ fn decode_headers(rd: &mut Reader, limits: &Limits) -> Result<HeaderMap, Protoco
         let sensitive = name_len & SENSITIVE_BIT != 0;
         let name_len = (name_len & !SENSITIVE_BIT) as usize;
         rd.need(name_len)?;
-        let name =
-            HeaderName::from_bytes(&rd.0[..name_len]).map_err(|_| malformed("header name"))?;
+        let bytes = &rd.0[..name_len];
+        let name = match names.as_deref_mut() {
+            Some(names) => names.get(bytes)?,
+            None => parse_name(bytes)?,
+        };
         rd.0.advance(name_len);
         let value_len = rd.u16()? as usize;
         total += name_len + value_len;
@@ -686,6 +714,72 @@ fn decode_headers(rd: &mut Reader, limits: &Limits) -> Result<HeaderMap, Protoco
         headers.try_append(name, value).map_err(|_| too_many())?;
     }
     Ok(headers)
+}
+
+fn parse_name(bytes: &[u8]) -> Result<HeaderName, ProtocolError> {
+    HeaderName::from_bytes(bytes).map_err(|_| malformed("header name"))
+}
+
+/// Slots in a [`HeaderNames`] cache.
+const NAME_SLOTS: usize = 128;
+/// The longest header name a [`HeaderNames`] cache keeps.
+const NAME_CACHED_MAX: usize = 64;
+
+/// The header names one connection direction has decoded lately, so that a name seen before is
+/// cloned rather than parsed again: `http` checks and matches every byte of a name, and
+/// allocates a copy of any name it has no constant for (`x-request-id`, ...), where a clone of
+/// a cached name copies a constant or takes a reference.
+///
+/// Direct-mapped: [`NAME_SLOTS`] (128) slots chosen by a hash of the name's first and last eight
+/// bytes, each holding the last name of at most [`NAME_CACHED_MAX`] (64) bytes that landed there.
+/// Two names that share a slot take turns, which costs a parse, never a wrong name: a hit
+/// compares every byte. Memory: nothing until the first header, then 5 KiB of slots plus the
+/// bytes of the custom names they hold (at most 8 KiB).
+#[derive(Debug, Default)]
+pub struct HeaderNames {
+    slots: Vec<Option<HeaderName>>,
+}
+
+impl HeaderNames {
+    /// An empty cache.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn get(&mut self, bytes: &[u8]) -> Result<HeaderName, ProtocolError> {
+        if bytes.is_empty() || bytes.len() > NAME_CACHED_MAX {
+            return parse_name(bytes);
+        }
+        if self.slots.is_empty() {
+            self.slots.resize(NAME_SLOTS, None);
+        }
+        let slot = &mut self.slots[name_slot(bytes)];
+        if let Some(name) = slot
+            && name.as_str().as_bytes() == bytes
+        {
+            return Ok(name.clone());
+        }
+        let name = parse_name(bytes)?;
+        *slot = Some(name.clone());
+        Ok(name)
+    }
+}
+
+/// The slot of a name of 1 to 64 bytes: its first and last eight bytes (zero-padded when shorter)
+/// and its length, mixed by one multiplication.
+fn name_slot(bytes: &[u8]) -> usize {
+    let n = bytes.len();
+    let (head, tail) = if n >= 8 {
+        let head: [u8; 8] = bytes[..8].try_into().expect("8 bytes");
+        let tail: [u8; 8] = bytes[n - 8..].try_into().expect("8 bytes");
+        (u64::from_le_bytes(head), u64::from_le_bytes(tail))
+    } else {
+        let mut head = [0u8; 8];
+        head[..n].copy_from_slice(bytes);
+        (u64::from_le_bytes(head), 0)
+    };
+    let mixed = (head ^ tail.rotate_left(29) ^ n as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    (mixed >> 57) as usize
 }
 
 fn decode_body(rd: &mut Reader, limits: &Limits) -> Result<Bytes, ProtocolError> {
@@ -966,6 +1060,108 @@ pub(crate) mod tests {
                 malformed("frame: bytes after the last field")
             );
         }
+    }
+
+    // ===== the header name cache =====
+
+    /// A response carrying `names` (each with value `v`), encoded as its payload.
+    fn response_payload(names: &[&str]) -> (FrameHeader, Bytes) {
+        let mut response = http::Response::new(Bytes::new());
+        for name in names {
+            let name = HeaderName::from_bytes(name.as_bytes()).unwrap();
+            response
+                .headers_mut()
+                .append(name, HeaderValue::from_static("v"));
+        }
+        let frame = Frame::from(ResponseFrame {
+            id: 1,
+            bodiless: true,
+            response,
+        });
+        let mut out = Vec::new();
+        frame.encode(&Limits::default(), &mut out).unwrap();
+        (
+            FrameHeader::parse(&out),
+            Bytes::copy_from_slice(&out[HEADER_LEN..]),
+        )
+    }
+
+    fn decoded_names(frame: Frame) -> Vec<String> {
+        let Frame::Response(f) = frame else {
+            panic!("a response");
+        };
+        f.response
+            .headers()
+            .iter()
+            .map(|(n, _)| n.to_string())
+            .collect()
+    }
+
+    #[test]
+    fn cached_names_decode_like_parsed_ones() {
+        let limits = Limits::default();
+        let long = "x-".repeat(40);
+        // Two names of one slot, found by search, take turns in it.
+        let a = "x-n0".to_owned();
+        let b = (1..10_000)
+            .map(|i| format!("x-n{i}"))
+            .find(|n| name_slot(n.as_bytes()) == name_slot(a.as_bytes()))
+            .expect("a second name in the first one's slot");
+        // Frames alternate so that a and b keep evicting each other.
+        let frames = [
+            response_payload(&["content-type", "x-request-id", &a, &long]),
+            response_payload(&[&b, "content-type", &long, "x-request-id"]),
+        ];
+        let mut cache = HeaderNames::new();
+        for round in 0..6 {
+            let (header, payload) = &frames[round % 2];
+            let cached = Frame::decode_with(header, payload.clone(), &limits, &mut cache);
+            let parsed = Frame::decode(header, payload.clone(), &limits);
+            let cached = decoded_names(cached.unwrap().unwrap());
+            assert_eq!(cached, decoded_names(parsed.unwrap().unwrap()));
+            assert_eq!(cached.len(), 4);
+        }
+        assert!(cache.slots.len() == NAME_SLOTS);
+        assert!(cache.slots.iter().filter(|s| s.is_some()).count() >= 3);
+    }
+
+    #[test]
+    fn cache_normalises_case_and_refuses_bad_names() {
+        let limits = Limits::default();
+        let (header, payload) = response_payload(&["x-trace"]);
+        let mut cache = HeaderNames::new();
+        Frame::decode_with(&header, payload.clone(), &limits, &mut cache).unwrap();
+        // The same name in capitals (a foreign encoder): same length, so patch the bytes.
+        let upper = Bytes::from(payload.to_ascii_uppercase());
+        for _ in 0..2 {
+            let frame = Frame::decode_with(&header, upper.clone(), &limits, &mut cache);
+            assert_eq!(decoded_names(frame.unwrap().unwrap()), ["x-trace"]);
+        }
+        let mut bad = payload.to_vec();
+        let at = bad.windows(7).position(|w| w == b"x-trace").unwrap();
+        bad[at + 1] = b' ';
+        let result = Frame::decode_with(&header, bad.into(), &limits, &mut cache);
+        assert_eq!(result.unwrap_err(), malformed("header name"));
+        // And the good name is still served from the cache.
+        let frame = Frame::decode_with(&header, payload, &limits, &mut cache);
+        assert_eq!(decoded_names(frame.unwrap().unwrap()), ["x-trace"]);
+    }
+
+    #[test]
+    fn cache_memory_is_bounded() {
+        // What the doc promises: 5 KiB of slots, and names over 64 bytes never kept.
+        let slot = std::mem::size_of::<Option<HeaderName>>();
+        assert!(NAME_SLOTS * slot <= 5 << 10, "{slot} bytes a slot");
+        let limits = Limits::default();
+        let long = "y".repeat(NAME_CACHED_MAX + 1);
+        let (header, payload) = response_payload(&[&long]);
+        let mut cache = HeaderNames::new();
+        let frame = Frame::decode_with(&header, payload, &limits, &mut cache);
+        assert_eq!(decoded_names(frame.unwrap().unwrap()), [long]);
+        assert!(
+            cache.slots.is_empty(),
+            "nothing allocated for an uncached name"
+        );
     }
 
     // ===== golden bytes: the examples of docs/PROTOCOL.md =====
