@@ -1,32 +1,40 @@
-//! One teleport connection on the server: read requests, run each in its own task, send the
-//! responses as they complete, and drain on shutdown.
+//! One teleport connection on the server: read requests, answer them, write the responses as
+//! they complete, and drain on shutdown.
+//!
+//! The connection's own task reads, dispatches and writes, in that order, with no queue between
+//! the steps: a handler that answers on its first poll (most do) has its response in the batch
+//! before the task looks at the socket again, and one wake-up of the task serves a request.
 //!
 //! ```text
-//!  reader ─▶ dispatch: capacity? ──yes──▶ spawn handler ─▶ service.call ─▶ response frame ─▶ writer
-//!                        │ no: stop reading (TCP backs up)
-//!                        └─ still full after overload_wait: answer `overloaded` without running
+//!  read ─▶ dispatch: room? ──yes──▶ first poll of the handler ──ready──▶ batch ─▶ write
+//!                     │                   │ pending: a task of its own ─▶ sender ─▶ queue ─┘
+//!                     │ no: stop reading (TCP backs up)
+//!                     └─ still full after overload_wait: answer `overloaded` without running
 //! ```
 
-use std::collections::HashMap;
-use std::future::poll_fn;
+use std::collections::{HashMap, VecDeque};
+use std::future::{Future, poll_fn};
 use std::panic::AssertUnwindSafe;
 use std::pin::pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
-use std::task::Poll;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use futures_util::FutureExt;
 use http::{Method, Response, StatusCode};
 use teleport_transport::ProtocolError;
+use teleport_transport::batch::FlushReason;
 use teleport_transport::cancel::Cancelled;
 use teleport_transport::codec::Inbound;
-use teleport_transport::conn::{Conn, Receiver, SendError, Sender};
+use teleport_transport::conn::{
+    Conn, FrameReader, FrameWriter, Parts, SendError, SendQueue, Sender,
+};
 use teleport_transport::frame::{
     ErrorCode, ErrorFrame, Frame, FrameType, GoAwayFrame, RequestFrame, ResponseFrame,
 };
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, ReadHalf, WriteHalf};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::{AbortHandle, JoinError, JoinSet};
 use tokio::time::Instant;
@@ -64,37 +72,66 @@ where
         }
     };
     bump(&shared.counters.connections);
-    let (sender, receiver, driver) = conn.split();
-    let dispatch = Dispatch {
+    let Parts {
+        reader,
+        writer,
         sender,
+        queue,
+    } = conn.into_parts();
+    let mut connection = Connection {
+        reader,
+        writer,
+        queue,
+        sender,
+        pending: VecDeque::new(),
         tasks: JoinSet::new(),
         in_flight: HashMap::new(),
         last_id: 0,
         going_away: false,
         full_since: None,
+        head_since: None,
+        permit: None,
+        urgent: false,
         shutdown,
         peer: peer.filter(|_| shared.config.peer_extension),
         shared,
     };
-    let counters = dispatch.shared.counters.clone();
-    let (result, ()) = tokio::join!(driver.run(), dispatch.run(receiver));
+    let result = connection.run().await;
+    // Ended early (a failed read or write): no answer can go out any more.
+    connection.stop_handlers().await;
     result.map_err(|error| {
-        bump(&counters.connection_errors);
+        bump(&connection.shared.counters.connection_errors);
         Error::Conn(error)
     })
 }
 
-struct Dispatch<S> {
+/// One connection, served from its own task: the task reads, answers what it can at once, and
+/// writes, with no queue between those steps. Handlers that must wait run in tasks of their own
+/// and send their answers through `sender`.
+struct Connection<S, IO> {
+    reader: FrameReader<ReadHalf<IO>>,
+    writer: FrameWriter<WriteHalf<IO>>,
+    /// Answers from handlers in tasks of their own.
+    queue: SendQueue,
     sender: Sender,
-    /// The handlers running; each returns its request id.
+    /// Read and not yet dispatched: while the connection is full, the first is a request
+    /// waiting for room.
+    pending: VecDeque<Inbound>,
+    /// The handlers running in tasks of their own; each returns its request id.
     tasks: JoinSet<u32>,
     /// For cancel frames: the handler of each request id.
     in_flight: HashMap<u32, AbortHandle>,
-    /// The last request id received, announced in the goaway.
+    /// The last request id dispatched, announced in the goaway.
     last_id: u32,
     going_away: bool,
     /// Since when the connection has been full without a break; past `overload_wait` it sheds.
     full_since: Option<Instant>,
+    /// Since when the first pending request has waited for room (counted against its deadline).
+    head_since: Option<Instant>,
+    /// A server-wide permit acquired for the request waiting for room.
+    permit: Option<OwnedSemaphorePermit>,
+    /// A pong is in the batch: write without the batch delay, so probes measure the link.
+    urgent: bool,
     shutdown: CancellationToken,
     /// Set on each request as an extension, when the server is configured to.
     peer: Option<Peer>,
@@ -104,150 +141,213 @@ struct Dispatch<S> {
 /// Room for one more request: the server-wide permit, when there is a server-wide limit.
 type Room = Option<OwnedSemaphorePermit>;
 
-/// Inbound items taken at once. While the connection is full, at most this many wait in hand
-/// beyond the receive queue; the rest back up in the socket.
+/// What a request waiting for room gets.
+enum Admission {
+    Run(Room, Duration),
+    Wait,
+    Shed,
+}
+
+/// Inbound items read at once. While the connection is full, at most this many wait in hand;
+/// the rest back up in the socket.
 const INBOUND_AT_ONCE: usize = 64;
 
-impl<S: HttpService> Dispatch<S> {
-    async fn run(mut self, mut receiver: Receiver) {
+impl<S, IO> Connection<S, IO>
+where
+    S: HttpService,
+    IO: AsyncRead + AsyncWrite + Unpin,
+{
+    /// Until the client's direction ends and every answer is written; then half-closes.
+    async fn run(&mut self) -> Result<(), teleport_transport::Error> {
         let mut shutdown = Cancelled::new(self.shutdown.clone());
-        let mut items = Vec::with_capacity(INBOUND_AT_ONCE);
+        let mut read = Vec::with_capacity(INBOUND_AT_ONCE);
+        let mut reading = true;
         loop {
-            tokio::select! {
-                biased;
-                Some(done) = self.tasks.join_next(), if !self.tasks.is_empty() => {
-                    self.reap(done);
-                }
-                () = &mut shutdown, if !self.going_away => self.go_away().await,
-                n = receiver.recv_many(&mut items, INBOUND_AT_ONCE) => {
-                    if n == 0 {
-                        break;
-                    }
-                    for item in items.drain(..) {
-                        self.on_inbound(item).await;
-                    }
-                }
+            // Frames go into the batch only between writes.
+            if !self.writer.is_writing() {
+                poll_fn(|cx| {
+                    self.dispatch(cx);
+                    Poll::Ready(())
+                })
+                .await;
+                self.writer.push_queued(&mut self.queue);
             }
-        }
-        // The client's direction ended. A gone writer cannot carry answers: stop the handlers.
-        if self.sender.is_closed() {
-            self.tasks.abort_all();
-        }
-        while let Some(done) = self.tasks.join_next().await {
-            self.reap(done);
-        }
-    }
-
-    async fn on_inbound(&mut self, item: Inbound) {
-        match item {
-            Inbound::Frame(Frame::Request(request)) => {
-                bump(&self.shared.counters.requests);
-                self.last_id = request.id;
-                match self.room().await {
-                    Some((permit, waited)) => {
-                        let mut request = request;
-                        if !waited.is_zero() {
-                            request.deadline = request.deadline.map(|d| d.saturating_sub(waited));
-                        }
-                        self.run_request(request, permit).await;
-                    }
-                    None => {
-                        bump(&self.shared.counters.overloaded);
-                        let error = error_frame(request.id, ErrorCode::OVERLOADED, "overloaded");
-                        self.send(error).await;
-                    }
-                }
+            let writing = self.writer.is_writing();
+            let waiting = !self.pending.is_empty();
+            if !reading
+                && !waiting
+                && !writing
+                && self.tasks.is_empty()
+                && !self.writer.has_batch()
+                && self.queue.is_empty()
+            {
+                break;
             }
-            Inbound::Frame(Frame::Cancel { id }) => {
-                if let Some(handler) = self.in_flight.remove(&id) {
-                    handler.abort();
-                }
-            }
-            Inbound::Rejected { id, ty, error } => {
-                bump(&self.shared.counters.rejected);
-                if ty == FrameType::Request {
-                    let code = rejection_code(&error);
-                    self.send(error_frame(id, code, &error.to_string())).await;
-                }
-            }
-            // The client is closing: it sends nothing more and closes when its answers are in.
-            Inbound::Frame(Frame::GoAway(_)) | Inbound::Frame(Frame::Pong { .. }) => {}
-            Inbound::Frame(frame) => {
-                tracing::debug!(id = frame.id(), ty = ?frame.frame_type(), "unexpected frame from a client; ignored");
-            }
-        }
-    }
-
-    /// Waits for room to run one more request, reading nothing meanwhile: the client's frames
-    /// back up in the socket. `None` once the connection has been full for `overload_wait`:
-    /// shed the request.
-    ///
-    /// With the room comes how long this request waited for it, which counts against its
-    /// deadline.
-    async fn room(&mut self) -> Option<(Room, Duration)> {
-        let max_local = self.shared.config.max_concurrent_per_conn;
-        let global = self.shared.global.clone();
-        let mut waiting_since: Option<Instant> = None;
-        let waited = |since: Option<Instant>| since.map_or(Duration::ZERO, |at| at.elapsed());
-        loop {
-            let local_room = self.tasks.len() < max_local;
-            if local_room {
-                let permit = match &global {
-                    None => Some(None),
-                    Some(global) => global.clone().try_acquire_owned().ok().map(Some),
+            // A write under way, a batch at its byte limit, or a pong: write before anything else.
+            if writing || self.writer.is_full() || (self.urgent && self.writer.has_batch()) {
+                let reason = if writing || !self.writer.is_full() {
+                    FlushReason::Idle
+                } else {
+                    FlushReason::Bytes
                 };
-                if let Some(permit) = permit {
-                    self.full_since = None;
-                    return Some((permit, waited(waiting_since)));
-                }
+                self.writer.flush(reason).await?;
+                self.urgent = false;
+                continue;
             }
-            let now = Instant::now();
-            waiting_since.get_or_insert(now);
-            let shed_at = *self.full_since.get_or_insert(now) + self.shared.config.overload_wait;
-            if now >= shed_at {
-                return None;
-            }
-            let shutdown = self.shutdown.clone();
+            let local_room = self.tasks.len() < self.shared.config.max_concurrent_per_conn;
+            let global = self.shared.global.clone().filter(|_| waiting && local_room);
+            let shed_at = self
+                .full_since
+                .map(|since| since + self.shared.config.overload_wait);
             tokio::select! {
                 biased;
-                Some(done) = self.tasks.join_next(), if !self.tasks.is_empty() => {
-                    self.reap(done);
+                Some(done) = self.tasks.join_next(), if !self.tasks.is_empty() => self.reap(done),
+                () = &mut shutdown, if !self.going_away => self.go_away(),
+                // Answers of handlers in tasks of their own; the loop's top takes them.
+                _ = self.queue.ready(), if !self.tasks.is_empty() => {}
+                permit = acquire(global), if waiting && self.permit.is_none() => self.permit = permit,
+                () = sleep_until(shed_at), if waiting => {}
+                n = self.reader.next_many(&mut read, INBOUND_AT_ONCE), if reading && !waiting => {
+                    if n? == 0 {
+                        reading = false;
+                    }
+                    self.pending.extend(read.drain(..));
                 }
-                () = shutdown.cancelled(), if !self.going_away => self.go_away().await,
-                permit = acquire(global.clone()), if local_room => {
-                    self.full_since = None;
-                    return Some((permit, waited(waiting_since)));
-                }
-                () = tokio::time::sleep_until(shed_at) => {}
+                // Nothing else to do now: write what the batch holds, when the policy says.
+                written = self.writer.flush_due(), if self.writer.has_batch() => written?,
             }
         }
+        self.writer.shutdown().await
+    }
+
+    /// Dispatches what was read, in order, until a request finds no room.
+    fn dispatch(&mut self, cx: &mut Context<'_>) {
+        while let Some(item) = self.pending.pop_front() {
+            match item {
+                Inbound::Frame(Frame::Request(mut request)) => {
+                    if self.head_since.is_none() {
+                        bump(&self.shared.counters.requests);
+                        self.last_id = request.id;
+                    }
+                    match self.admit() {
+                        Admission::Run(permit, waited) => {
+                            if !waited.is_zero() {
+                                request.deadline =
+                                    request.deadline.map(|d| d.saturating_sub(waited));
+                            }
+                            self.run_request(request, permit, cx);
+                        }
+                        Admission::Shed => {
+                            bump(&self.shared.counters.overloaded);
+                            self.push(error_frame(request.id, ErrorCode::OVERLOADED, "overloaded"));
+                        }
+                        Admission::Wait => {
+                            self.pending
+                                .push_front(Inbound::Frame(Frame::Request(request)));
+                            return;
+                        }
+                    }
+                }
+                Inbound::Frame(Frame::Cancel { id }) => {
+                    if let Some(handler) = self.in_flight.remove(&id) {
+                        handler.abort();
+                    }
+                }
+                Inbound::Frame(Frame::Ping { payload }) => {
+                    self.push(Frame::Pong { payload });
+                    self.urgent = true;
+                }
+                Inbound::Rejected { id, ty, error } => {
+                    bump(&self.shared.counters.rejected);
+                    if ty == FrameType::Request {
+                        let code = rejection_code(&error);
+                        self.push(error_frame(id, code, &error.to_string()));
+                    }
+                }
+                // The client is closing: it sends nothing more and closes when its answers are in.
+                Inbound::Frame(Frame::GoAway(_)) | Inbound::Frame(Frame::Pong { .. }) => {}
+                Inbound::Frame(frame) => {
+                    tracing::debug!(id = frame.id(), ty = ?frame.frame_type(), "unexpected frame from a client; ignored");
+                }
+            }
+        }
+    }
+
+    /// Room for the first pending request: run it, or wait reading nothing meanwhile (the
+    /// client's frames back up in the socket), or shed it once the connection has been full
+    /// for `overload_wait`.
+    fn admit(&mut self) -> Admission {
+        if self.tasks.len() < self.shared.config.max_concurrent_per_conn {
+            let permit = match &self.shared.global {
+                None => Some(None),
+                Some(global) => self
+                    .permit
+                    .take()
+                    .or_else(|| global.clone().try_acquire_owned().ok())
+                    .map(Some),
+            };
+            if let Some(permit) = permit {
+                self.full_since = None;
+                let waited = self
+                    .head_since
+                    .take()
+                    .map_or(Duration::ZERO, |at| at.elapsed());
+                return Admission::Run(permit, waited);
+            }
+        }
+        let now = Instant::now();
+        self.head_since.get_or_insert(now);
+        let since = *self.full_since.get_or_insert(now);
+        if now >= since + self.shared.config.overload_wait {
+            self.head_since = None;
+            return Admission::Shed;
+        }
+        Admission::Wait
     }
 
     /// Runs one request. Most handlers answer at once, so the first poll happens here, on the
-    /// connection's task; only a handler that must wait gets a task of its own (and a timer).
-    async fn run_request(&mut self, request: Box<RequestFrame>, permit: Room) {
+    /// connection's task, and the answer goes straight into the batch; only a handler that must
+    /// wait gets a task of its own (and a timer).
+    fn run_request(&mut self, request: Box<RequestFrame>, permit: Room, cx: &mut Context<'_>) {
         let id = request.id;
         let shared = self.shared.clone();
+        let counters = &shared.counters;
+        let max_body = self.sender.params().peer_limits.max_body as usize;
+        counters.in_flight.fetch_add(1, Relaxed);
+        let mut work = Box::pin(handle(shared.clone(), request, self.peer.clone(), max_body));
+        if let Poll::Ready(frame) = work.as_mut().poll(cx) {
+            drop(permit);
+            counters.in_flight.fetch_sub(1, Relaxed);
+            self.push(frame);
+            return;
+        }
         let sender = self.sender.clone();
-        let max_body = sender.params().peer_limits.max_body as usize;
-        let peer = self.peer.clone();
-        shared.counters.in_flight.fetch_add(1, Relaxed);
-        let mut work = Box::pin(async move {
+        let task = self.tasks.spawn(async move {
             let _permit = permit;
-            let frame = handle(&shared, request, peer, max_body).await;
+            let frame = work.await;
             send(&sender, frame, &shared.counters).await;
             shared.counters.in_flight.fetch_sub(1, Relaxed);
             id
         });
-        if poll_fn(|cx| Poll::Ready(work.as_mut().poll(cx)))
-            .await
-            .is_ready()
-        {
-            return;
-        }
-        let task = self.tasks.spawn(work);
         // An id still running is a client bug; the newer request wins the cancel slot.
         self.in_flight.insert(id, task);
+    }
+
+    /// Puts a frame in the batch; one the client's limits refuse becomes an error for its
+    /// request instead.
+    fn push(&mut self, frame: Frame) {
+        if let Err(refused) = self.writer.push(frame) {
+            bump(&self.shared.counters.rejected);
+            let message = match &refused {
+                SendError::Refused { error, .. } => error.to_string(),
+                other => other.to_string(),
+            };
+            let id = refused.into_frame().id();
+            // An error frame is a few bytes: within any limits.
+            let _ = self
+                .writer
+                .push(error_frame(id, ErrorCode::TOO_LARGE, &message));
+        }
     }
 
     fn reap(&mut self, done: Result<u32, JoinError>) {
@@ -255,7 +355,7 @@ impl<S: HttpService> Dispatch<S> {
             Ok(id) => {
                 self.in_flight.remove(&id);
             }
-            // Cancelled: the cancel frame removed it already (or the connection is ending).
+            // Cancelled: by a cancel frame, or because the connection is ending.
             Err(error) if error.is_cancelled() => {
                 bump(&self.shared.counters.cancelled);
                 self.shared.counters.in_flight.fetch_sub(1, Relaxed);
@@ -265,25 +365,30 @@ impl<S: HttpService> Dispatch<S> {
         }
     }
 
+    /// Stops the handlers still running (their answers can no longer be written).
+    async fn stop_handlers(&mut self) {
+        self.tasks.abort_all();
+        while let Some(done) = self.tasks.join_next().await {
+            self.reap(done);
+        }
+    }
+
     /// Graceful close: tell the client to send nothing new. Requests already on their way are
     /// still served; the connection ends when the client, its answers in, closes it.
-    async fn go_away(&mut self) {
+    fn go_away(&mut self) {
         self.going_away = true;
         let goaway = Frame::GoAway(GoAwayFrame {
             last_id: self.last_id,
             code: ErrorCode::NO_ERROR,
             message: "server shutting down".into(),
         });
-        self.send(goaway).await;
-    }
-
-    async fn send(&self, frame: Frame) {
-        send(&self.sender, frame, &self.shared.counters).await;
+        self.push(goaway);
     }
 }
 
-/// Waits for a server-wide permit; pending forever without a server-wide limit.
-async fn acquire(global: Option<Arc<Semaphore>>) -> Room {
+/// Waits for a server-wide permit; pending forever without a server-wide limit (or while the
+/// waiting request needs a local slot first).
+async fn acquire(global: Option<Arc<Semaphore>>) -> Option<OwnedSemaphorePermit> {
     match global {
         // The semaphore is never closed.
         Some(global) => global.acquire_owned().await.ok(),
@@ -291,9 +396,17 @@ async fn acquire(global: Option<Arc<Semaphore>>) -> Room {
     }
 }
 
+/// Sleeps until `at`; pending forever without it.
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Runs the service on one request and turns the outcome into the frame that answers it.
 async fn handle<S: HttpService>(
-    shared: &Shared<S>,
+    shared: Arc<Shared<S>>,
     request: Box<RequestFrame>,
     peer: Option<Peer>,
     max_body: usize,
@@ -319,7 +432,15 @@ async fn handle<S: HttpService>(
     .catch_unwind();
     let outcome = match timeout {
         Some(Duration::ZERO) => None,
-        Some(timeout) => tokio::time::timeout(timeout, call).await.ok(),
+        Some(timeout) => {
+            let deadline = Instant::now() + timeout;
+            let mut call = pin!(call);
+            // Most handlers answer on their first poll: those need no timer.
+            match poll_fn(|cx| Poll::Ready(call.as_mut().poll(cx))).await {
+                Poll::Ready(outcome) => Some(outcome),
+                Poll::Pending => tokio::time::timeout_at(deadline, call).await.ok(),
+            }
+        }
         None => Some(call.await),
     };
     let counters = &shared.counters;

@@ -74,6 +74,16 @@ impl Batcher {
         }
     }
 
+    /// Whether a batch is written as soon as nothing more is queued: no delay is configured.
+    pub fn is_immediate(&self) -> bool {
+        self.policy.max_delay.is_zero()
+    }
+
+    /// Forgets the open batch: it was written, whatever the reason.
+    pub fn reset(&mut self) {
+        self.opened = None;
+    }
+
     /// Decides, for a batch of `bytes` so far, with the queue empty or not. The first call after
     /// a flush opens a new batch at `now`.
     pub fn decide(&mut self, now: Instant, bytes: usize, queue_empty: bool) -> Decision {

@@ -146,6 +146,12 @@ impl Encoder {
         &self.out
     }
 
+    /// The wire bytes [`finish`](Self::finish) returned last, while no frame has been pushed
+    /// since: a writer that was interrupted resumes from them.
+    pub fn finished(&self) -> &[u8] {
+        if self.handed_out { &self.out } else { &[] }
+    }
+
     fn reset_if_handed_out(&mut self) {
         if self.handed_out {
             self.out.clear();

@@ -13,6 +13,11 @@
 //! (see [`batch`](crate::batch)) and writes each with one `write_all`; one reader decodes and
 //! dispatches, answering pings itself.
 //!
+//! A peer that answers in the connection's own task (the server) takes the connection apart
+//! with [`Conn::into_parts`] instead: a [`FrameReader`], a [`FrameWriter`] and a queue for frames
+//! from other tasks, which it drives itself, so that reading a request, answering it and writing
+//! the answer need no queue and no wake-up in between. [`Driver`] is built from the same parts.
+//!
 //! Both queues are bounded. A full send queue makes [`Sender::send`] wait; a full receive queue
 //! stops the reader, so a slow consumer pushes back on the peer through TCP instead of buffering.
 //!
@@ -28,7 +33,7 @@ use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -356,31 +361,61 @@ where
     /// The connection's three parts: spawn the [`Driver`], send with the [`Sender`], receive with
     /// the [`Receiver`].
     pub fn split(self) -> (Sender, Receiver, Driver<IO>) {
+        let recv_queue = self.config.recv_queue;
+        let Parts {
+            reader,
+            writer,
+            sender,
+            queue,
+        } = self.into_parts();
+        let (inbound_tx, inbound_rx) = mpsc::channel(recv_queue);
+        let receiver = Receiver {
+            rx: inbound_rx,
+            shared: sender.shared.clone(),
+        };
+        let driver = Driver {
+            reader,
+            writer,
+            queue,
+            inbound: inbound_tx,
+        };
+        (sender, receiver, driver)
+    }
+
+    /// The connection's parts for a task that reads, answers and writes itself, instead of
+    /// running a [`Driver`] and talking to it through queues.
+    pub fn into_parts(self) -> Parts<IO> {
         let (tx, rx) = mpsc::channel(self.config.send_queue);
-        let (inbound_tx, inbound_rx) = mpsc::channel(self.config.recv_queue);
         let shared = Arc::new(Shared {
             params: self.params,
             counters: Counters::default(),
         });
-        let driver = Driver {
-            io: self.io,
-            read_buf: self.read_buf,
-            encoder: Encoder::new(
-                self.params.send_codec,
-                self.config.levels,
-                self.params.peer_limits,
-            ),
-            decoder: Decoder::new(self.params.recv_codec, self.config.limits),
-            batch: self.config.batch,
-            outbound: rx,
-            inbound: inbound_tx,
-            shared: shared.clone(),
-        };
-        let receiver = Receiver {
-            rx: inbound_rx,
-            shared: shared.clone(),
-        };
-        (Sender { tx, shared }, receiver, driver)
+        let (rd, wr) = tokio::io::split(self.io);
+        Parts {
+            reader: FrameReader {
+                io: rd,
+                buf: self.read_buf,
+                decoder: Decoder::new(self.params.recv_codec, self.config.limits),
+                shared: shared.clone(),
+            },
+            writer: FrameWriter {
+                io: wr,
+                encoder: Encoder::new(
+                    self.params.send_codec,
+                    self.config.levels,
+                    self.params.peer_limits,
+                ),
+                batcher: Batcher::new(self.config.batch),
+                max_bytes: self.config.batch.max_bytes,
+                written: None,
+                shared: shared.clone(),
+            },
+            sender: Sender { tx, shared },
+            queue: SendQueue {
+                rx,
+                taken: Vec::with_capacity(TAKE_AT_ONCE),
+            },
+        }
     }
 }
 
@@ -412,7 +447,7 @@ impl fmt::Debug for Receiver {
 impl<IO> fmt::Debug for Driver<IO> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Driver")
-            .field("params", &self.shared.params)
+            .field("params", &self.reader.shared.params)
             .finish_non_exhaustive()
     }
 }
@@ -559,14 +594,10 @@ impl Receiver {
 /// The future that runs the connection. Spawn [`run`](Driver::run); dropping it closes the
 /// connection.
 pub struct Driver<IO> {
-    io: IO,
-    read_buf: BytesMut,
-    encoder: Encoder,
-    decoder: Decoder,
-    batch: BatchPolicy,
-    outbound: mpsc::Receiver<Checked>,
+    reader: FrameReader<ReadHalf<IO>>,
+    writer: FrameWriter<WriteHalf<IO>>,
+    queue: SendQueue,
     inbound: mpsc::Sender<Inbound>,
-    shared: Arc<Shared>,
 }
 
 impl<IO> Driver<IO>
@@ -585,115 +616,70 @@ where
     /// those may or may not have arrived.
     pub async fn run_reclaim(self, stop: CancellationToken) -> (Result<(), Error>, Vec<Frame>) {
         let Driver {
-            io,
-            read_buf,
-            encoder,
-            decoder,
-            batch,
-            outbound,
+            reader,
+            writer,
+            mut queue,
             inbound,
-            shared,
         } = self;
-        let (rd, wr) = tokio::io::split(io);
         let (control_tx, control_rx) = mpsc::channel(CONTROL_QUEUE);
-        let reader = Reader {
-            io: rd,
-            buf: read_buf,
-            decoder,
+        let reader = ReadLoop {
+            reader,
             inbound,
             control: control_tx,
-            shared: &shared,
         };
-        let mut writer = Writer {
-            io: wr,
-            encoder,
-            batcher: Batcher::new(batch),
-            max_bytes: batch.max_bytes,
-            outbound,
-            taken: Vec::with_capacity(TAKE_AT_ONCE),
+        let mut writer = WriteLoop {
+            writer,
+            queue: &mut queue,
             control: control_rx,
             stop,
-            shared: &shared,
         };
         let result = tokio::try_join!(reader.run(), writer.run()).map(drop);
-        // Taken from the queue but in no batch yet: first in line.
-        let mut unsent: Vec<Frame> = writer.taken.drain(..).rev().map(|c| c.frame).collect();
-        writer.outbound.close();
-        while let Ok(checked) = writer.outbound.try_recv() {
-            unsent.push(checked.frame);
-        }
-        (result, unsent)
+        (result, queue.reclaim())
     }
 }
 
-struct Reader<'a, R> {
-    io: R,
-    buf: BytesMut,
-    decoder: Decoder,
+struct ReadLoop<R> {
+    reader: FrameReader<R>,
     inbound: mpsc::Sender<Inbound>,
     control: mpsc::Sender<Checked>,
-    shared: &'a Shared,
 }
 
-impl<R: AsyncRead + Unpin> Reader<'_, R> {
+impl<R: AsyncRead + Unpin> ReadLoop<R> {
     async fn run(mut self) -> Result<(), Error> {
-        let counters = &self.shared.counters;
-        loop {
-            while let Some(item) = self.decoder.decode(&mut self.buf)? {
-                add(&counters.frames_received, 1);
-                match item {
-                    Inbound::Frame(Frame::Ping { payload }) => {
-                        let pong = Frame::Pong { payload };
-                        match pong.check(&self.shared.params.peer_limits) {
-                            // A gone writer means the connection is closing; nothing to answer.
-                            Ok(len) => {
-                                let _ = self.control.send(Checked { frame: pong, len }).await;
-                            }
-                            Err(error) => {
-                                tracing::debug!(%error, "cannot answer a ping within the peer's limits");
-                            }
+        while let Some(item) = self.reader.next().await? {
+            match item {
+                Inbound::Frame(Frame::Ping { payload }) => {
+                    let pong = Frame::Pong { payload };
+                    match pong.check(&self.reader.shared.params.peer_limits) {
+                        // A gone writer means the connection is closing; nothing to answer.
+                        Ok(len) => {
+                            let _ = self.control.send(Checked { frame: pong, len }).await;
                         }
-                    }
-                    item => {
-                        if send_or_wait(&self.inbound, item).await.is_err() {
-                            // No one listens any more: stop reading.
-                            return Ok(());
+                        Err(error) => {
+                            tracing::debug!(%error, "cannot answer a ping within the peer's limits");
                         }
                     }
                 }
-            }
-            if self.buf.capacity() - self.buf.len() < READ_CHUNK / 4 {
-                self.buf.reserve(READ_CHUNK);
-            }
-            let n = self.io.read_buf(&mut self.buf).await.map_err(Error::Read)?;
-            if n == 0 {
-                if self.buf.is_empty() && self.decoder.is_idle() {
-                    return Ok(());
+                item => {
+                    if send_or_wait(&self.inbound, item).await.is_err() {
+                        // No one listens any more: stop reading.
+                        return Ok(());
+                    }
                 }
-                return Err(Error::Read(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "peer closed the connection in the middle of a frame",
-                )));
             }
-            add(&counters.wire_bytes_received, n);
         }
+        Ok(())
     }
 }
 
-struct Writer<'a, W> {
-    io: W,
-    encoder: Encoder,
-    batcher: Batcher,
-    max_bytes: usize,
-    outbound: mpsc::Receiver<Checked>,
-    /// Frames taken from `outbound` and not yet in a batch, last first (`pop` takes the oldest).
-    taken: Vec<Checked>,
+struct WriteLoop<'a, W> {
+    writer: FrameWriter<W>,
+    queue: &'a mut SendQueue,
     control: mpsc::Receiver<Checked>,
     stop: CancellationToken,
-    shared: &'a Shared,
 }
 
-impl<W: AsyncWrite + Unpin> Writer<'_, W> {
+impl<W: AsyncWrite + Unpin> WriteLoop<'_, W> {
     async fn run(&mut self) -> Result<(), Error> {
         let mut stopped = Cancelled::new(self.stop.clone());
         loop {
@@ -701,19 +687,17 @@ impl<W: AsyncWrite + Unpin> Writer<'_, W> {
                 biased;
                 () = &mut stopped => break,
                 Some(frame) = self.control.recv() => (frame, true),
-                // Left over when the last batch reached its byte limit.
-                Some(frame) = async { self.taken.pop() }, if !self.taken.is_empty() => (frame, false),
-                frame = self.outbound.recv() => match frame {
+                frame = self.queue.next() => match frame {
                     Some(frame) => (frame, false),
                     // Every Sender is gone and the queue is written: half-close.
                     None => break,
                 },
             };
-            self.push(&first);
+            self.writer.push_checked(&first);
             let reason = self.fill_batch(urgent).await;
-            self.write_batch(reason).await?;
+            self.writer.flush(reason).await?;
         }
-        self.io.shutdown().await.map_err(Error::Write)
+        self.writer.shutdown().await
     }
 
     /// Takes queued frames until the policy says to flush.
@@ -721,12 +705,12 @@ impl<W: AsyncWrite + Unpin> Writer<'_, W> {
     async fn fill_batch(&mut self, mut urgent: bool) -> FlushReason {
         loop {
             let mut queue_empty = false;
-            while self.encoder.batch_bytes() < self.max_bytes {
+            while !self.writer.is_full() {
                 if let Ok(frame) = self.control.try_recv() {
-                    self.push(&frame);
+                    self.writer.push_checked(&frame);
                     urgent = true;
-                } else if let Some(frame) = self.next_queued() {
-                    self.push(&frame);
+                } else if let Some(frame) = self.queue.try_next() {
+                    self.writer.push_checked(&frame);
                 } else {
                     queue_empty = true;
                     break;
@@ -735,50 +719,266 @@ impl<W: AsyncWrite + Unpin> Writer<'_, W> {
             if urgent && queue_empty {
                 return FlushReason::Idle;
             }
-            let now = Instant::now();
-            match self
-                .batcher
-                .decide(now, self.encoder.batch_bytes(), queue_empty)
-            {
+            match self.writer.decide(queue_empty) {
                 Decision::Take => {}
                 Decision::Flush(reason) => return reason,
                 Decision::WaitUntil(deadline) => {
                     tokio::select! {
                         biased;
                         Some(frame) = self.control.recv() => {
-                            self.push(&frame);
+                            self.writer.push_checked(&frame);
                             urgent = true;
                         }
-                        Some(frame) = self.outbound.recv() => self.push(&frame),
+                        Some(frame) = self.queue.next() => self.writer.push_checked(&frame),
                         () = tokio::time::sleep_until(deadline) => {}
                     }
                 }
             }
         }
     }
+}
 
-    /// The oldest frame waiting, if any, without waiting: from those taken already, or else from
-    /// a new take of up to [`TAKE_AT_ONCE`].
-    fn next_queued(&mut self) -> Option<Checked> {
-        if self.taken.is_empty() {
-            if take_waiting(&mut self.outbound, &mut self.taken, TAKE_AT_ONCE) == 0 {
-                return None;
+// ===== impl Parts =====
+
+/// A connection taken apart for a peer that reads, answers and writes in one task of its own
+/// (see [`Conn::into_parts`]): no queue between the socket and the code that answers it, and
+/// nothing to wake. Frames from other tasks go through [`sender`](Self::sender) and wait in
+/// [`queue`](Self::queue) until the task takes them into the writer.
+pub struct Parts<IO> {
+    /// What the peer sent.
+    pub reader: FrameReader<ReadHalf<IO>>,
+    /// Batches and writes frames.
+    pub writer: FrameWriter<WriteHalf<IO>>,
+    /// Queues frames from other tasks.
+    pub sender: Sender,
+    /// The frames `sender` queued.
+    pub queue: SendQueue,
+}
+
+impl<IO> fmt::Debug for Parts<IO> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Parts")
+            .field("params", &self.sender.shared.params)
+            .finish_non_exhaustive()
+    }
+}
+
+// ===== impl FrameReader =====
+
+/// The read direction of a connection: bytes from the socket in, decoded frames out.
+pub struct FrameReader<R> {
+    io: R,
+    buf: BytesMut,
+    decoder: Decoder,
+    shared: Arc<Shared>,
+}
+
+impl<R: AsyncRead + Unpin> FrameReader<R> {
+    /// The next item; `None` at the peer's clean end of stream. Pings come out like any frame:
+    /// answering them is the caller's part. Cancel-safe: bytes read stay in the reader.
+    pub async fn next(&mut self) -> Result<Option<Inbound>, Error> {
+        loop {
+            if let Some(item) = self.decoder.decode(&mut self.buf)? {
+                add(&self.shared.counters.frames_received, 1);
+                return Ok(Some(item));
             }
-            self.taken.reverse();
+            if !self.fill().await? {
+                return Ok(None);
+            }
         }
-        self.taken.pop()
     }
 
-    fn push(&mut self, checked: &Checked) {
+    /// Waits for the next items, decodes those the bytes already read hold, up to `limit` in
+    /// all (at least one), and appends them to `buf`. Returns how many; 0 at the peer's clean
+    /// end of stream. Cancel-safe.
+    pub async fn next_many(
+        &mut self,
+        buf: &mut Vec<Inbound>,
+        limit: usize,
+    ) -> Result<usize, Error> {
+        let limit = limit.max(1);
+        loop {
+            let mut n = 0;
+            while n < limit {
+                let Some(item) = self.decoder.decode(&mut self.buf)? else {
+                    break;
+                };
+                buf.push(item);
+                n += 1;
+            }
+            if n > 0 {
+                add(&self.shared.counters.frames_received, n);
+                return Ok(n);
+            }
+            if !self.fill().await? {
+                return Ok(0);
+            }
+        }
+    }
+
+    /// Reads from the socket; false at a clean end of stream.
+    async fn fill(&mut self) -> Result<bool, Error> {
+        if self.buf.capacity() - self.buf.len() < READ_CHUNK / 4 {
+            self.buf.reserve(READ_CHUNK);
+        }
+        let n = self.io.read_buf(&mut self.buf).await.map_err(Error::Read)?;
+        if n == 0 {
+            if self.buf.is_empty() && self.decoder.is_idle() {
+                return Ok(false);
+            }
+            return Err(Error::Read(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "peer closed the connection in the middle of a frame",
+            )));
+        }
+        add(&self.shared.counters.wire_bytes_received, n);
+        Ok(true)
+    }
+}
+
+impl<R> fmt::Debug for FrameReader<R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FrameReader")
+            .field("buffered", &self.buf.len())
+            .finish_non_exhaustive()
+    }
+}
+
+// ===== impl FrameWriter =====
+
+/// The write direction of a connection: frames into batches, batches onto the socket.
+///
+/// Push frames, ask [`decide`](Self::decide) when to write, then [`flush`](Self::flush). A
+/// flush interrupted (its future dropped while the socket was full) resumes where it stopped
+/// on the next call; no frame may be pushed until it has finished ([`is_writing`](Self::is_writing)).
+pub struct FrameWriter<W> {
+    io: W,
+    encoder: Encoder,
+    batcher: Batcher,
+    max_bytes: usize,
+    /// While a batch is being written: its bytes written so far.
+    written: Option<usize>,
+    shared: Arc<Shared>,
+}
+
+impl<W: AsyncWrite + Unpin> FrameWriter<W> {
+    /// Adds a frame to the batch after checking it against the peer's limits; a frame that
+    /// breaks them comes back, unsent, and the batch is untouched.
+    ///
+    /// # Panics
+    /// While a batch is being written.
+    pub fn push(&mut self, frame: Frame) -> Result<(), SendError> {
+        match frame.check(&self.shared.params.peer_limits) {
+            Ok(len) => {
+                self.push_checked(&Checked { frame, len });
+                Ok(())
+            }
+            Err(error) => Err(SendError::Refused {
+                frame: Box::new(frame),
+                error,
+            }),
+        }
+    }
+
+    /// Takes every frame waiting in `queue` into the batch, or as many as fit under the
+    /// batch's byte limit. Returns how many.
+    ///
+    /// # Panics
+    /// While a batch is being written.
+    pub fn push_queued(&mut self, queue: &mut SendQueue) -> usize {
+        let mut n = 0;
+        while !self.is_full() {
+            let Some(checked) = queue.try_next() else {
+                break;
+            };
+            self.push_checked(&checked);
+            n += 1;
+        }
+        n
+    }
+
+    fn push_checked(&mut self, checked: &Checked) {
+        assert!(
+            self.written.is_none(),
+            "a frame pushed while a batch is being written"
+        );
         self.encoder.push_checked(&checked.frame, checked.len);
     }
 
-    async fn write_batch(&mut self, reason: FlushReason) -> Result<(), Error> {
+    /// Whether the batch holds any frame.
+    pub fn has_batch(&self) -> bool {
+        self.encoder.batch_frames() > 0
+    }
+
+    /// Whether the batch reached its byte limit: write it before pushing more.
+    pub fn is_full(&self) -> bool {
+        self.encoder.batch_bytes() >= self.max_bytes
+    }
+
+    /// Whether a batch is being written: [`flush`](Self::flush) must finish before the next push.
+    pub fn is_writing(&self) -> bool {
+        self.written.is_some()
+    }
+
+    /// What the batch policy says now, for a batch with frames and no more frames at hand
+    /// (`queue_empty`) or more.
+    pub fn decide(&mut self, queue_empty: bool) -> Decision {
+        let bytes = self.encoder.batch_bytes();
+        if queue_empty && bytes < self.max_bytes && self.batcher.is_immediate() {
+            // No delay to keep: skip the clock.
+            return Decision::Flush(FlushReason::Idle);
+        }
+        self.batcher.decide(Instant::now(), bytes, queue_empty)
+    }
+
+    /// Writes the batch (with one `write_all`, in effect) and flushes the socket; `reason` is
+    /// counted. Resumes an interrupted write instead, if there is one. Cancel-safe.
+    pub async fn flush(&mut self, reason: FlushReason) -> Result<(), Error> {
+        if self.written.is_none() {
+            if !self.has_batch() {
+                return Ok(());
+            }
+            self.start_batch(reason);
+        }
+        while let Some(at) = self.written {
+            let wire = self.encoder.finished();
+            if at == wire.len() {
+                break;
+            }
+            let n = self.io.write(&wire[at..]).await.map_err(Error::Write)?;
+            if n == 0 {
+                return Err(Error::Write(io::ErrorKind::WriteZero.into()));
+            }
+            self.written = Some(at + n);
+        }
+        self.io.flush().await.map_err(Error::Write)?;
+        self.written = None;
+        Ok(())
+    }
+
+    /// Writes the batch when the policy says, with no more frames at hand: at once without a
+    /// delay or at the byte limit, else once the batch is `max_delay` old. Resumes a write under
+    /// way instead, if there is one. Cancel-safe.
+    pub async fn flush_due(&mut self) -> Result<(), Error> {
+        loop {
+            if self.written.is_some() || !self.has_batch() {
+                return self.flush(FlushReason::Idle).await;
+            }
+            match self.decide(true) {
+                Decision::Flush(reason) => return self.flush(reason).await,
+                Decision::WaitUntil(deadline) => tokio::time::sleep_until(deadline).await,
+                Decision::Take => unreachable!("nothing to take from an empty queue"),
+            }
+        }
+    }
+
+    fn start_batch(&mut self, reason: FlushReason) {
         let counters = &self.shared.counters;
         add(&counters.frames_sent, self.encoder.batch_frames());
         add(&counters.frame_bytes_sent, self.encoder.batch_bytes());
         let wire = self.encoder.finish();
         add(&counters.wire_bytes_sent, wire.len());
+        self.batcher.reset();
         add(&counters.batches_sent, 1);
         add(
             match reason {
@@ -788,8 +988,99 @@ impl<W: AsyncWrite + Unpin> Writer<'_, W> {
             },
             1,
         );
-        self.io.write_all(wire).await.map_err(Error::Write)?;
-        self.io.flush().await.map_err(Error::Write)
+        self.written = Some(0);
+    }
+
+    /// Half-closes the socket, after finishing a batch being written (a batch not started is
+    /// dropped: flush it first).
+    pub async fn shutdown(&mut self) -> Result<(), Error> {
+        if self.written.is_some() {
+            self.flush(FlushReason::Idle).await?;
+        }
+        self.io.shutdown().await.map_err(Error::Write)
+    }
+
+    /// The connection's counters.
+    pub fn stats(&self) -> ConnStats {
+        self.shared.counters.snapshot()
+    }
+}
+
+impl<W> fmt::Debug for FrameWriter<W> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FrameWriter")
+            .field("batch_frames", &self.encoder.batch_frames())
+            .field("writing", &self.written.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+// ===== impl SendQueue =====
+
+/// The frames [`Sender`]s queued, for a [`FrameWriter`] to take.
+pub struct SendQueue {
+    rx: mpsc::Receiver<Checked>,
+    /// Taken from `rx` and not yet in a batch, last first (`pop` takes the oldest).
+    taken: Vec<Checked>,
+}
+
+impl SendQueue {
+    /// Waits until a frame is queued; false once every [`Sender`] is gone and the queue is
+    /// empty. Cancel-safe.
+    pub async fn ready(&mut self) -> bool {
+        if !self.taken.is_empty() {
+            return true;
+        }
+        match self.rx.recv().await {
+            Some(checked) => {
+                self.taken.push(checked);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Whether no frame is waiting now.
+    pub fn is_empty(&self) -> bool {
+        self.taken.is_empty() && self.rx.is_empty()
+    }
+
+    async fn next(&mut self) -> Option<Checked> {
+        if let Some(checked) = self.taken.pop() {
+            return Some(checked);
+        }
+        self.rx.recv().await
+    }
+
+    /// The oldest frame waiting, if any, without waiting: from those taken already, or else from
+    /// a new take of up to [`TAKE_AT_ONCE`].
+    fn try_next(&mut self) -> Option<Checked> {
+        if self.taken.is_empty() {
+            if take_waiting(&mut self.rx, &mut self.taken, TAKE_AT_ONCE) == 0 {
+                return None;
+            }
+            self.taken.reverse();
+        }
+        self.taken.pop()
+    }
+
+    /// Closes the queue and gives back what is in it, oldest first: frames that never reached
+    /// a batch.
+    pub fn reclaim(&mut self) -> Vec<Frame> {
+        let mut unsent: Vec<Frame> = self.taken.drain(..).rev().map(|c| c.frame).collect();
+        self.rx.close();
+        while let Ok(checked) = self.rx.try_recv() {
+            unsent.push(checked.frame);
+        }
+        unsent
+    }
+}
+
+impl fmt::Debug for SendQueue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SendQueue")
+            .field("waiting", &(self.taken.len() + self.rx.len()))
+            .finish()
     }
 }
 

@@ -730,8 +730,8 @@ const NAME_CACHED_MAX: usize = 64;
 /// allocates a copy of any name it has no constant for (`x-request-id`, ...), where a clone of
 /// a cached name copies a constant or takes a reference.
 ///
-/// Direct-mapped: [`NAME_SLOTS`] (128) slots chosen by a hash of the name's first and last eight
-/// bytes, each holding the last name of at most [`NAME_CACHED_MAX`] (64) bytes that landed there.
+/// Direct-mapped: `NAME_SLOTS` (128) slots chosen by a hash of the name's first and last eight
+/// bytes, each holding the last name of at most `NAME_CACHED_MAX` (64) bytes that landed there.
 /// Two names that share a slot take turns, which costs a parse, never a wrong name: a hit
 /// compares every byte. Memory: nothing until the first header, then 5 KiB of slots plus the
 /// bytes of the custom names they hold (at most 8 KiB).
