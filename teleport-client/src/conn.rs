@@ -13,11 +13,11 @@ use http::Response;
 use rustc_hash::FxHashMap;
 use teleport_transport::cancel::Cancelled;
 use teleport_transport::codec::Inbound;
-use teleport_transport::conn::{Driver, Receiver, Sender};
+use teleport_transport::conn::{FrameReader, FrameWriter, SendQueue, Sender};
 use teleport_transport::frame::{ErrorCode, Frame, RequestFrame};
+use tokio::io::{ReadHalf, WriteHalf};
 use tokio::sync::{Notify, oneshot};
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 
 use crate::Error;
 use crate::config::BoxIo;
@@ -231,92 +231,33 @@ impl ConnHandle {
     }
 }
 
-/// Answers taken from the receive queue at once (its lock is taken once for them all).
+/// Answers decoded at once.
 const INBOUND_AT_ONCE: usize = 64;
 
-/// Runs one connection: the driver, the routing of answers, keepalive probes, and the drain
+/// Runs one connection: it reads the server's answers and routes them to their requests as
+/// they are decoded, writes the requests queued on it, sends keepalive probes, and drains
 /// after a goaway. `retired` fires as soon as the connection takes no new requests, so the
 /// pool can open its successor while this one drains.
 pub(crate) async fn run(
     handle: Arc<ConnHandle>,
-    mut receiver: Receiver,
-    driver: Driver<BoxIo>,
+    reader: FrameReader<ReadHalf<BoxIo>>,
+    writer: FrameWriter<WriteHalf<BoxIo>>,
+    mut queue: SendQueue,
     inner: Arc<Inner>,
     retired: oneshot::Sender<()>,
 ) {
-    let stop = CancellationToken::new();
-    let mut drive = Box::pin(driver.run_reclaim(stop.clone()));
-    let mut retired = Some(retired);
-    let mut retire = |handle: &ConnHandle| {
-        handle.retire();
-        if let Some(tx) = retired.take() {
-            let _ = tx.send(());
-        }
+    let mut conn = Running {
+        handle: &handle,
+        inner: &inner,
+        reader,
+        writer,
+        retired: Some(retired),
+        pong: None,
     };
-    let keepalive = inner.config.keepalive;
-    let mut probe =
-        keepalive.map(|period| tokio::time::interval_at(Instant::now() + period, period));
-    let mut heard = true;
-    let mut ping_out = false;
-    let mut reader_done = false;
-    let mut closing = Cancelled::new(inner.token.clone());
-    let mut items = Vec::with_capacity(INBOUND_AT_ONCE);
-    let (result, unsent) = loop {
-        tokio::select! {
-            biased;
-            (result, unsent) = &mut drive => break (result, unsent),
-            n = receiver.recv_many(&mut items, INBOUND_AT_ONCE), if !reader_done => match n {
-                1.. => {
-                    heard = true;
-                    for item in items.drain(..) {
-                        if handle.on_inbound(item, &inner) {
-                            retire(&handle);
-                        }
-                    }
-                    if handle.is_retired() && handle.pending() == 0 {
-                        // Drained: close our side; the server closes its own.
-                        stop.cancel();
-                    }
-                }
-                0 => {
-                    // The server will send nothing more: stop writing and reclaim the queue.
-                    reader_done = true;
-                    retire(&handle);
-                    stop.cancel();
-                }
-            },
-            _ = tick(&mut probe) => {
-                if ping_out && !heard {
-                    tracing::debug!(addr = %handle.upstream.addr, "keepalive unanswered; closing");
-                    let error = io::Error::new(io::ErrorKind::TimedOut, "keepalive ping unanswered");
-                    break (Err(teleport_transport::Error::Read(error)), Vec::new());
-                }
-                ping_out = !heard;
-                if ping_out {
-                    let _ = handle.sender.try_send(Frame::Ping { payload: 0 });
-                }
-                heard = false;
-            }
-            () = handle.drained.notified(), if handle.is_retired() => {
-                if handle.pending() == 0 {
-                    stop.cancel();
-                }
-            }
-            () = &mut closing, if !handle.is_retired() => {
-                retire(&handle);
-                if handle.pending() == 0 {
-                    stop.cancel();
-                }
-            }
-        }
-    };
-    // No frame may be queued from here on: a request racing the end finds the queue closed.
-    drop(drive);
-    retire(&handle);
-    // Answers decoded before the end still count.
-    while let Ok(item) = receiver.try_recv() {
-        handle.on_inbound(item, &inner);
-    }
+    let result = conn.run(&mut queue).await;
+    conn.retire();
+    // Never written: these may go out on another connection.
+    let unsent = queue.reclaim();
     let error = Arc::new(match result {
         Ok(()) => teleport_transport::Error::Read(io::Error::new(
             io::ErrorKind::UnexpectedEof,
@@ -330,6 +271,116 @@ pub(crate) async fn run(
         handle.upstream.record_failure(&inner);
     }
     tracing::debug!(addr = %handle.upstream.addr, error = %error, "connection ended");
+}
+
+/// A connection's task: reading and writing go on side by side (a write the socket holds up
+/// does not stop answers from coming in).
+struct Running<'a> {
+    handle: &'a ConnHandle,
+    inner: &'a Inner,
+    reader: FrameReader<ReadHalf<BoxIo>>,
+    writer: FrameWriter<WriteHalf<BoxIo>>,
+    retired: Option<oneshot::Sender<()>>,
+    /// A ping's payload to answer, once the batch being written is out.
+    pong: Option<u64>,
+}
+
+impl Running<'_> {
+    /// Until the server's direction ends and ours is closed, or until the first error.
+    async fn run(&mut self, queue: &mut SendQueue) -> Result<(), teleport_transport::Error> {
+        let keepalive = self.inner.config.keepalive;
+        let mut probe =
+            keepalive.map(|period| tokio::time::interval_at(Instant::now() + period, period));
+        let mut heard = true;
+        let mut ping_out = false;
+        let mut reading = true;
+        // Set once the connection is drained or the server stops reading: take no further
+        // frame, write what is in the batch, half-close.
+        let mut stop = false;
+        let mut closed = false;
+        let mut closing = Cancelled::new(self.inner.token.clone());
+        let mut items = Vec::with_capacity(INBOUND_AT_ONCE);
+        loop {
+            if !self.writer.is_writing() {
+                if let Some(payload) = self.pong.take() {
+                    if let Err(error) = self.writer.push(Frame::Pong { payload }) {
+                        tracing::debug!(%error, "cannot answer a ping within the server's limits");
+                    }
+                }
+                if !stop {
+                    self.writer.push_queued(queue);
+                }
+            }
+            if stop && !closed && !self.writer.is_writing() && !self.writer.has_batch() {
+                self.writer.shutdown().await?;
+                closed = true;
+            }
+            if !reading && closed {
+                return Ok(());
+            }
+            let write_now = self.writer.is_writing() || self.writer.is_full();
+            tokio::select! {
+                biased;
+                // Resumes a write under way; otherwise writes when the batch policy says.
+                written = self.writer.flush_due(false), if write_now || self.writer.has_batch() => written?,
+                n = self.reader.next_many(&mut items, INBOUND_AT_ONCE), if reading => {
+                    if n? == 0 {
+                        // The server will send nothing more: stop writing, reclaim the queue.
+                        reading = false;
+                        stop = true;
+                        self.retire();
+                    }
+                    heard = true;
+                    for item in items.drain(..) {
+                        self.on_inbound(item);
+                    }
+                    if self.handle.is_retired() && self.handle.pending() == 0 {
+                        // Drained: close our side; the server closes its own.
+                        stop = true;
+                    }
+                }
+                _ = queue.ready(), if !stop && !write_now => {}
+                _ = tick(&mut probe) => {
+                    if ping_out && !heard {
+                        tracing::debug!(addr = %self.handle.upstream.addr, "keepalive unanswered; closing");
+                        let error = io::Error::new(io::ErrorKind::TimedOut, "keepalive ping unanswered");
+                        return Err(teleport_transport::Error::Read(error));
+                    }
+                    ping_out = !heard;
+                    if ping_out {
+                        let _ = self.handle.sender.try_send(Frame::Ping { payload: 0 });
+                    }
+                    heard = false;
+                }
+                () = self.handle.drained.notified(), if self.handle.is_retired() => {
+                    stop |= self.handle.pending() == 0;
+                }
+                () = &mut closing, if !self.handle.is_retired() => {
+                    self.retire();
+                    stop |= self.handle.pending() == 0;
+                }
+            }
+        }
+    }
+
+    fn on_inbound(&mut self, item: Inbound) {
+        match item {
+            Inbound::Frame(Frame::Ping { payload }) => self.pong = Some(payload),
+            item => {
+                if self.handle.on_inbound(item, self.inner) {
+                    self.retire();
+                }
+            }
+        }
+    }
+
+    /// No new requests on this connection; the pool may open its successor.
+    fn retire(&mut self) {
+        self.handle.retire();
+        if let Some(tx) = self.retired.take() {
+            let _ = tx.send(());
+        }
+    }
 }
 
 async fn tick(probe: &mut Option<tokio::time::Interval>) {

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU32, AtomicUsize};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use teleport_transport::conn::Conn;
+use teleport_transport::conn::{Conn, Parts};
 use tokio::net::TcpStream;
 use tokio::sync::{Notify, oneshot};
 use tokio::time::Instant;
@@ -324,7 +324,12 @@ async fn run_slot(inner: Arc<Inner>, index: usize) {
         let healthy = match attempt {
             Ok(conn) => {
                 upstream.set_error(None);
-                let (sender, receiver, driver) = conn.split();
+                let Parts {
+                    reader,
+                    writer,
+                    sender,
+                    queue,
+                } = conn.into_parts();
                 let handle = Arc::new(ConnHandle::new(
                     sender,
                     upstream.clone(),
@@ -334,8 +339,9 @@ async fn run_slot(inner: Arc<Inner>, index: usize) {
                 let (retired_tx, retired_rx) = oneshot::channel();
                 tokio::spawn(conn::run(
                     handle.clone(),
-                    receiver,
-                    driver,
+                    reader,
+                    writer,
+                    queue,
                     inner.clone(),
                     retired_tx,
                 ));

@@ -25,7 +25,6 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use futures_util::FutureExt;
 use http::{Method, Response, StatusCode};
 use teleport_transport::ProtocolError;
-use teleport_transport::batch::FlushReason;
 use teleport_transport::cancel::Cancelled;
 use teleport_transport::codec::Inbound;
 use teleport_transport::conn::{
@@ -185,12 +184,7 @@ where
             }
             // A write under way, a batch at its byte limit, or a pong: write before anything else.
             if writing || self.writer.is_full() || (self.urgent && self.writer.has_batch()) {
-                let reason = if writing || !self.writer.is_full() {
-                    FlushReason::Idle
-                } else {
-                    FlushReason::Bytes
-                };
-                self.writer.flush(reason).await?;
+                self.writer.flush_due(self.urgent).await?;
                 self.urgent = false;
                 continue;
             }
@@ -214,7 +208,7 @@ where
                     self.pending.extend(read.drain(..));
                 }
                 // Nothing else to do now: write what the batch holds, when the policy says.
-                written = self.writer.flush_due(), if self.writer.has_batch() => written?,
+                written = self.writer.flush_due(false), if self.writer.has_batch() => written?,
             }
         }
         self.writer.shutdown().await

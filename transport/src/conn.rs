@@ -956,12 +956,12 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
         Ok(())
     }
 
-    /// Writes the batch when the policy says, with no more frames at hand: at once without a
-    /// delay or at the byte limit, else once the batch is `max_delay` old. Resumes a write under
-    /// way instead, if there is one. Cancel-safe.
-    pub async fn flush_due(&mut self) -> Result<(), Error> {
+    /// Writes the batch when it is due, with no more frames at hand: at once when `urgent`
+    /// (a frame in it must not wait), at the byte limit or without a delay, else once the batch
+    /// is `max_delay` old. Resumes a write under way instead, if there is one. Cancel-safe.
+    pub async fn flush_due(&mut self, urgent: bool) -> Result<(), Error> {
         loop {
-            if self.written.is_some() || !self.has_batch() {
+            if self.written.is_some() || !self.has_batch() || urgent {
                 return self.flush(FlushReason::Idle).await;
             }
             match self.decide(true) {
