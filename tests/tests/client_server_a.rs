@@ -238,6 +238,36 @@ async fn five_thousand_concurrent_requests_on_one_connection() {
     finish(client, running).await;
 }
 
+/// More bytes in flight both ways than the sockets hold: each side must keep reading while its
+/// writes are held up, or both stop for good.
+#[tokio::test]
+async fn large_bodies_both_ways_keep_flowing() {
+    const N: usize = 64;
+    const LEN: usize = 256 << 10;
+    let (running, addr) = serve_plain(echo_service());
+    let client = client_to(addr).conns_per_addr(1).build().unwrap();
+    let mut requests = JoinSet::new();
+    for i in 0..N {
+        let client = client.clone();
+        requests.spawn(async move {
+            let body = noise(LEN, i as u64);
+            let response = client
+                .send(request(Method::POST, "/echo", body.clone()))
+                .await;
+            (i, body, response)
+        });
+    }
+    let done = timeout(SOON, requests.join_all())
+        .await
+        .expect("the connection stalled");
+    for (i, body, response) in done {
+        let response = response.unwrap_or_else(|e| panic!("request {i}: {e:?}"));
+        assert!(response.body() == &body, "request {i}: the body changed");
+    }
+    assert_eq!(running.stats().connections, 1);
+    finish(client, running).await;
+}
+
 // ===== codecs =====
 
 /// Echoes the request body, the request's `x-multi` values as `x-multi-echo`, and adds three

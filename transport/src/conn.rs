@@ -1181,4 +1181,60 @@ mod tests {
             "all the rest, in order"
         );
     }
+
+    /// A writer whose batch (three frames, about 700 bytes) is held up by a 256-byte link that
+    /// nobody reads, with the peer's side of the connection.
+    async fn held_up_writer() -> (
+        Parts<tokio::io::DuplexStream>,
+        Conn<tokio::io::DuplexStream>,
+    ) {
+        let (client, server) = pair(256).await;
+        let mut parts = client.into_parts();
+        for id in 1..=3 {
+            parts.writer.push(request(id)).expect("within the limits");
+        }
+        let flush = tokio::time::timeout(
+            Duration::from_millis(20),
+            parts.writer.flush(FlushReason::Idle),
+        )
+        .await;
+        assert!(
+            flush.is_err(),
+            "the write should be held up by the full link"
+        );
+        assert!(parts.writer.is_writing());
+        (parts, server)
+    }
+
+    #[tokio::test]
+    async fn an_interrupted_flush_resumes_where_it_stopped() {
+        let (mut parts, server) = held_up_writer().await;
+        let (_server_tx, mut server_rx, server_driver) = server.split();
+        let _server = tokio::spawn(server_driver.run());
+        parts
+            .writer
+            .flush_due(false)
+            .await
+            .expect("the rest is written");
+        assert!(!parts.writer.is_writing());
+        parts.writer.push(request(4)).expect("room again");
+        parts.writer.flush_due(false).await.expect("written");
+        let mut ids = Vec::new();
+        for _ in 0..4 {
+            match server_rx.recv().await {
+                Some(Inbound::Frame(frame)) => ids.push(frame.id()),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert_eq!(ids, [1, 2, 3, 4], "every frame arrives whole, in order");
+        let stats = parts.writer.stats();
+        assert_eq!((stats.batches_sent, stats.frames_sent), (2, 4));
+    }
+
+    #[tokio::test]
+    #[should_panic(expected = "a frame pushed while a batch is being written")]
+    async fn a_frame_pushed_during_a_write_is_a_bug_caught_at_once() {
+        let (mut parts, _server) = held_up_writer().await;
+        let _ = parts.writer.push(request(4));
+    }
 }
