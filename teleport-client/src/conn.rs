@@ -302,10 +302,10 @@ impl Running<'_> {
         let mut items = Vec::with_capacity(INBOUND_AT_ONCE);
         loop {
             if !self.writer.is_writing() {
-                if let Some(payload) = self.pong.take() {
-                    if let Err(error) = self.writer.push(Frame::Pong { payload }) {
-                        tracing::debug!(%error, "cannot answer a ping within the server's limits");
-                    }
+                if let Some(payload) = self.pong.take()
+                    && let Err(error) = self.writer.push(Frame::Pong { payload })
+                {
+                    tracing::debug!(%error, "cannot answer a ping within the server's limits");
                 }
                 if !stop {
                     self.writer.push_queued(queue);
