@@ -300,12 +300,17 @@ impl Running<'_> {
         let mut closed = false;
         let mut closing = Cancelled::new(self.inner.token.clone());
         let mut items = Vec::with_capacity(INBOUND_AT_ONCE);
+        let mut urgent = false;
         loop {
             if !self.writer.is_writing() {
-                if let Some(payload) = self.pong.take()
-                    && let Err(error) = self.writer.push(Frame::Pong { payload })
-                {
-                    tracing::debug!(%error, "cannot answer a ping within the server's limits");
+                if let Some(payload) = self.pong.take() {
+                    match self.writer.push(Frame::Pong { payload }) {
+                        // A pong skips the batch delay, so round-trip probes measure the link.
+                        Ok(()) => urgent = true,
+                        Err(error) => {
+                            tracing::debug!(%error, "cannot answer a ping within the server's limits");
+                        }
+                    }
                 }
                 if !stop {
                     self.writer.push_queued(queue);
@@ -322,7 +327,10 @@ impl Running<'_> {
             tokio::select! {
                 biased;
                 // Resumes a write under way; otherwise writes when the batch policy says.
-                written = self.writer.flush_due(false), if write_now || self.writer.has_batch() => written?,
+                written = self.writer.flush_due(urgent), if write_now || self.writer.has_batch() => {
+                    written?;
+                    urgent = false;
+                }
                 n = self.reader.next_many(&mut items, INBOUND_AT_ONCE), if reading => {
                     if n? == 0 {
                         // The server will send nothing more: stop writing, reclaim the queue.
