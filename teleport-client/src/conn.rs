@@ -15,7 +15,7 @@ use teleport_transport::cancel::Cancelled;
 use teleport_transport::codec::Inbound;
 use teleport_transport::conn::{FrameReader, FrameWriter, SendQueue, Sender};
 use teleport_transport::frame::{ErrorCode, Frame, RequestFrame};
-use tokio::io::{ReadHalf, WriteHalf};
+use tokio::io::{AsyncWrite, ReadHalf, WriteHalf};
 use tokio::sync::{Notify, oneshot};
 use tokio::time::Instant;
 
@@ -252,7 +252,7 @@ pub(crate) async fn run(
         reader,
         writer,
         retired: Some(retired),
-        pong: None,
+        pongs: Vec::new(),
     };
     let result = conn.run(&mut queue).await;
     conn.retire();
@@ -281,8 +281,8 @@ struct Running<'a> {
     reader: FrameReader<ReadHalf<BoxIo>>,
     writer: FrameWriter<WriteHalf<BoxIo>>,
     retired: Option<oneshot::Sender<()>>,
-    /// A ping's payload to answer, once the batch being written is out.
-    pong: Option<u64>,
+    /// Payloads of pings to answer, once the batch being written is out.
+    pongs: Vec<u64>,
 }
 
 impl Running<'_> {
@@ -303,7 +303,8 @@ impl Running<'_> {
         let mut urgent = false;
         loop {
             if !self.writer.is_writing() {
-                if let Some(payload) = self.pong.take() {
+                // Our side is closed: nothing more can be answered.
+                for payload in self.pongs.drain(..).filter(|_| !closed) {
                     match self.writer.push(Frame::Pong { payload }) {
                         // A pong skips the batch delay, so round-trip probes measure the link.
                         Ok(()) => urgent = true,
@@ -316,20 +317,19 @@ impl Running<'_> {
                     self.writer.push_queued(queue);
                 }
             }
-            if stop && !closed && !self.writer.is_writing() && !self.writer.has_batch() {
-                self.writer.shutdown().await?;
-                closed = true;
-            }
             if !reading && closed {
                 return Ok(());
             }
             let write_now = self.writer.is_writing() || self.writer.is_full();
+            let close_now = stop && !closed && !write_now && !self.writer.has_batch();
             tokio::select! {
                 biased;
-                // Resumes a write under way; otherwise writes when the batch policy says.
-                written = self.writer.flush_due(urgent), if write_now || self.writer.has_batch() => {
+                // Resumes a write under way; otherwise writes when the batch policy says. Once
+                // stopped and written, half-closes.
+                written = write_or_close(&mut self.writer, urgent, close_now), if write_now || close_now || self.writer.has_batch() => {
                     written?;
                     urgent = false;
+                    closed |= close_now;
                 }
                 n = self.reader.next_many(&mut items, INBOUND_AT_ONCE), if reading => {
                     if n? == 0 {
@@ -373,7 +373,7 @@ impl Running<'_> {
 
     fn on_inbound(&mut self, item: Inbound) {
         match item {
-            Inbound::Frame(Frame::Ping { payload }) => self.pong = Some(payload),
+            Inbound::Frame(Frame::Ping { payload }) => self.pongs.push(payload),
             item => {
                 if self.handle.on_inbound(item, self.inner) {
                     self.retire();
@@ -388,6 +388,19 @@ impl Running<'_> {
         if let Some(tx) = self.retired.take() {
             let _ = tx.send(());
         }
+    }
+}
+
+/// Half-closes when `close`, else writes what is due.
+async fn write_or_close<W: AsyncWrite + Unpin>(
+    writer: &mut FrameWriter<W>,
+    urgent: bool,
+    close: bool,
+) -> Result<(), teleport_transport::Error> {
+    if close {
+        writer.shutdown().await
+    } else {
+        writer.flush_due(urgent).await
     }
 }
 

@@ -87,6 +87,7 @@ where
         in_flight: HashMap::new(),
         last_id: 0,
         going_away: false,
+        shutdown_seen: false,
         full_since: None,
         head_since: None,
         permit: None,
@@ -123,6 +124,8 @@ struct Connection<S, IO> {
     /// The last request id dispatched, announced in the goaway.
     last_id: u32,
     going_away: bool,
+    /// The server is shutting down: send a goaway.
+    shutdown_seen: bool,
     /// Since when the connection has been full without a break; past `overload_wait` it sheds.
     full_since: Option<Instant>,
     /// Since when the first pending request has waited for room (counted against its deadline).
@@ -164,6 +167,9 @@ where
         loop {
             // Frames go into the batch only between writes.
             if !self.writer.is_writing() {
+                if self.shutdown_seen && !self.going_away {
+                    self.go_away();
+                }
                 poll_fn(|cx| {
                     self.dispatch(cx);
                     Poll::Ready(())
@@ -196,9 +202,10 @@ where
             tokio::select! {
                 biased;
                 Some(done) = self.tasks.join_next(), if !self.tasks.is_empty() => self.reap(done),
-                () = &mut shutdown, if !self.going_away => self.go_away(),
+                // The loop's top sends the goaway, between writes.
+                () = &mut shutdown, if !self.shutdown_seen => self.shutdown_seen = true,
                 // Answers of handlers in tasks of their own; the loop's top takes them.
-                _ = self.queue.ready(), if !self.tasks.is_empty() => {}
+                _ = self.queue.ready(), if !self.tasks.is_empty() || !self.queue.is_empty() => {}
                 permit = acquire(global), if waiting && self.permit.is_none() => self.permit = permit,
                 () = sleep_until(shed_at), if waiting => {}
                 n = self.reader.next_many(&mut read, INBOUND_AT_ONCE), if reading && !waiting => {
@@ -214,9 +221,12 @@ where
         self.writer.shutdown().await
     }
 
-    /// Dispatches what was read, in order, until a request finds no room.
+    /// Dispatches what was read, in order, until a request finds no room or the batch is full
+    /// (then it is written first).
     fn dispatch(&mut self, cx: &mut Context<'_>) {
-        while let Some(item) = self.pending.pop_front() {
+        while !self.writer.is_full()
+            && let Some(item) = self.pending.pop_front()
+        {
             match item {
                 Inbound::Frame(Frame::Request(mut request)) => {
                     if self.head_since.is_none() {

@@ -1123,3 +1123,66 @@ async fn an_upstream_that_fails_every_request_is_avoided() {
     assert_eq!(failing.stats().requests, failed as u64);
     assert_eq!(healthy.stats().responses, (TOTAL - failed) as u64);
 }
+
+// ===== shutdown during a held-up write =====
+
+/// The server is told to shut down while an answer's write is held up by a client that reads
+/// nothing: the goaway waits for the write, then both arrive whole.
+#[tokio::test]
+async fn a_goaway_waits_for_a_write_held_up_by_a_slow_reader() {
+    use teleport_transport::codec::Inbound;
+    use teleport_transport::conn::{Conn, ConnConfig};
+    use teleport_transport::frame::{Frame, RequestFrame};
+    const LEN: usize = 100 << 10;
+    let service = service_fn(|_request: Request<Body>| async {
+        Ok::<_, Infallible>(Response::new(Body::from(vec![b'a'; LEN])))
+    });
+    let server = Server::new(service);
+    let (client_io, server_io) = tokio::io::duplex(4 << 10);
+    let shutdown = CancellationToken::new();
+    let serving = tokio::spawn({
+        let shutdown = shutdown.clone();
+        async move { server.serve_connection(server_io, shutdown).await }
+    });
+    let conn = Conn::connect(client_io, &ConnConfig::default())
+        .await
+        .expect("handshake");
+    let mut parts = conn.into_parts();
+    let request = Frame::Request(Box::new(RequestFrame {
+        id: 1,
+        deadline: None,
+        request: get("/big"),
+    }));
+    parts.writer.push(request).expect("within the limits");
+    parts
+        .writer
+        .flush_due(false)
+        .await
+        .expect("request written");
+    // Nothing reads: the answer (smaller than a batch, larger than the link) is held up.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    shutdown.cancel();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let mut body_len = None;
+    let mut goaway = false;
+    while body_len.is_none() || !goaway {
+        let item = tokio::time::timeout(Duration::from_secs(10), parts.reader.next())
+            .await
+            .expect("the server went quiet")
+            .expect("the connection failed");
+        match item {
+            Some(Inbound::Frame(Frame::Response(response))) => {
+                assert_eq!(response.id, 1);
+                body_len = Some(response.response.body().len());
+            }
+            Some(Inbound::Frame(Frame::GoAway(_))) => goaway = true,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(body_len, Some(LEN));
+    parts.writer.shutdown().await.expect("half-close");
+    serving
+        .await
+        .expect("the connection's task panicked")
+        .expect("the connection ends cleanly");
+}

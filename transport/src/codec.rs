@@ -128,14 +128,19 @@ impl Encoder {
         self.batch_bytes += len;
     }
 
-    /// Frames in the batch so far.
+    /// Frames in the batch so far; 0 once [`finish`](Self::finish) ended it.
     pub fn batch_frames(&self) -> usize {
-        self.batch_frames
+        if self.handed_out {
+            0
+        } else {
+            self.batch_frames
+        }
     }
 
-    /// Encoded (uncompressed) frame bytes in the batch so far.
+    /// Encoded (uncompressed) frame bytes in the batch so far; 0 once
+    /// [`finish`](Self::finish) ended it.
     pub fn batch_bytes(&self) -> usize {
-        self.batch_bytes
+        if self.handed_out { 0 } else { self.batch_bytes }
     }
 
     /// Ends the batch and returns its wire bytes, which stay valid until the next call.

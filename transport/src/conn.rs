@@ -1229,6 +1229,14 @@ mod tests {
         assert_eq!(ids, [1, 2, 3, 4], "every frame arrives whole, in order");
         let stats = parts.writer.stats();
         assert_eq!((stats.batches_sent, stats.frames_sent), (2, 4));
+        // A written batch is over: nothing is left to write, or to count again.
+        assert!(!parts.writer.has_batch() && !parts.writer.is_full());
+        parts
+            .writer
+            .flush_due(false)
+            .await
+            .expect("nothing to write");
+        assert_eq!(parts.writer.stats(), stats);
     }
 
     #[tokio::test]
