@@ -2,15 +2,17 @@
 
 use std::fmt;
 use std::future::Future;
-use std::pin::Pin;
+use std::pin::{Pin, pin};
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Method, Request, Response};
 use teleport_transport::conn::SendError;
 use teleport_transport::frame::{ErrorCode, Frame, RequestFrame};
 use tokio::time::Instant;
+use tokio::time::error::Elapsed;
 use tokio_util::sync::DropGuard;
 
 use crate::conn::{ConnHandle, Reply};
@@ -74,15 +76,7 @@ impl Client {
             .get::<Timeout>()
             .map_or(self.inner.config.timeout, |t| t.0);
         let deadline = Instant::now() + timeout;
-        let mut down = false;
-        let outcome = tokio::time::timeout_at(deadline, self.execute(request, deadline, &mut down));
-        match outcome.await {
-            Ok(result) => result,
-            Err(_) if down => Err(Error::Unavailable {
-                source: self.inner.last_error(),
-            }),
-            Err(_) => Err(Error::Timeout { timeout }),
-        }
+        self.execute(request, deadline, timeout).await
     }
 
     /// Waits until at least one connection is up (or `timeout` passes: then the latest
@@ -118,11 +112,14 @@ impl Client {
         stats
     }
 
+    /// Sends within `deadline`. Waiting for room (a connection, or space in its queue) is
+    /// bounded by a timer armed only when it has to wait; waiting for the answer, by the
+    /// connection's timer for all its requests.
     async fn execute(
         &self,
         request: Request<Bytes>,
         deadline: Instant,
-        down: &mut bool,
+        timeout: Duration,
     ) -> Result<Response<Bytes>, Error> {
         let inner = &*self.inner;
         let mut retries = inner.config.retry.max_retries;
@@ -132,10 +129,20 @@ impl Client {
             deadline: None,
             request,
         });
+        let mut down = false;
         loop {
-            let conn = inner.pick(down).await?;
-            *down = false;
-            let Some((id, reply)) = conn.register() else {
+            let Ok(picked) = within(deadline, inner.pick(&mut down)).await else {
+                return Err(if down {
+                    Error::Unavailable {
+                        source: inner.last_error(),
+                    }
+                } else {
+                    Error::Timeout { timeout }
+                });
+            };
+            let conn = picked?;
+            down = false;
+            let Some(id) = conn.register(deadline) else {
                 // Filled or retired since the pick.
                 continue;
             };
@@ -148,24 +155,26 @@ impl Client {
                 sent: false,
                 done: false,
             };
-            match conn.sender.send(Frame::Request(frame)).await {
-                Ok(()) => flight.sent = true,
-                Err(SendError::Refused { error, .. }) => return Err(Error::TooLarge(error)),
-                Err(error) => {
+            match within(deadline, conn.sender.send(Frame::Request(frame))).await {
+                Ok(Ok(())) => flight.sent = true,
+                Ok(Err(SendError::Refused { error, .. })) => return Err(Error::TooLarge(error)),
+                Ok(Err(error)) => {
                     // The connection closed before taking it: another one will.
                     frame = request_of(error.into_frame());
                     continue;
                 }
+                Err(_elapsed) => return Err(Error::Timeout { timeout }),
             }
-            let reply = reply.await;
+            let reply = conn.reply(id).await;
             flight.done = true;
             match reply {
-                Ok(Reply::Response(response)) => {
+                Reply::Response(response) => {
                     conn.upstream.record_success();
                     return Ok(response);
                 }
-                Ok(Reply::Unsent(unsent)) => frame = unsent,
-                Ok(Reply::Failed(error)) => {
+                Reply::TimedOut => return Err(Error::Timeout { timeout }),
+                Reply::Unsent(unsent) => frame = unsent,
+                Reply::Failed(error) => {
                     // Refused ones never ran; lost ones may have: idempotent only.
                     let refused = error.remote_code() == Some(ErrorCode::REFUSED);
                     match &copy {
@@ -180,11 +189,20 @@ impl Client {
                         _ => return Err(error),
                     }
                 }
-                // The connection task answers every pending request before it ends.
-                Err(_) => unreachable!("a pending request was dropped unanswered"),
             }
         }
     }
+}
+
+/// `future` within `deadline`: the timer is armed only if the future's first poll is pending.
+async fn within<F: Future>(deadline: Instant, future: F) -> Result<F::Output, Elapsed> {
+    let mut future = pin!(future);
+    if let Poll::Ready(output) =
+        std::future::poll_fn(|cx| Poll::Ready(future.as_mut().poll(cx))).await
+    {
+        return Ok(output);
+    }
+    tokio::time::timeout_at(deadline, future).await
 }
 
 /// A request on a connection, until it is answered: dropped earlier (timeout, the caller's

@@ -1,16 +1,16 @@
 //! One connection of the client: request ids, the requests pending on it, and the task that
 //! routes the server's answers to them.
 
-use std::collections::hash_map::Entry;
 use std::io;
 use std::sync::atomic::Ordering::{Relaxed, SeqCst};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize};
+use std::sync::atomic::{AtomicBool, AtomicUsize};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::task::AtomicWaker;
 use http::Response;
-use rustc_hash::FxHashMap;
 use teleport_transport::cancel::Cancelled;
 use teleport_transport::codec::Inbound;
 use teleport_transport::conn::{FrameReader, FrameWriter, SendQueue, Sender};
@@ -21,6 +21,7 @@ use tokio::time::Instant;
 
 use crate::Error;
 use crate::config::BoxIo;
+use crate::pending::Table;
 use crate::pool::{Inner, Upstream};
 
 /// How a pending request ended on this connection.
@@ -31,23 +32,26 @@ pub(crate) enum Reply {
     Failed(Error),
     /// The request never reached the socket: send it on another connection.
     Unsent(Box<RequestFrame>),
+    /// Its deadline passed first (the server was told to cancel it).
+    TimedOut,
 }
 
 /// A connection as requests see it.
 pub(crate) struct ConnHandle {
     pub(crate) sender: Sender,
     pub(crate) upstream: Arc<Upstream>,
-    /// By request id. The ids are this client's own (sequential), not a peer's choice, so a
-    /// fast unkeyed hash is safe here.
-    pending: Mutex<FxHashMap<u32, oneshot::Sender<Reply>>>,
-    /// `pending.len()`, readable without the lock, for balancing.
+    pending: Mutex<Table<Reply>>,
+    /// `pending`'s waiting requests, readable without the lock, for balancing.
     pending_count: AtomicUsize,
     max_pending: usize,
-    next_id: AtomicU32,
     /// Set on goaway, loss or shutdown: no new requests.
     retired: AtomicBool,
     /// Signalled when a retired connection's last request gives up, so it can close.
     drained: Notify,
+    /// Set, and the connection's task woken, when a request's deadline is earlier than every
+    /// other: the task moves its timer up.
+    rearm: AtomicBool,
+    task: AtomicWaker,
 }
 
 impl ConnHandle {
@@ -63,9 +67,10 @@ impl ConnHandle {
             pending: Mutex::default(),
             pending_count: AtomicUsize::new(0),
             max_pending,
-            next_id: AtomicU32::new(1),
             retired: AtomicBool::new(false),
             drained: Notify::new(),
+            rearm: AtomicBool::new(false),
+            task: AtomicWaker::new(),
         }
     }
 
@@ -83,70 +88,75 @@ impl ConnHandle {
         self.pending_count.load(Relaxed)
     }
 
-    /// Reserves a request id whose answer comes through the receiver; `None` when the
-    /// connection is full or retired (pick another).
-    pub(crate) fn register(&self) -> Option<(u32, oneshot::Receiver<Reply>)> {
-        if self.retired.load(SeqCst) {
-            return None;
-        }
+    fn table(&self) -> std::sync::MutexGuard<'_, Table<Reply>> {
+        self.pending.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Reserves a request id, answered through [`reply`](Self::reply) by `deadline` at the
+    /// latest (then with [`Reply::TimedOut`]); `None` when the connection is full or retired
+    /// (pick another).
+    pub(crate) fn register(&self, deadline: Instant) -> Option<u32> {
         if self.pending_count.fetch_add(1, SeqCst) >= self.max_pending {
             self.pending_count.fetch_sub(1, SeqCst);
             return None;
         }
-        let (tx, rx) = oneshot::channel();
-        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-        // Ids are u32 and wrap; 0 is reserved, and an id still pending is skipped.
-        loop {
-            let id = self.next_id.fetch_add(1, Relaxed);
-            if id == 0 {
-                continue;
-            }
-            if let Entry::Vacant(slot) = pending.entry(id) {
-                slot.insert(tx);
-                return Some((id, rx));
-            }
+        let mut table = self.table();
+        // Checked under the lock: `fail_all` retires the connection before it answers every
+        // request in the table, so none registered here is left unanswered.
+        if self.retired.load(SeqCst) {
+            drop(table);
+            self.pending_count.fetch_sub(1, SeqCst);
+            return None;
         }
+        let (id, earliest) = table.insert(deadline);
+        drop(table);
+        if earliest {
+            self.rearm.store(true, SeqCst);
+            self.task.wake();
+        }
+        Some(id)
+    }
+
+    /// The answer to a registered request.
+    pub(crate) async fn reply(&self, id: u32) -> Reply {
+        std::future::poll_fn(|cx| self.table().poll_answer(id, cx)).await
     }
 
     /// Answers a pending request; false when it is no longer pending.
     fn complete(&self, id: u32, reply: Reply, inner: &Inner) -> bool {
-        let tx = self.take(id);
-        match tx {
-            Some(tx) => {
-                // A request that gave up meanwhile drops the reply.
-                let _ = tx.send(reply);
+        let answered = self.table().answer(id, reply);
+        match answered {
+            Ok(waker) => {
+                self.pending_count.fetch_sub(1, SeqCst);
+                if let Some(waker) = waker {
+                    waker.wake();
+                }
                 inner.capacity_freed();
                 true
             }
-            None => false,
+            // A request that gave up meanwhile drops the reply.
+            Err(_) => false,
         }
     }
 
-    fn take(&self, id: u32) -> Option<oneshot::Sender<Reply>> {
-        let tx = self
-            .pending
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&id);
-        if tx.is_some() {
-            self.pending_count.fetch_sub(1, SeqCst);
-        }
-        tx
-    }
-
-    /// The request gave up (timeout, dropped future): forget it, and tell the server when it may
-    /// be running there.
+    /// The request gave up (its future was dropped), or has its answer already: forget it,
+    /// and tell the server when it may still be running there.
     pub(crate) fn abandon(&self, id: u32, sent: bool, inner: &Inner) {
-        if self.take(id).is_none() {
+        if self.table().remove(id) != Some(true) {
             return;
         }
+        self.pending_count.fetch_sub(1, SeqCst);
         inner.capacity_freed();
         if self.is_retired() && self.pending() == 0 {
             self.drained.notify_one();
         }
-        if !sent {
-            return;
+        if sent {
+            self.cancel(id);
         }
+    }
+
+    /// Queues a cancel for a request the server may be running.
+    fn cancel(&self, id: u32) {
         match self.sender.try_send(Frame::Cancel { id }) {
             Ok(()) => {}
             Err(teleport_transport::conn::SendError::Full(frame)) => {
@@ -157,6 +167,35 @@ impl ConnHandle {
             }
             // Closed: the server drops the request with the connection.
             Err(_) => {}
+        }
+    }
+
+    /// Answers the requests whose deadline has passed with [`Reply::TimedOut`] and cancels
+    /// them on the server; the earliest deadline left.
+    fn expire(&self, now: Instant, inner: &Inner) -> Option<Instant> {
+        let (mut ids, mut wake) = (Vec::new(), Vec::new());
+        let next = self
+            .table()
+            .expire(now, || Reply::TimedOut, &mut ids, &mut wake);
+        if !ids.is_empty() {
+            self.pending_count.fetch_sub(ids.len(), SeqCst);
+            wake.into_iter().for_each(Waker::wake);
+            for id in ids {
+                self.cancel(id);
+            }
+            inner.capacity_freed();
+        }
+        next
+    }
+
+    /// Where to move the connection's timer, once a request's deadline came before it (or
+    /// came with no timer set); registers the connection's task to be woken when one does.
+    fn poll_rearm(&self, cx: &mut Context<'_>) -> Poll<Option<Instant>> {
+        self.task.register(cx.waker());
+        if self.rearm.load(Relaxed) && self.rearm.swap(false, SeqCst) {
+            Poll::Ready(self.table().arm())
+        } else {
+            Poll::Pending
         }
     }
 
@@ -174,17 +213,22 @@ impl ConnHandle {
                 self.complete(id, Reply::Unsent(request), inner);
             }
         }
-        let drained: Vec<_> = {
-            let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-            pending.drain().collect()
-        };
-        self.pending_count.fetch_sub(drained.len(), SeqCst);
-        for (_, tx) in drained {
-            let _ = tx.send(Reply::Failed(Error::ConnectionLost {
-                addr: self.upstream.addr.clone(),
-                source: error.clone(),
-            }));
+        let mut wake = Vec::new();
+        {
+            let mut table = self.table();
+            let failed = table.waiting();
+            table.answer_all(
+                |_| {
+                    Reply::Failed(Error::ConnectionLost {
+                        addr: self.upstream.addr.clone(),
+                        source: error.clone(),
+                    })
+                },
+                &mut wake,
+            );
+            self.pending_count.fetch_sub(failed, SeqCst);
         }
+        wake.into_iter().for_each(Waker::wake);
         inner.capacity_freed();
     }
 
@@ -301,6 +345,10 @@ impl Running<'_> {
         let mut closing = Cancelled::new(self.inner.token.clone());
         let mut items = Vec::with_capacity(INBOUND_AT_ONCE);
         let mut urgent = false;
+        // The earliest request deadline: one timer for every request on the connection.
+        let timer = tokio::time::sleep_until(Instant::now());
+        tokio::pin!(timer);
+        let mut armed: Option<Instant> = None;
         loop {
             if !self.writer.is_writing() {
                 // Our side is closed: nothing more can be answered.
@@ -359,6 +407,23 @@ impl Running<'_> {
                         let _ = self.handle.sender.try_send(Frame::Ping { payload: 0 });
                     }
                     heard = false;
+                }
+                () = &mut timer, if armed.is_some() => {
+                    armed = self.handle.expire(Instant::now(), self.inner);
+                    if let Some(next) = armed {
+                        timer.as_mut().reset(next);
+                    }
+                    if self.handle.is_retired() && self.handle.pending() == 0 {
+                        stop = true;
+                    }
+                }
+                next = std::future::poll_fn(|cx| self.handle.poll_rearm(cx)) => {
+                    if next != armed {
+                        armed = next;
+                        if let Some(next) = next {
+                            timer.as_mut().reset(next);
+                        }
+                    }
                 }
                 () = self.handle.drained.notified(), if self.handle.is_retired() => {
                     stop |= self.handle.pending() == 0;

@@ -11,9 +11,11 @@
 //! ```
 //!
 //! What callers can rely on:
-//! - **Every request ends**, with its response or a typed [`Error`], within its deadline. The
-//!   deadline is a timer of its own (the [`Timeout`] extension, or the client's default) and
-//!   travels to the server, which stops the handler at it too.
+//! - **Every request ends**, with its response or a typed [`Error`], within its deadline (the
+//!   [`Timeout`] extension, or the client's default). Each connection enforces its requests'
+//!   deadlines with one timer set to the earliest, so a request arms no timer of its own unless
+//!   it has to wait for room. The deadline travels to the server, which stops the handler at it
+//!   too.
 //! - **Cancellation**: dropping a request's future sends a cancel; the server drops the handler.
 //! - **Connection loss** fails only the requests in flight on that connection
 //!   ([`Error::ConnectionLost`]); requests still queued go out on another connection; idempotent
@@ -26,12 +28,6 @@
 //!   upstream; failures count as load, and an upstream that keeps failing is ejected for a
 //!   while (then tried again).
 //! - **TLS** with verification always on, and client certificates for mutual TLS ([`ClientTls`]).
-//!
-//! A note on cost: every request arms a timer. tokio's time driver wakes its I/O driver (one
-//! eventfd `write(2)`) for each timer registered while its wheel looked empty at its last park,
-//! as it often does between bursts. A process that sends requests one at a time or in bursts
-//! saves that syscall per request by keeping one short periodic timer alive for the runtime's
-//! life (httptp keeps a 500 ms `tokio::time::interval`).
 //!
 //! ## Quick start
 //!
@@ -60,6 +56,7 @@ mod client;
 mod config;
 mod conn;
 mod error;
+mod pending;
 mod pool;
 mod tls;
 

@@ -208,6 +208,101 @@ async fn timeout_fires_exactly_at_the_deadline_and_the_extension_overrides_it() 
     assert_eq!(server.stats().responses, 0);
 }
 
+/// Requests in flight together, each with its own timeout, registered out of deadline order:
+/// every one ends at its own deadline, not at an earlier or later one's.
+#[tokio::test(start_paused = true)]
+async fn concurrent_requests_each_time_out_at_their_own_deadline() {
+    let server = Server::new(silent());
+    let client = Client::builder()
+        .addr("in-memory")
+        .timeout(Duration::from_secs(5))
+        .connector(in_memory(server.clone()))
+        .build()
+        .unwrap();
+    client.ready(Duration::from_secs(1)).await.unwrap();
+
+    let start = Instant::now();
+    let timeouts = [
+        None,
+        Some(1000),
+        Some(3000),
+        Some(8000),
+        Some(2000),
+        None,
+        Some(1500),
+    ];
+    let tasks: Vec<_> = timeouts
+        .iter()
+        .map(|timeout| {
+            let mut request = get("/never");
+            if let Some(ms) = timeout {
+                request
+                    .extensions_mut()
+                    .insert(Timeout(Duration::from_millis(*ms)));
+            }
+            spawn_send(&client, request)
+        })
+        .collect();
+    for (task, timeout) in tasks.into_iter().zip(timeouts) {
+        let expected = Duration::from_millis(timeout.unwrap_or(5000));
+        let (result, ended) = finish(task).await;
+        let error = result.unwrap_err();
+        assert!(
+            matches!(error, Error::Timeout { timeout } if timeout == expected),
+            "{error:?}"
+        );
+        assert_eq!(ended - start, expected);
+    }
+    assert_eq!(server.stats().requests, timeouts.len() as u64);
+}
+
+/// A peer that completes the handshake and then reads nothing, so the client's first large
+/// request holds its connection's writer up. A second request with an earlier deadline still
+/// ends at that deadline: the connection's timer is moved up while its write is held up.
+#[tokio::test(start_paused = true)]
+async fn a_timeout_fires_on_time_while_the_connection_is_held_up_writing() {
+    use teleport_transport::conn::{Conn, ConnConfig};
+    let (parked_tx, mut parked) = mpsc::unbounded_channel();
+    let connector = move |_addr: &str| {
+        let parked_tx = parked_tx.clone();
+        async move {
+            let (client_half, server_half) = tokio::io::duplex(4 << 10);
+            tokio::spawn(async move {
+                let conn = Conn::accept(server_half, &ConnConfig::default())
+                    .await
+                    .expect("handshake");
+                // Kept, unread, for the test's life.
+                let _ = parked_tx.send(conn);
+            });
+            Ok::<BoxIo, std::io::Error>(Box::new(client_half))
+        }
+    };
+    let client = Client::builder()
+        .addr("stalled")
+        .timeout(Duration::from_secs(10))
+        .connector(connector)
+        .build()
+        .unwrap();
+    client.ready(Duration::from_secs(1)).await.unwrap();
+    let _conn = parked.recv().await.unwrap();
+
+    let start = Instant::now();
+    let large = spawn_send(&client, post("/large", vec![b'x'; 1 << 20]));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut small = get("/small");
+    small
+        .extensions_mut()
+        .insert(Timeout(Duration::from_secs(1)));
+    let small = spawn_send(&client, small);
+
+    let (result, ended) = finish(small).await;
+    assert!(result.unwrap_err().is_timeout());
+    assert_eq!(ended - start, Duration::from_millis(1100));
+    let (result, ended) = finish(large).await;
+    assert!(result.unwrap_err().is_timeout());
+    assert_eq!(ended - start, Duration::from_secs(10));
+}
+
 // ===== cancellation =====
 
 /// Sends on its channel when dropped.

@@ -1,0 +1,403 @@
+//! The requests pending on one connection: each request's answer slot, by request id, and the
+//! deadlines, which the connection's task enforces with one timer for all of them.
+//!
+//! A request registers a slot with its deadline and waits on it; the connection's task puts the
+//! answer in the slot (a response, an error, or a timeout when the deadline passes first) and
+//! wakes the request. No channel is allocated per request and no timer is armed per request.
+//!
+//! Deadlines are kept in two queues. Requests that use the client's default timeout register
+//! in deadline order, so most deadlines go to the back of a FIFO; a deadline earlier than the
+//! FIFO's back (a shorter per-request timeout) goes to a heap. Answered slots leave their
+//! deadline behind; it is dropped when it reaches the front, and both queues are compacted when
+//! such leftovers outnumber the waiting requests, so memory stays proportional to what is
+//! pending.
+
+use std::cmp::Reverse;
+use std::collections::hash_map::Entry;
+use std::collections::{BinaryHeap, VecDeque};
+use std::task::{Context, Poll, Waker};
+
+use rustc_hash::FxHashMap;
+use tokio::time::Instant;
+
+/// Leftover deadlines tolerated beyond twice the waiting requests before compacting.
+const COMPACT_SLACK: usize = 1024;
+
+/// The pending requests of one connection, each answered with a `T`.
+pub(crate) struct Table<T> {
+    /// By request id. The ids are this client's own (sequential), not a peer's choice, so a
+    /// fast unkeyed hash is safe here.
+    slots: FxHashMap<u32, Slot<T>>,
+    /// Slots not answered yet.
+    waiting: usize,
+    /// Deadlines in registration order, which is deadline order.
+    ordered: VecDeque<(Instant, u32)>,
+    /// Deadlines earlier than `ordered`'s back when they registered.
+    others: BinaryHeap<Reverse<(Instant, u32)>>,
+    /// Where the connection's timer is set, as last told by [`arm`](Self::arm) or
+    /// [`expire`](Self::expire); `None`: not set.
+    armed: Option<Instant>,
+    next_id: u32,
+}
+
+struct Slot<T> {
+    deadline: Instant,
+    state: State<T>,
+}
+
+enum State<T> {
+    /// Not answered; the waker of the request once it has waited.
+    Waiting(Option<Waker>),
+    Answered(T),
+}
+
+impl<T> Default for Table<T> {
+    fn default() -> Self {
+        Self {
+            slots: FxHashMap::default(),
+            waiting: 0,
+            ordered: VecDeque::new(),
+            others: BinaryHeap::new(),
+            armed: None,
+            next_id: 1,
+        }
+    }
+}
+
+impl<T> Table<T> {
+    /// Requests not answered yet.
+    pub(crate) fn waiting(&self) -> usize {
+        self.waiting
+    }
+
+    /// Registers a request due by `deadline`: its id, and whether the connection's timer must
+    /// be moved up for it (call [`arm`](Self::arm)).
+    pub(crate) fn insert(&mut self, deadline: Instant) -> (u32, bool) {
+        let earliest = self.armed.is_none_or(|armed| deadline < armed);
+        // Ids are u32 and wrap; 0 is reserved, and an id still in use is skipped.
+        let id = loop {
+            let id = self.next_id;
+            self.next_id = self.next_id.wrapping_add(1);
+            if id == 0 {
+                continue;
+            }
+            if let Entry::Vacant(slot) = self.slots.entry(id) {
+                slot.insert(Slot {
+                    deadline,
+                    state: State::Waiting(None),
+                });
+                break id;
+            }
+        };
+        self.waiting += 1;
+        if self
+            .ordered
+            .back()
+            .is_none_or(|&(last, _)| last <= deadline)
+        {
+            self.ordered.push_back((deadline, id));
+        } else {
+            self.others.push(Reverse((deadline, id)));
+        }
+        (id, earliest)
+    }
+
+    /// Answers a waiting request. The waker to wake (after any lock is released) when it was
+    /// waiting, or the answer back when it is not (answered already, or given up).
+    pub(crate) fn answer(&mut self, id: u32, answer: T) -> Result<Option<Waker>, T> {
+        let Some(slot) = self.slots.get_mut(&id) else {
+            return Err(answer);
+        };
+        let State::Waiting(waker) = &mut slot.state else {
+            return Err(answer);
+        };
+        let waker = waker.take();
+        slot.state = State::Answered(answer);
+        self.waiting -= 1;
+        self.prune();
+        Ok(waker)
+    }
+
+    /// The answer, once there is one (the slot is then freed); until then the task is woken
+    /// when it comes. The id must be registered and not removed.
+    pub(crate) fn poll_answer(&mut self, id: u32, cx: &mut Context<'_>) -> Poll<T> {
+        let Entry::Occupied(mut slot) = self.slots.entry(id) else {
+            unreachable!("a request waits on a slot it no longer has");
+        };
+        match &mut slot.get_mut().state {
+            State::Waiting(Some(waker)) => waker.clone_from(cx.waker()),
+            State::Waiting(waker) => *waker = Some(cx.waker().clone()),
+            State::Answered(_) => {
+                let State::Answered(answer) = slot.remove().state else {
+                    unreachable!()
+                };
+                return Poll::Ready(answer);
+            }
+        }
+        Poll::Pending
+    }
+
+    /// Frees a request's slot, answered or not; whether it was still waiting (`None` when the
+    /// id is not registered).
+    pub(crate) fn remove(&mut self, id: u32) -> Option<bool> {
+        let slot = self.slots.remove(&id)?;
+        let waiting = matches!(slot.state, State::Waiting(_));
+        if waiting {
+            self.waiting -= 1;
+            self.prune();
+        }
+        Some(waiting)
+    }
+
+    /// Answers every waiting request with `answer(id)`, and pushes their wakers.
+    pub(crate) fn answer_all(&mut self, mut answer: impl FnMut(u32) -> T, wake: &mut Vec<Waker>) {
+        for (&id, slot) in &mut self.slots {
+            if let State::Waiting(waker) = &mut slot.state {
+                wake.extend(waker.take());
+                slot.state = State::Answered(answer(id));
+            }
+        }
+        self.waiting = 0;
+        self.ordered.clear();
+        self.others.clear();
+    }
+
+    /// Where to set the connection's timer now: the earliest deadline kept, or `None` (no
+    /// timer).
+    pub(crate) fn arm(&mut self) -> Option<Instant> {
+        self.armed = self.next_deadline();
+        self.armed
+    }
+
+    /// Answers every waiting request whose deadline is at or before `now` with `timed_out()`,
+    /// pushing their ids and wakers; then as [`arm`](Self::arm).
+    pub(crate) fn expire(
+        &mut self,
+        now: Instant,
+        mut timed_out: impl FnMut() -> T,
+        ids: &mut Vec<u32>,
+        wake: &mut Vec<Waker>,
+    ) -> Option<Instant> {
+        self.expire_due(now, &mut timed_out, ids, wake);
+        self.arm()
+    }
+
+    fn expire_due(
+        &mut self,
+        now: Instant,
+        timed_out: &mut impl FnMut() -> T,
+        ids: &mut Vec<u32>,
+        wake: &mut Vec<Waker>,
+    ) {
+        loop {
+            let from_ordered = match (self.ordered.front(), self.others.peek()) {
+                (Some(a), Some(Reverse(b))) => a.0 <= b.0,
+                (Some(_), None) => true,
+                (None, Some(_)) => false,
+                (None, None) => return,
+            };
+            let (deadline, id) = if from_ordered {
+                self.ordered[0]
+            } else {
+                self.others.peek().expect("peeked above").0
+            };
+            if deadline > now {
+                return;
+            }
+            if from_ordered {
+                self.ordered.pop_front();
+            } else {
+                self.others.pop();
+            }
+            if let Some(slot) = self.slots.get_mut(&id)
+                && slot.deadline == deadline
+                && let State::Waiting(waker) = &mut slot.state
+            {
+                wake.extend(waker.take());
+                slot.state = State::Answered(timed_out());
+                self.waiting -= 1;
+                ids.push(id);
+            }
+        }
+    }
+
+    /// The earliest deadline kept (it may belong to a request answered since).
+    fn next_deadline(&self) -> Option<Instant> {
+        let a = self.ordered.front().map(|&(deadline, _)| deadline);
+        let b = self.others.peek().map(|Reverse((deadline, _))| *deadline);
+        match (a, b) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Drops the deadlines of answered requests at the fronts, and compacts both queues when
+    /// leftovers outnumber the waiting requests.
+    fn prune(&mut self) {
+        let slots = &self.slots;
+        let live = |&(deadline, id): &(Instant, u32)| {
+            slots.get(&id).is_some_and(|slot| {
+                slot.deadline == deadline && matches!(slot.state, State::Waiting(_))
+            })
+        };
+        while self.ordered.front().is_some_and(|entry| !live(entry)) {
+            self.ordered.pop_front();
+        }
+        while self
+            .others
+            .peek()
+            .is_some_and(|Reverse(entry)| !live(entry))
+        {
+            self.others.pop();
+        }
+        if self.ordered.len() + self.others.len() > 2 * self.waiting + COMPACT_SLACK {
+            self.ordered.retain(&live);
+            self.others.retain(|Reverse(entry)| live(entry));
+        }
+    }
+
+    #[cfg(test)]
+    fn kept_deadlines(&self) -> usize {
+        self.ordered.len() + self.others.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::task::Wake;
+    use std::time::Duration;
+
+    use super::*;
+
+    struct Count(AtomicUsize);
+
+    impl Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    fn counter() -> (Arc<Count>, Waker) {
+        let count = Arc::new(Count(AtomicUsize::new(0)));
+        (count.clone(), Waker::from(count))
+    }
+
+    #[test]
+    fn an_answer_wakes_the_waiting_request_and_is_taken_once() {
+        let now = Instant::now();
+        let mut table = Table::default();
+        let (id, earliest) = table.insert(now + Duration::from_secs(1));
+        assert!(earliest);
+        let (count, waker) = counter();
+        let mut cx = Context::from_waker(&waker);
+        assert!(table.poll_answer(id, &mut cx).is_pending());
+        assert_eq!(table.waiting(), 1);
+
+        let to_wake = table.answer(id, "ok").unwrap().expect("a waiter");
+        to_wake.wake();
+        assert_eq!(count.0.load(Ordering::SeqCst), 1);
+        assert_eq!(table.waiting(), 0);
+        // A second answer for the same id (a duplicate from the peer) is refused.
+        assert_eq!(table.answer(id, "again").unwrap_err(), "again");
+        assert_eq!(table.poll_answer(id, &mut cx), Poll::Ready("ok"));
+        assert_eq!(table.remove(id), None);
+        assert_eq!(table.kept_deadlines(), 0);
+    }
+
+    #[test]
+    fn an_answer_for_an_unknown_or_removed_id_is_refused() {
+        let mut table = Table::<u32>::default();
+        assert_eq!(table.answer(7, 1).unwrap_err(), 1);
+        let (id, _) = table.insert(Instant::now());
+        assert_eq!(table.remove(id), Some(true));
+        assert_eq!(table.answer(id, 2).unwrap_err(), 2);
+        assert_eq!(table.waiting(), 0);
+        assert_eq!(table.kept_deadlines(), 0);
+    }
+
+    #[test]
+    fn deadlines_expire_in_order_across_both_queues() {
+        let t0 = Instant::now();
+        let s = Duration::from_secs;
+        let mut table = Table::default();
+        let (a, first) = table.insert(t0 + s(10));
+        assert!(first, "no timer yet");
+        assert_eq!(table.arm(), Some(t0 + s(10)));
+        let (b, earlier_b) = table.insert(t0 + s(20));
+        // Shorter than the last one: the heap; and earlier than the timer: move it up.
+        let (c, earlier_c) = table.insert(t0 + s(5));
+        assert_eq!(table.arm(), Some(t0 + s(5)));
+        let (d, earlier_d) = table.insert(t0 + s(15));
+        assert!(!earlier_b && earlier_c && !earlier_d);
+
+        let (mut ids, mut wake) = (Vec::new(), Vec::new());
+        let next = table.expire(t0 + s(4), || "late", &mut ids, &mut wake);
+        assert!(ids.is_empty());
+        assert_eq!(next, Some(t0 + s(5)));
+        let next = table.expire(t0 + s(15), || "late", &mut ids, &mut wake);
+        assert_eq!(ids, [c, a, d]);
+        assert_eq!(table.waiting(), 1);
+        assert_eq!(next, Some(t0 + s(20)));
+        // b is answered first: its deadline passes without effect.
+        assert!(table.answer(b, "ok").is_ok());
+        ids.clear();
+        let next = table.expire(t0 + s(30), || "late", &mut ids, &mut wake);
+        assert!(ids.is_empty());
+        assert_eq!(next, None);
+        // No timer: the next request asks for one.
+        assert!(table.insert(t0 + s(40)).1);
+        let (_, waker) = counter();
+        let mut cx = Context::from_waker(&waker);
+        assert_eq!(table.poll_answer(a, &mut cx), Poll::Ready("late"));
+        assert_eq!(table.poll_answer(b, &mut cx), Poll::Ready("ok"));
+    }
+
+    #[test]
+    fn answered_deadlines_do_not_accumulate_behind_a_slow_request() {
+        let t0 = Instant::now();
+        let mut table = Table::default();
+        let (slow, _) = table.insert(t0);
+        for i in 0..100_000u64 {
+            let (id, _) = table.insert(t0 + Duration::from_nanos(i + 1));
+            table.answer(id, ()).unwrap();
+            assert!(table.remove(id) == Some(false));
+            assert!(table.kept_deadlines() <= 2 + COMPACT_SLACK + 1, "{i}");
+        }
+        assert_eq!(table.waiting(), 1);
+        let (mut ids, mut wake) = (Vec::new(), Vec::new());
+        table.expire(t0, || (), &mut ids, &mut wake);
+        assert_eq!(ids, [slow]);
+    }
+
+    #[test]
+    fn answer_all_answers_only_the_waiting() {
+        let now = Instant::now();
+        let mut table = Table::default();
+        let (a, _) = table.insert(now);
+        let (b, _) = table.insert(now);
+        let (_, waker) = counter();
+        let mut cx = Context::from_waker(&waker);
+        assert!(table.poll_answer(b, &mut cx).is_pending());
+        table.answer(a, 0).unwrap();
+        let mut wake = Vec::new();
+        table.answer_all(|id| id * 10, &mut wake);
+        assert_eq!(wake.len(), 1);
+        assert_eq!(table.waiting(), 0);
+        assert_eq!(table.poll_answer(a, &mut cx), Poll::Ready(0));
+        assert_eq!(table.poll_answer(b, &mut cx), Poll::Ready(b * 10));
+    }
+
+    #[test]
+    fn ids_skip_zero_and_ids_in_use_when_they_wrap() {
+        let now = Instant::now();
+        let mut table = Table::<()>::default();
+        let (kept, _) = table.insert(now);
+        assert_eq!(kept, 1);
+        table.next_id = u32::MAX;
+        let (last, _) = table.insert(now);
+        let (wrapped, _) = table.insert(now);
+        assert_eq!((last, wrapped), (u32::MAX, 2));
+    }
+}
