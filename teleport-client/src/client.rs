@@ -130,7 +130,13 @@ impl Client {
             request,
         });
         let mut down = false;
+        let mut first = true;
         loop {
+            // A request sent again (lost, refused, or handed back unsent) is sent only within
+            // its deadline; the first attempt's check is the timers below.
+            if !std::mem::take(&mut first) && Instant::now() >= deadline {
+                return Err(Error::Timeout { timeout });
+            }
             let Ok(picked) = within(deadline, inner.pick(&mut down)).await else {
                 return Err(if down {
                     Error::Unavailable {
@@ -172,7 +178,11 @@ impl Client {
                     conn.upstream.record_success();
                     return Ok(response);
                 }
-                Reply::TimedOut => return Err(Error::Timeout { timeout }),
+                Reply::TimedOut => {
+                    // It was queued: the server may be running it.
+                    conn.cancel(id);
+                    return Err(Error::Timeout { timeout });
+                }
                 Reply::Unsent(unsent) => frame = unsent,
                 Reply::Failed(error) => {
                     // Refused ones never ran; lost ones may have: idempotent only.

@@ -96,16 +96,22 @@ impl ConnHandle {
     /// latest (then with [`Reply::TimedOut`]); `None` when the connection is full or retired
     /// (pick another).
     pub(crate) fn register(&self, deadline: Instant) -> Option<u32> {
+        if self.retired.load(SeqCst) {
+            return None;
+        }
         if self.pending_count.fetch_add(1, SeqCst) >= self.max_pending {
             self.pending_count.fetch_sub(1, SeqCst);
             return None;
         }
         let mut table = self.table();
-        // Checked under the lock: `fail_all` retires the connection before it answers every
+        // Again under the lock: `fail_all` retires the connection before it answers every
         // request in the table, so none registered here is left unanswered.
         if self.retired.load(SeqCst) {
             drop(table);
-            self.pending_count.fetch_sub(1, SeqCst);
+            // The connection's task may have seen this count and waited for it.
+            if self.pending_count.fetch_sub(1, SeqCst) == 1 {
+                self.drained.notify_one();
+            }
             return None;
         }
         let (id, earliest) = table.insert(deadline);
@@ -156,7 +162,7 @@ impl ConnHandle {
     }
 
     /// Queues a cancel for a request the server may be running.
-    fn cancel(&self, id: u32) {
+    pub(crate) fn cancel(&self, id: u32) {
         match self.sender.try_send(Frame::Cancel { id }) {
             Ok(()) => {}
             Err(teleport_transport::conn::SendError::Full(frame)) => {
@@ -170,8 +176,9 @@ impl ConnHandle {
         }
     }
 
-    /// Answers the requests whose deadline has passed with [`Reply::TimedOut`] and cancels
-    /// them on the server; the earliest deadline left.
+    /// Answers the requests whose deadline has passed with [`Reply::TimedOut`] (each request
+    /// cancels itself on the server, as only it knows whether it was queued); the earliest
+    /// deadline left.
     fn expire(&self, now: Instant, inner: &Inner) -> Option<Instant> {
         let (mut ids, mut wake) = (Vec::new(), Vec::new());
         let next = self
@@ -180,9 +187,6 @@ impl ConnHandle {
         if !ids.is_empty() {
             self.pending_count.fetch_sub(ids.len(), SeqCst);
             wake.into_iter().for_each(Waker::wake);
-            for id in ids {
-                self.cancel(id);
-            }
             inner.capacity_freed();
         }
         next
@@ -290,6 +294,9 @@ pub(crate) async fn run(
     inner: Arc<Inner>,
     retired: oneshot::Sender<()>,
 ) {
+    // Dropped without reaching the end (a panic, or its runtime shutting down): the requests
+    // waiting on it, perhaps in another runtime, still get an answer.
+    let _answer_all = AnswerAllOnDrop(&handle, &inner);
     let mut conn = Running {
         handle: &handle,
         inner: &inner,
@@ -315,6 +322,18 @@ pub(crate) async fn run(
         handle.upstream.record_failure(&inner);
     }
     tracing::debug!(addr = %handle.upstream.addr, error = %error, "connection ended");
+}
+
+struct AnswerAllOnDrop<'a>(&'a ConnHandle, &'a Inner);
+
+impl Drop for AnswerAllOnDrop<'_> {
+    fn drop(&mut self) {
+        if self.0.pending() > 0 {
+            let error = io::Error::other("the connection's task ended abruptly");
+            let error = Arc::new(teleport_transport::Error::Read(error));
+            self.0.fail_all(Vec::new(), &error, self.1);
+        }
+    }
 }
 
 /// A connection's task: reading and writing go on side by side (a write the socket holds up
@@ -379,6 +398,25 @@ impl Running<'_> {
                     urgent = false;
                     closed |= close_now;
                 }
+                // Deadlines before reading: a peer that keeps the socket busy does not hold
+                // them up.
+                () = &mut timer, if armed.is_some() => {
+                    armed = self.handle.expire(Instant::now(), self.inner);
+                    if let Some(next) = armed {
+                        timer.as_mut().reset(next);
+                    }
+                    if self.handle.is_retired() && self.handle.pending() == 0 {
+                        stop = true;
+                    }
+                }
+                next = std::future::poll_fn(|cx| self.handle.poll_rearm(cx)) => {
+                    if next != armed {
+                        armed = next;
+                        if let Some(next) = next {
+                            timer.as_mut().reset(next);
+                        }
+                    }
+                }
                 n = self.reader.next_many(&mut items, INBOUND_AT_ONCE), if reading => {
                     if n? == 0 {
                         // The server will send nothing more: stop writing, reclaim the queue.
@@ -407,23 +445,6 @@ impl Running<'_> {
                         let _ = self.handle.sender.try_send(Frame::Ping { payload: 0 });
                     }
                     heard = false;
-                }
-                () = &mut timer, if armed.is_some() => {
-                    armed = self.handle.expire(Instant::now(), self.inner);
-                    if let Some(next) = armed {
-                        timer.as_mut().reset(next);
-                    }
-                    if self.handle.is_retired() && self.handle.pending() == 0 {
-                        stop = true;
-                    }
-                }
-                next = std::future::poll_fn(|cx| self.handle.poll_rearm(cx)) => {
-                    if next != armed {
-                        armed = next;
-                        if let Some(next) = next {
-                            timer.as_mut().reset(next);
-                        }
-                    }
                 }
                 () = self.handle.drained.notified(), if self.handle.is_retired() => {
                     stop |= self.handle.pending() == 0;

@@ -7,10 +7,11 @@
 //!
 //! Deadlines are kept in two queues. Requests that use the client's default timeout register
 //! in deadline order, so most deadlines go to the back of a FIFO; a deadline earlier than the
-//! FIFO's back (a shorter per-request timeout) goes to a heap. Answered slots leave their
-//! deadline behind; it is dropped when it reaches the front, and both queues are compacted when
-//! such leftovers outnumber the waiting requests, so memory stays proportional to what is
-//! pending.
+//! FIFO's back (a shorter per-request timeout, or any after a longer one) goes to a heap.
+//! Answered slots leave their deadline behind; it is dropped when it reaches the front, and both
+//! queues are compacted when such leftovers outnumber the waiting requests, so the deadlines kept
+//! stay proportional to the requests pending (the queues' capacity, like the slots', stays at its
+//! high-water mark).
 
 use std::cmp::Reverse;
 use std::collections::hash_map::Entry;

@@ -227,8 +227,9 @@ impl Inner {
         }
         loop {
             // Count ourselves before looking, so a completion between the look and the wait
-            // wakes us.
+            // wakes us; uncounted when done, or dropped (the request's deadline passed).
             self.waiters.fetch_add(1, SeqCst);
+            let _waiting = Uncount(&self.waiters);
             let notified = self.changed.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
@@ -252,11 +253,9 @@ impl Inner {
                 }
             };
             if let Some(result) = result {
-                self.waiters.fetch_sub(1, SeqCst);
                 return result;
             }
             notified.await;
-            self.waiters.fetch_sub(1, SeqCst);
         }
     }
 
@@ -424,4 +423,13 @@ async fn connect(inner: &Inner, addr: &Arc<str>) -> Result<Conn<BoxIo>, Error> {
                 source,
             },
         })
+}
+
+/// Takes one off a count when dropped.
+struct Uncount<'a>(&'a AtomicUsize);
+
+impl Drop for Uncount<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, SeqCst);
+    }
 }

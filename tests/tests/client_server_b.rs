@@ -172,8 +172,8 @@ async fn finish(
 
 // ===== timeouts =====
 
-#[tokio::test(start_paused = true)]
-async fn timeout_fires_exactly_at_the_deadline_and_the_extension_overrides_it() {
+/// A server whose handlers never answer, and a connected client of it with a 5 s timeout.
+async fn client_of_a_silent_server() -> (Server<impl HttpService>, Client) {
     let server = Server::new(silent());
     let client = Client::builder()
         .addr("in-memory")
@@ -182,6 +182,12 @@ async fn timeout_fires_exactly_at_the_deadline_and_the_extension_overrides_it() 
         .build()
         .unwrap();
     client.ready(Duration::from_secs(1)).await.unwrap();
+    (server, client)
+}
+
+#[tokio::test(start_paused = true)]
+async fn timeout_fires_exactly_at_the_deadline_and_the_extension_overrides_it() {
+    let (server, client) = client_of_a_silent_server().await;
 
     let start = Instant::now();
     let error = client.send(get("/never")).await.unwrap_err();
@@ -212,14 +218,7 @@ async fn timeout_fires_exactly_at_the_deadline_and_the_extension_overrides_it() 
 /// every one ends at its own deadline, not at an earlier or later one's.
 #[tokio::test(start_paused = true)]
 async fn concurrent_requests_each_time_out_at_their_own_deadline() {
-    let server = Server::new(silent());
-    let client = Client::builder()
-        .addr("in-memory")
-        .timeout(Duration::from_secs(5))
-        .connector(in_memory(server.clone()))
-        .build()
-        .unwrap();
-    client.ready(Duration::from_secs(1)).await.unwrap();
+    let (server, client) = client_of_a_silent_server().await;
 
     let start = Instant::now();
     let timeouts = [
@@ -301,6 +300,50 @@ async fn a_timeout_fires_on_time_while_the_connection_is_held_up_writing() {
     let (result, ended) = finish(large).await;
     assert!(result.unwrap_err().is_timeout());
     assert_eq!(ended - start, Duration::from_secs(10));
+}
+
+/// The runtime that runs the client's connections shuts down while a request from another
+/// runtime waits on one of them: the request ends with the connection's loss, not never.
+#[test]
+fn a_request_ends_when_its_connections_runtime_shuts_down() {
+    let home = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let server = Server::new(silent());
+    let client = home.block_on(async {
+        let client = Client::builder()
+            .addr("in-memory")
+            .retry(RetryPolicy::none())
+            .connector(in_memory(server.clone()))
+            .build()
+            .unwrap();
+        client.ready(Duration::from_secs(10)).await.unwrap();
+        client
+    });
+    let (done_tx, done) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let caller = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let _ = done_tx.send(caller.block_on(client.send(get("/never"))));
+    });
+    let since = std::time::Instant::now();
+    while server.stats().requests == 0 {
+        assert!(
+            since.elapsed() < Duration::from_secs(10),
+            "the request never arrived"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    drop(home);
+    let result = done
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the request did not end");
+    let error = result.unwrap_err();
+    assert!(error.is_connection_lost(), "{error:?}");
 }
 
 // ===== cancellation =====
