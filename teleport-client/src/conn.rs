@@ -192,15 +192,20 @@ impl ConnHandle {
         next
     }
 
-    /// Where to move the connection's timer, once a request's deadline came before it (or
-    /// came with no timer set); registers the connection's task to be woken when one does.
-    fn poll_rearm(&self, cx: &mut Context<'_>) -> Poll<Option<Instant>> {
+    /// Ready once a request's deadline came before the connection's timer (or came with no
+    /// timer set); registers the connection's task to be woken when one does.
+    fn poll_rearm(&self, cx: &mut Context<'_>) -> Poll<()> {
         self.task.register(cx.waker());
-        if self.rearm.load(Relaxed) && self.rearm.swap(false, SeqCst) {
-            Poll::Ready(self.table().arm())
+        if self.rearm.load(Relaxed) {
+            Poll::Ready(())
         } else {
             Poll::Pending
         }
+    }
+
+    /// Where to move the connection's timer, when a request asked for it since the last call.
+    fn rearm(&self) -> Option<Option<Instant>> {
+        (self.rearm.load(Relaxed) && self.rearm.swap(false, SeqCst)).then(|| self.table().arm())
     }
 
     fn retire(&self) {
@@ -369,6 +374,25 @@ impl Running<'_> {
         tokio::pin!(timer);
         let mut armed: Option<Instant> = None;
         loop {
+            // Deadlines first, checked on every turn (cheaply: a flag, and the timer's state), so
+            // a peer that keeps the socket busy does not hold them up.
+            if let Some(next) = self.handle.rearm()
+                && next != armed
+            {
+                armed = next;
+                if let Some(next) = next {
+                    timer.as_mut().reset(next);
+                }
+            }
+            if armed.is_some() && timer.is_elapsed() {
+                armed = self.handle.expire(Instant::now(), self.inner);
+                if let Some(next) = armed {
+                    timer.as_mut().reset(next);
+                }
+                if self.handle.is_retired() && self.handle.pending() == 0 {
+                    stop = true;
+                }
+            }
             if !self.writer.is_writing() {
                 // Our side is closed: nothing more can be answered.
                 for payload in self.pongs.drain(..).filter(|_| !closed) {
@@ -398,25 +422,6 @@ impl Running<'_> {
                     urgent = false;
                     closed |= close_now;
                 }
-                // Deadlines before reading: a peer that keeps the socket busy does not hold
-                // them up.
-                () = &mut timer, if armed.is_some() => {
-                    armed = self.handle.expire(Instant::now(), self.inner);
-                    if let Some(next) = armed {
-                        timer.as_mut().reset(next);
-                    }
-                    if self.handle.is_retired() && self.handle.pending() == 0 {
-                        stop = true;
-                    }
-                }
-                next = std::future::poll_fn(|cx| self.handle.poll_rearm(cx)) => {
-                    if next != armed {
-                        armed = next;
-                        if let Some(next) = next {
-                            timer.as_mut().reset(next);
-                        }
-                    }
-                }
                 n = self.reader.next_many(&mut items, INBOUND_AT_ONCE), if reading => {
                     if n? == 0 {
                         // The server will send nothing more: stop writing, reclaim the queue.
@@ -434,6 +439,9 @@ impl Running<'_> {
                     }
                 }
                 _ = queue.ready(), if !stop && !write_now => {}
+                // Wake-ups only: the loop's top handles both.
+                () = &mut timer, if armed.is_some() => {}
+                () = std::future::poll_fn(|cx| self.handle.poll_rearm(cx)) => {}
                 _ = tick(&mut probe) => {
                     if ping_out && !heard {
                         tracing::debug!(addr = %self.handle.upstream.addr, "keepalive unanswered; closing");
