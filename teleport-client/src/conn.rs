@@ -32,7 +32,7 @@ pub(crate) enum Reply {
     Failed(Error),
     /// The request never reached the socket: send it on another connection.
     Unsent(Box<RequestFrame>),
-    /// Its deadline passed first (the server was told to cancel it).
+    /// Its deadline passed first (the request then cancels itself on the server).
     TimedOut,
 }
 
@@ -48,8 +48,8 @@ pub(crate) struct ConnHandle {
     retired: AtomicBool,
     /// Signalled when a retired connection's last request gives up, so it can close.
     drained: Notify,
-    /// Set, and the connection's task woken, when a request's deadline is earlier than every
-    /// other: the task moves its timer up.
+    /// Set, and the connection's task woken, when a request's deadline is earlier than the
+    /// connection's timer (or no timer is set): the task moves its timer up.
     rearm: AtomicBool,
     task: AtomicWaker,
 }
