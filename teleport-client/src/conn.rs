@@ -357,8 +357,8 @@ impl Running<'_> {
     /// Until the server's direction ends and ours is closed, or until the first error.
     async fn run(&mut self, queue: &mut SendQueue) -> Result<(), teleport_transport::Error> {
         let keepalive = self.inner.config.keepalive;
-        let mut probe =
-            keepalive.map(|period| tokio::time::interval_at(Instant::now() + period, period));
+        // When the next keepalive probe is due.
+        let mut probe_at = keepalive.map(|period| Instant::now() + period);
         let mut heard = true;
         let mut ping_out = false;
         let mut reading = true;
@@ -369,28 +369,50 @@ impl Running<'_> {
         let mut closing = Cancelled::new(self.inner.token.clone());
         let mut items = Vec::with_capacity(INBOUND_AT_ONCE);
         let mut urgent = false;
-        // The earliest request deadline: one timer for every request on the connection.
+        // One timer for the connection, set at the earlier of its earliest request deadline
+        // (`armed`) and its next keepalive probe.
         let timer = tokio::time::sleep_until(Instant::now());
         tokio::pin!(timer);
         let mut armed: Option<Instant> = None;
+        let mut timer_at: Option<Instant> = None;
         loop {
             // Deadlines first, checked on every turn (cheaply: a flag, and the timer's state), so
             // a peer that keeps the socket busy does not hold them up.
-            if let Some(next) = self.handle.rearm()
-                && next != armed
-            {
+            if let Some(next) = self.handle.rearm() {
                 armed = next;
-                if let Some(next) = next {
-                    timer.as_mut().reset(next);
+            }
+            if timer_at.is_some() && timer.is_elapsed() {
+                // Set again below, wherever it is due next.
+                timer_at = None;
+                let now = Instant::now();
+                if armed.is_some_and(|at| at <= now) {
+                    armed = self.handle.expire(now, self.inner);
+                    if self.handle.is_retired() && self.handle.pending() == 0 {
+                        stop = true;
+                    }
+                }
+                if let Some(period) = keepalive
+                    && probe_at.is_some_and(|at| at <= now)
+                {
+                    if ping_out && !heard {
+                        tracing::debug!(addr = %self.handle.upstream.addr, "keepalive unanswered; closing");
+                        let error =
+                            io::Error::new(io::ErrorKind::TimedOut, "keepalive ping unanswered");
+                        return Err(teleport_transport::Error::Read(error));
+                    }
+                    ping_out = !heard;
+                    if ping_out {
+                        let _ = self.handle.sender.try_send(Frame::Ping { payload: 0 });
+                    }
+                    heard = false;
+                    probe_at = Some(now + period);
                 }
             }
-            if armed.is_some() && timer.is_elapsed() {
-                armed = self.handle.expire(Instant::now(), self.inner);
-                if let Some(next) = armed {
-                    timer.as_mut().reset(next);
-                }
-                if self.handle.is_retired() && self.handle.pending() == 0 {
-                    stop = true;
+            let due = armed.into_iter().chain(probe_at).min();
+            if due != timer_at {
+                timer_at = due;
+                if let Some(at) = due {
+                    timer.as_mut().reset(at);
                 }
             }
             if !self.writer.is_writing() {
@@ -440,20 +462,8 @@ impl Running<'_> {
                 }
                 _ = queue.ready(), if !stop && !write_now => {}
                 // Wake-ups only: the loop's top handles both.
-                () = &mut timer, if armed.is_some() => {}
+                () = &mut timer, if timer_at.is_some() => {}
                 () = std::future::poll_fn(|cx| self.handle.poll_rearm(cx)) => {}
-                _ = tick(&mut probe) => {
-                    if ping_out && !heard {
-                        tracing::debug!(addr = %self.handle.upstream.addr, "keepalive unanswered; closing");
-                        let error = io::Error::new(io::ErrorKind::TimedOut, "keepalive ping unanswered");
-                        return Err(teleport_transport::Error::Read(error));
-                    }
-                    ping_out = !heard;
-                    if ping_out {
-                        let _ = self.handle.sender.try_send(Frame::Ping { payload: 0 });
-                    }
-                    heard = false;
-                }
                 () = self.handle.drained.notified(), if self.handle.is_retired() => {
                     stop |= self.handle.pending() == 0;
                 }
@@ -495,15 +505,6 @@ async fn write_or_close<W: AsyncWrite + Unpin>(
         writer.shutdown().await
     } else {
         writer.flush_due(urgent).await
-    }
-}
-
-async fn tick(probe: &mut Option<tokio::time::Interval>) {
-    match probe {
-        Some(interval) => {
-            interval.tick().await;
-        }
-        None => std::future::pending().await,
     }
 }
 

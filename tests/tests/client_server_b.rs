@@ -19,7 +19,8 @@ use bytes::Bytes;
 use http::{Request, Response};
 use teleport_client::{BoxIo, Client, Connect, Error, RetryPolicy, Timeout};
 use teleport_server::{Body, HttpService, Server, ServerConfig, ServerHandle};
-use teleport_transport::frame::ErrorCode;
+use teleport_transport::codec::Inbound;
+use teleport_transport::frame::{ErrorCode, Frame};
 use teleport_transport::listener::{Listener, ListenerConfig};
 use tokio::sync::{Notify, Semaphore, mpsc};
 use tokio::task::JoinHandle;
@@ -755,6 +756,67 @@ async fn a_silent_server_is_detected_by_keepalive_before_the_timeout() {
     assert!(error.is_connection_lost(), "{error:?}");
     // Probed within two periods of quiet, closed one unanswered period later.
     assert!(start.elapsed() <= keepalive * 3, "{:?}", start.elapsed());
+}
+
+#[tokio::test(start_paused = true)]
+async fn deadlines_between_keepalive_probes_fire_on_time() {
+    // The connection keeps one timer for its probes and its requests' deadlines: neither may
+    // hold the other up. The peer answers pings (its driver does) and nothing else, and never
+    // times requests out itself, so only the client's timer can end them.
+    use teleport_transport::conn::{Conn, ConnConfig};
+    let connections = Arc::new(AtomicUsize::new(0));
+    let requests = Arc::new(AtomicUsize::new(0));
+    let (accepted, received) = (connections.clone(), requests.clone());
+    let connector = move |_addr: &str| {
+        let (accepted, received) = (accepted.clone(), received.clone());
+        async move {
+            let (client_half, server_half) = tokio::io::duplex(64 << 10);
+            tokio::spawn(async move {
+                let conn = Conn::accept(server_half, &ConnConfig::default())
+                    .await
+                    .unwrap();
+                accepted.fetch_add(1, SeqCst);
+                let (_sender, mut receiver, driver) = conn.split();
+                tokio::spawn(driver.run());
+                while let Some(item) = receiver.recv().await {
+                    if matches!(item, Inbound::Frame(Frame::Request(_))) {
+                        received.fetch_add(1, SeqCst);
+                    }
+                }
+            });
+            Ok::<BoxIo, std::io::Error>(Box::new(client_half))
+        }
+    };
+    let client = Client::builder()
+        .addr("mute")
+        .keepalive(Some(Duration::from_secs(1)))
+        .timeout(Duration::from_millis(2500))
+        .retry(RetryPolicy::none())
+        .connector(connector)
+        .build()
+        .unwrap();
+    client.ready(Duration::from_secs(1)).await.unwrap();
+    let mut short = get("/never");
+    short
+        .extensions_mut()
+        .insert(Timeout(Duration::from_millis(700)));
+    let timed = |request| {
+        let client = client.clone();
+        async move {
+            let start = Instant::now();
+            let error = client.send(request).await.unwrap_err();
+            assert!(error.is_timeout(), "{error:?}");
+            start.elapsed()
+        }
+    };
+    let (long, short) = tokio::join!(timed(get("/never")), timed(short));
+    assert_eq!(short, Duration::from_millis(700));
+    assert_eq!(long, Duration::from_millis(2500));
+    // Two probes went out and were answered meanwhile: the connection lives on, and its timer
+    // still serves a new request.
+    assert_eq!(timed(get("/never")).await, Duration::from_millis(2500));
+    assert_eq!(connections.load(SeqCst), 1);
+    assert_eq!(requests.load(SeqCst), 3);
 }
 
 #[tokio::test(start_paused = true)]
