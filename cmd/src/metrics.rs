@@ -38,6 +38,9 @@ pub(crate) enum Outcome {
     Overloaded,
     /// Refused at the edge (too large, method not allowed, malformed): 4xx.
     Rejected,
+    /// The client went away (closed its connection, reset its stream, cancelled, or timed
+    /// out on its side) before the response: nothing was sent.
+    Cancelled,
 }
 
 /// Which side of the proxy: `in` faces the clients, `out` the upstreams.
@@ -72,6 +75,7 @@ label_values! {
         Timeout => "timeout",
         Overloaded => "overloaded",
         Rejected => "rejected",
+        Cancelled => "cancelled",
     }
     Side { In => "in", Out => "out" }
     Direction { Received => "received", Sent => "sent" }
@@ -184,6 +188,15 @@ impl Metrics {
             .get_or_create(&OutcomeLabels { outcome })
             .inc();
         self.duration.observe(elapsed.as_secs_f64());
+    }
+
+    /// Counts a request whose client went away before its response (no response time).
+    pub(crate) fn record_cancelled(&self) {
+        self.requests
+            .get_or_create(&OutcomeLabels {
+                outcome: Outcome::Cancelled,
+            })
+            .inc();
     }
 
     /// Requests in flight.

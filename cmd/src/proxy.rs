@@ -89,9 +89,9 @@ impl Proxy {
         if let (Some(name), Some(ip)) = (&self.client_ip_header, client_ip) {
             append_client_ip(request.headers_mut(), name, ip);
         }
-        self.metrics.pending().inc();
+        let mut flight = InFlight::new(&self.metrics);
         let result = self.out.send(request).await;
-        self.metrics.pending().dec();
+        flight.ended();
         match result {
             Ok(mut response) => {
                 strip_hop_by_hop(response.headers_mut());
@@ -156,6 +156,37 @@ impl Proxy {
         }
         let second = self.started.elapsed().as_secs();
         self.last_logged_second.swap(second, Ordering::Relaxed) != second
+    }
+}
+
+/// A request at the out-side: counted as pending until it ends, and as cancelled when its
+/// client goes away first (the future is dropped mid-flight).
+struct InFlight<'a> {
+    metrics: &'a Metrics,
+    ended: bool,
+}
+
+impl<'a> InFlight<'a> {
+    fn new(metrics: &'a Metrics) -> Self {
+        metrics.pending().inc();
+        InFlight {
+            metrics,
+            ended: false,
+        }
+    }
+
+    /// The out-side answered; the caller records how.
+    fn ended(&mut self) {
+        self.ended = true;
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.metrics.pending().dec();
+        if !self.ended {
+            self.metrics.record_cancelled();
+        }
     }
 }
 

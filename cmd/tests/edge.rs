@@ -1,7 +1,8 @@
 //! The edge of one proxy and its failure answers: the allow-list (IPv4 and IPv6 entries), the
 //! client-IP header, 502 for a dead upstream (at once, not at -outTimeout), 504 past
 //! -outTimeout, two upstreams with one dead, the out-side limits (-outMaxHeaderSize raised,
-//! -outMaxBodySize), the in-side limits (413, 431, 405, 503 over -concurrency), /metrics and
+//! -outMaxBodySize, and responses over them not ejecting the addresses that sent them), a client
+//! gone mid-request counted as cancelled, the in-side limits (413, 431, 405, 503 over -concurrency), /metrics and
 //! /healthz, -logFormat json, the flag syntax (Go and GNU spellings, bare booleans, values
 //! refused at startup), and interim (1xx) responses: `Expect: 100-continue` answered at the edge,
 //! an upstream's 100 and 103 before its final response.
@@ -271,6 +272,59 @@ async fn response_body_over_out_max_body_size_gives_502() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn response_body_over_out_max_body_size_through_the_chain_gives_502() {
     response_over_out_max_body_size("teleport").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn responses_over_the_limits_do_not_eject_the_upstreams_that_sent_them() {
+    // Both addresses answer; the answers are too big for the proxy. That is no sign of
+    // failure: the addresses stay in the balance (else both are ejected within 6 requests).
+    let (one, two) = (Upstream::tcp().await, Upstream::tcp().await);
+    let p = Cmd::tcp(
+        "proxy",
+        "http",
+        "http",
+        &format!("{},{}", one.addr, two.addr),
+    )
+    .flag("outMaxBodySize", "100000")
+    .start()
+    .await;
+    let mut c = Client::tcp_h1(p.addr()).await.unwrap();
+    for _ in 0..8 {
+        assert_bad_gateway(&c.get("/big?n=200000").await);
+    }
+    all_succeed(p.addr(), 10).await;
+    let stderr = p.stderr();
+    assert!(!stderr.contains("ejected"), "{stderr}");
+    assert!(one.count() > 0 && two.count() > 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_gone_before_its_response_is_counted_as_cancelled_and_not_pending() {
+    let up = Upstream::tcp().await;
+    let p = Cmd::tcp("proxy", "http", "http", &up.addr)
+        .flag("outTimeout", "20s")
+        .start()
+        .await;
+    let mut raw = TcpStream::connect(p.addr()).await.unwrap();
+    raw.write_all(b"GET /echo?delay_ms=3000 HTTP/1.1\r\nHost: example.test\r\n\r\n")
+        .await
+        .unwrap();
+    metrics_until(p.metrics_addr(), "the request in flight", |t| {
+        metric(t, "httptp_pending", &[]).unwrap_or(0.0) >= 1.0
+    })
+    .await;
+    drop(raw);
+    let text = metrics_until(p.metrics_addr(), "a cancelled outcome", |t| {
+        metric(t, "httptp_requests_total", &[("outcome", "cancelled")]).unwrap_or(0.0) >= 1.0
+    })
+    .await;
+    assert_eq!(metric(&text, "httptp_pending", &[]), Some(0.0), "{text}");
+    // Cancelled is not an outcome with a response time.
+    assert_eq!(
+        metric(&text, "httptp_request_duration_seconds_count", &[]),
+        Some(0.0),
+        "{text}"
+    );
 }
 
 // ===== in-side limits =====

@@ -10,7 +10,7 @@ use anyhow::Context as _;
 use bytes::Bytes;
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Request, Response, Uri};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use rustls_pki_types::ServerName;
@@ -136,48 +136,59 @@ impl HttpUpstreams {
             .path_and_query()
             .cloned()
             .unwrap_or_else(|| PathAndQuery::from_static("/"));
-        let attempts = async {
-            let mut tried: Vec<usize> = Vec::new();
-            loop {
-                let index = self.pick(&tried);
-                tried.push(index);
-                let upstream = &self.upstreams[index];
-                let mut request = Request::new(Full::new(body.clone()));
-                *request.method_mut() = parts.method.clone();
-                *request.uri_mut() = Uri::builder()
-                    .scheme(self.scheme.clone())
-                    .authority(upstream.authority.clone())
-                    .path_and_query(path.clone())
-                    .build()
-                    .expect("scheme, authority and path make a URI");
-                *request.headers_mut() = parts.headers.clone();
-                match self.exchange(upstream, request).await {
-                    Err(Attempt::NotSent(error)) if tried.len() < self.upstreams.len() => {
-                        tracing::debug!(upstream = %upstream.addr, ?error, "connect failed; trying another address");
-                    }
-                    Err(Attempt::NotSent(error) | Attempt::Failed(error)) => return Err(error),
-                    Ok(response) => return Ok(response),
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let mut tried: Vec<usize> = Vec::new();
+        loop {
+            let index = self.pick(&tried);
+            tried.push(index);
+            let upstream = &self.upstreams[index];
+            let mut request = Request::new(Full::new(body.clone()));
+            *request.method_mut() = parts.method.clone();
+            *request.uri_mut() = Uri::builder()
+                .scheme(self.scheme.clone())
+                .authority(upstream.authority.clone())
+                .path_and_query(path.clone())
+                .build()
+                .expect("scheme, authority and path make a URI");
+            *request.headers_mut() = parts.headers.clone();
+            match self.exchange(upstream, request, deadline).await {
+                Err(Attempt::NotSent(error)) if tried.len() < self.upstreams.len() => {
+                    tracing::debug!(upstream = %upstream.addr, ?error, "connect failed; trying another address");
                 }
+                Err(Attempt::NotSent(error) | Attempt::Failed(error) | Attempt::Refused(error)) => {
+                    return Err(error);
+                }
+                Ok(response) => return Ok(response),
             }
-        };
-        tokio::time::timeout(self.timeout, attempts)
-            .await
-            .unwrap_or(Err(ForwardError::Timeout))
+        }
     }
 
-    /// One attempt on `upstream`. Its health learns from connection failures and timeouts, not
-    /// from responses the limits refuse.
+    /// One attempt on `upstream`, until `deadline`. Its health learns from connection
+    /// failures and timeouts; not from responses the limits refuse (it answered), nor from an
+    /// attempt dropped because its client went away.
     async fn exchange(
         &self,
         upstream: &Upstream,
         request: Request<Full<Bytes>>,
+        deadline: tokio::time::Instant,
     ) -> Result<Response<Bytes>, Attempt> {
         upstream.pending.fetch_add(1, Ordering::Relaxed);
         let _pending = PendingGuard(&upstream.pending);
-        let mut outcome = Outcome {
-            upstream,
-            succeeded: false,
-        };
+        let result = tokio::time::timeout_at(deadline, self.attempt(upstream, request))
+            .await
+            .unwrap_or(Err(Attempt::Failed(ForwardError::Timeout)));
+        match &result {
+            Ok(_) | Err(Attempt::Refused(_)) => upstream.succeeded(),
+            Err(Attempt::NotSent(_) | Attempt::Failed(_)) => upstream.failed(),
+        }
+        result
+    }
+
+    async fn attempt(
+        &self,
+        upstream: &Upstream,
+        request: Request<Full<Bytes>>,
+    ) -> Result<Response<Bytes>, Attempt> {
         let response = upstream.client.request(request).await.map_err(|error| {
             let failure = ForwardError::BadGateway(format!("{}: {}", upstream.addr, chain(&error)));
             if error.is_connect() {
@@ -187,8 +198,7 @@ impl HttpUpstreams {
             }
         })?;
         if header_block_len(response.headers()) > self.max_header {
-            outcome.succeeded = true;
-            return Err(Attempt::Failed(ForwardError::BadGateway(format!(
+            return Err(Attempt::Refused(ForwardError::BadGateway(format!(
                 "{}: response header block over -outMaxHeaderSize ({} bytes)",
                 upstream.addr, self.max_header
             ))));
@@ -198,12 +208,15 @@ impl HttpUpstreams {
             .collect()
             .await
             .map_err(|error| {
-                Attempt::Failed(ForwardError::BadGateway(format!(
-                    "{}: response body: {error}",
-                    upstream.addr
-                )))
+                let over_limit = error.is::<LengthLimitError>();
+                let error =
+                    ForwardError::BadGateway(format!("{}: response body: {error}", upstream.addr));
+                if over_limit {
+                    Attempt::Refused(error)
+                } else {
+                    Attempt::Failed(error)
+                }
             })?;
-        outcome.succeeded = true;
         Ok(Response::from_parts(parts, body.to_bytes()))
     }
 
@@ -282,27 +295,12 @@ impl Upstream {
     }
 }
 
-/// How one attempt failed: before the request left (it may go elsewhere), or after.
+/// How one attempt failed: before the request left (it may go elsewhere), after, or on a
+/// response beyond the limits (the upstream is not at fault).
 enum Attempt {
     NotSent(ForwardError),
     Failed(ForwardError),
-}
-
-/// Records an attempt's health when it ends, however it ends: success, failure, or dropped at
-/// -outTimeout (a failure too).
-struct Outcome<'a> {
-    upstream: &'a Upstream,
-    succeeded: bool,
-}
-
-impl Drop for Outcome<'_> {
-    fn drop(&mut self) {
-        if self.succeeded {
-            self.upstream.succeeded();
-        } else {
-            self.upstream.failed();
-        }
-    }
+    Refused(ForwardError),
 }
 
 struct PendingGuard<'a>(&'a AtomicUsize);
