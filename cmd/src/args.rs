@@ -98,6 +98,12 @@ pub(crate) struct ProxyFlags {
     #[arg(long = "inGetOnly", alias = "in-get-only", action = ArgAction::Set,
           num_args = 0..=1, require_equals = true, default_value = "false", default_missing_value = "true")]
     pub(crate) in_get_only: bool,
+    /// Closes an -in connection that has been idle this long (Go duration; 0: never). http,
+    /// https and unix: no request in flight (HTTP/2 gets a goaway); teleport and teleports: no
+    /// bytes moved (clients ping every 30 s). Must exceed -outTimeout, so no connection with a
+    /// request waiting on -out is closed. Default: 120s, or -outTimeout + 10s if longer.
+    #[arg(long = "inIdleTimeout", alias = "in-idle-timeout", value_parser = parse_duration)]
+    pub(crate) in_idle_timeout: Option<Duration>,
     /// Set SO_REUSEPORT on -in, so several httptp processes can share the port.
     #[arg(long = "reusePort", alias = "reuse-port", action = ArgAction::Set,
           num_args = 0..=1, require_equals = true, default_value = "false", default_missing_value = "true")]

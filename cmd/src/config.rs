@@ -78,6 +78,8 @@ pub(crate) struct ProxyConfig {
     pub(crate) in_allow: Vec<IpNet>,
     pub(crate) in_tls: Option<TlsConfig>,
     pub(crate) in_get_only: bool,
+    /// `None`: idle -in connections stay open.
+    pub(crate) in_idle_timeout: Option<Duration>,
     pub(crate) reuse_port: bool,
 
     pub(crate) out_kind: Kind,
@@ -99,6 +101,9 @@ pub(crate) struct ProxyConfig {
     pub(crate) log_all_errors: bool,
     pub(crate) drain_timeout: Duration,
 }
+
+/// -inIdleTimeout when not given (the Go httptp's read timeout), unless -outTimeout is longer.
+const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(120);
 
 impl ProxyConfig {
     /// Checks the flags and loads the files they name.
@@ -137,6 +142,19 @@ impl ProxyConfig {
         }
         if flags.out_timeout.is_zero() {
             bail!("-outTimeout must be above 0");
+        }
+        let in_idle_timeout = flags
+            .in_idle_timeout
+            .unwrap_or(DEFAULT_IDLE_TIMEOUT.max(flags.out_timeout + Duration::from_secs(10)));
+        let in_idle_timeout = (!in_idle_timeout.is_zero()).then_some(in_idle_timeout);
+        if let Some(idle) = in_idle_timeout
+            && idle <= flags.out_timeout
+        {
+            bail!(
+                "-inIdleTimeout={idle:?} must exceed -outTimeout={:?} (or be 0: never), so that \
+                 no connection with a request waiting on -out is closed",
+                flags.out_timeout
+            );
         }
         let in_tls = if in_kind.is_tls() {
             let alpn: Vec<Vec<u8>> = match in_kind {
@@ -189,6 +207,7 @@ impl ProxyConfig {
             in_allow: parse_allow(&flags.in_allow_ip)?,
             in_tls,
             in_get_only: flags.in_get_only,
+            in_idle_timeout,
             reuse_port: flags.reuse_port,
             out_kind,
             outs,

@@ -3,7 +3,8 @@
 //! -outTimeout, two upstreams with one dead, the out-side limits (-outMaxHeaderSize raised,
 //! -outMaxBodySize, and responses over them not ejecting the addresses that sent them), a client
 //! gone mid-request counted as cancelled, the in-side limits (413, 431, 405, 503 over -concurrency), /metrics and
-//! /healthz, -logFormat json, the flag syntax (Go and GNU spellings, bare booleans, values
+//! /healthz, -inIdleTimeout closing idle connections (and refused when not above -outTimeout),
+//! -logFormat json, the flag syntax (Go and GNU spellings, bare booleans, values
 //! refused at startup), and interim (1xx) responses: `Expect: 100-continue` answered at the edge,
 //! an upstream's 100 and 103 before its final response.
 
@@ -682,6 +683,42 @@ async fn refused_at_startup(flag: &str, value: &str) {
         stderr.contains(value.split(',').next_back().unwrap()),
         "-{flag} {value:?}: the message does not name the bad value: {stderr}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_timeout_not_above_out_timeout_is_refused_at_startup() {
+    // -outTimeout's default is 3s: a connection whose request waits on -out could be closed.
+    refused_at_startup("inIdleTimeout", "2s").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_http_connections_are_closed_after_in_idle_timeout() {
+    let up = Upstream::tcp().await;
+    let p = Cmd::tcp("proxy", "http", "http", &up.addr)
+        .flag("inIdleTimeout", "1s")
+        .flag("outTimeout", "500ms")
+        .start()
+        .await;
+    // One that never sends a byte (hyper has not yet seen which HTTP it speaks), one idle after
+    // a request on HTTP/1.1, one on HTTP/2.
+    let mut silent = TcpStream::connect(p.addr()).await.unwrap();
+    let mut h1 = Client::tcp_h1(p.addr()).await.unwrap();
+    let mut h2 = Client::tcp_h2(p.addr()).await.unwrap();
+    assert_eq!(h1.get("/echo").await.status, 200);
+    assert_eq!(h2.get("/echo").await.status, 200);
+    let mut buf = [0u8; 64];
+    let read = within("the silent connection's close", silent.read(&mut buf)).await;
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    within("the idle connections' close", async {
+        while !(h1.is_closed() && h2.is_closed()) {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    metrics_until(p.metrics_addr(), "no open in-side connection", |t| {
+        metric(t, "httptp_connections", &[("side", "in")]) == Some(0.0)
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

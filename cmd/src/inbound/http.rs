@@ -6,7 +6,8 @@ use std::convert::Infallible;
 use std::io;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
@@ -19,6 +20,7 @@ use hyper_util::server::conn::auto;
 use teleport_transport::listener::{self, ConnContext, DrainReport, Listener, Stream};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::UnixListener;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -27,12 +29,13 @@ use crate::counted::Counted;
 use crate::metrics::Side;
 use crate::proxy::{Proxy, header_block_len};
 
-/// What the edge checks before forwarding.
+/// What the edge checks before forwarding, and how long a connection may stay idle.
 #[derive(Debug, Clone, Copy)]
 struct EdgeLimits {
     max_header: usize,
     max_body: usize,
     get_only: bool,
+    idle: Option<Duration>,
 }
 
 impl EdgeLimits {
@@ -41,7 +44,75 @@ impl EdgeLimits {
             max_header: config.in_max_header_size as usize,
             max_body: config.in_max_body_size as usize,
             get_only: config.in_get_only,
+            idle: config.in_idle_timeout,
         }
+    }
+}
+
+/// A connection's requests in flight, and since when it has had none: what -inIdleTimeout
+/// measures (a request waiting on -out is not idleness, however quiet the socket).
+#[derive(Debug)]
+struct Quiet {
+    in_flight: AtomicUsize,
+    since: Mutex<tokio::time::Instant>,
+    /// Signalled when the last request in flight ends.
+    ended: Notify,
+}
+
+impl Quiet {
+    fn new() -> Arc<Self> {
+        Arc::new(Quiet {
+            in_flight: AtomicUsize::new(0),
+            since: Mutex::new(tokio::time::Instant::now()),
+            ended: Notify::new(),
+        })
+    }
+
+    fn enter(self: &Arc<Self>) -> Busy {
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        Busy(self.clone())
+    }
+
+    fn since(&self) -> tokio::time::Instant {
+        *self.since.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Returns once the connection has had no request in flight for `timeout`.
+    async fn idle_for(&self, timeout: Duration) {
+        loop {
+            if self.in_flight.load(Ordering::SeqCst) > 0 {
+                self.ended.notified().await;
+                continue;
+            }
+            let at = self.since() + timeout;
+            if at <= tokio::time::Instant::now() {
+                return;
+            }
+            tokio::time::sleep_until(at).await;
+            if self.in_flight.load(Ordering::SeqCst) == 0 && self.since() + timeout <= at {
+                return;
+            }
+        }
+    }
+}
+
+/// One request in flight on a connection.
+struct Busy(Arc<Quiet>);
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        *self.0.since.lock().unwrap_or_else(|e| e.into_inner()) = tokio::time::Instant::now();
+        if self.0.in_flight.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.0.ended.notify_one();
+        }
+    }
+}
+
+/// Pending forever without a timeout.
+async fn idle(quiet: &Quiet, timeout: Option<Duration>) {
+    match timeout {
+        Some(timeout) => quiet.idle_for(timeout).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -190,11 +261,17 @@ async fn serve_connection<IO>(
 ) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let service = hyper::service::service_fn(move |request: Request<Incoming>| {
-        let proxy = proxy.clone();
-        async move {
-            let response = handle(&proxy, limits, request, peer).await;
-            Ok::<_, Infallible>(response.map(Full::new))
+    let quiet = Quiet::new();
+    let service = hyper::service::service_fn({
+        let quiet = quiet.clone();
+        move |request: Request<Incoming>| {
+            let proxy = proxy.clone();
+            let busy = quiet.enter();
+            async move {
+                let response = handle(&proxy, limits, request, peer).await;
+                drop(busy);
+                Ok::<_, Infallible>(response.map(Full::new))
+            }
         }
     });
     let conn = builder.serve_connection(TokioIo::new(io), service);
@@ -202,6 +279,11 @@ async fn serve_connection<IO>(
     let result = tokio::select! {
         result = conn.as_mut() => result,
         () = stop.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+        () = idle(&quiet, limits.idle) => {
+            tracing::debug!("closing an idle connection (-inIdleTimeout)");
             conn.as_mut().graceful_shutdown();
             conn.await
         }

@@ -40,7 +40,9 @@ pub(super) fn serve(config: &ProxyConfig, proxy: Arc<Proxy>) -> anyhow::Result<l
         .handler_timeout(None);
     let counters = proxy.metrics().side(Side::In);
     let server = Server::with_config(Forward { proxy }, server_config);
-    let listener = Listener::bind(&super::listener_config(config))?;
+    let mut listener_config = super::listener_config(config);
+    listener_config.idle_timeout(config.in_idle_timeout);
+    let listener = Listener::bind(&listener_config)?;
     let running = listener.serve(move |stream: Stream, cx: ConnContext| {
         let server = server.clone();
         let stream = Counted::new(stream, counters.clone());

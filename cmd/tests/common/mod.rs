@@ -1006,6 +1006,14 @@ impl Client {
         }
     }
 
+    /// Whether the server closed the connection (HTTP/2: or sent a goaway).
+    pub(crate) fn is_closed(&self) -> bool {
+        match self {
+            Client::H1(s) => s.is_closed(),
+            Client::H2(s, _) => s.is_closed(),
+        }
+    }
+
     pub(crate) fn is_h2(&self) -> bool {
         matches!(self, Client::H2(..))
     }
