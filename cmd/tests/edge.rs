@@ -1,12 +1,12 @@
 //! The edge of one proxy and its failure answers: the allow-list (IPv4 and IPv6 entries), the
-//! client-IP header, 502 for a dead upstream (at once, not at -outTimeout), 504 past
-//! -outTimeout, two upstreams with one dead, the out-side limits (-outMaxHeaderSize raised,
-//! -outMaxBodySize, and responses over them not ejecting the addresses that sent them), a client
-//! gone mid-request counted as cancelled, the in-side limits (413, 431, 405, 503 over -concurrency), /metrics and
+//! client-IP header, 502 for a dead upstream (at once, not at -outTimeout), 504 past -outTimeout,
+//! two upstreams with one dead, the out-side limits (-outMaxHeaderSize raised, -outMaxBodySize, and
+//! responses over them not ejecting the addresses that sent them), a client gone mid-request
+//! counted as cancelled, the in-side limits (413, 431, 405, 503 over -concurrency), /metrics and
 //! /healthz, -inIdleTimeout closing idle connections (and refused when not above -outTimeout),
-//! -logFormat json, the flag syntax (Go and GNU spellings, bare booleans, values
-//! refused at startup), and interim (1xx) responses: `Expect: 100-continue` answered at the edge,
-//! an upstream's 100 and 103 before its final response.
+//! -logFormat json, the flag syntax (Go and GNU spellings, bare booleans, values refused at
+//! startup), and interim (1xx) responses: `Expect: 100-continue` answered at the edge, an
+//! upstream's 100 and 103 before its final response.
 
 mod common;
 
