@@ -86,6 +86,7 @@ impl Proxy {
         {
             request.headers_mut().insert(header::HOST, value);
         }
+        join_cookies(request.headers_mut());
         if let (Some(name), Some(ip)) = (&self.client_ip_header, client_ip) {
             append_client_ip(request.headers_mut(), name, ip);
         }
@@ -95,6 +96,9 @@ impl Proxy {
         match result {
             Ok(mut response) => {
                 strip_hop_by_hop(response.headers_mut());
+                // The proxy speaks its own HTTP version to its client (RFC 9110, section 6.2),
+                // whatever the upstream's was.
+                *response.version_mut() = http::Version::HTTP_11;
                 self.metrics.record(Outcome::Ok, started.elapsed());
                 response
             }
@@ -270,6 +274,26 @@ fn append_client_ip(headers: &mut HeaderMap, name: &HeaderName, ip: IpAddr) {
     }
 }
 
+/// Joins `cookie` fields into one, `; ` between them: HTTP/2 clients may split the header
+/// into several fields, which must be joined before they go out as HTTP/1.1 (RFC 9113, section
+/// 8.2.3); an HTTP/1.1 client sends one at most (RFC 6265, section 5.4).
+fn join_cookies(headers: &mut HeaderMap) {
+    let mut fields = headers.get_all(header::COOKIE).iter();
+    if fields.next().is_none() || fields.next().is_none() {
+        return;
+    }
+    let mut joined: Vec<u8> = Vec::new();
+    for value in headers.get_all(header::COOKIE) {
+        if !joined.is_empty() {
+            joined.extend_from_slice(b"; ");
+        }
+        joined.extend_from_slice(value.as_bytes());
+    }
+    if let Ok(value) = HeaderValue::from_bytes(&joined) {
+        headers.insert(header::COOKIE, value);
+    }
+}
+
 /// Bytes of a header block as HTTP/1.1 writes it (`name: value\r\n` per field), the measure of
 /// -inMaxHeaderSize and -outMaxHeaderSize.
 pub(crate) fn header_block_len(headers: &HeaderMap) -> usize {
@@ -282,6 +306,23 @@ pub(crate) fn header_block_len(headers: &HeaderMap) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cookie_fields_are_joined_into_one() {
+        let mut headers = HeaderMap::new();
+        headers.append(header::COOKIE, HeaderValue::from_static("a=1"));
+        headers.append(header::COOKIE, HeaderValue::from_static("b=2; c=3"));
+        headers.append(header::HOST, HeaderValue::from_static("h"));
+        join_cookies(&mut headers);
+        let cookies: Vec<_> = headers.get_all(header::COOKIE).iter().collect();
+        assert_eq!(cookies, ["a=1; b=2; c=3"]);
+        assert_eq!(headers.len(), 2);
+
+        let mut one = HeaderMap::new();
+        one.append(header::COOKIE, HeaderValue::from_static("a=1, b"));
+        join_cookies(&mut one);
+        assert_eq!(one[header::COOKIE], "a=1, b");
+    }
 
     #[test]
     fn hop_by_hop_headers_go_and_the_rest_stay() {

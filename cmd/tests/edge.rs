@@ -98,6 +98,51 @@ async fn client_ip_header_appends_to_an_existing_value() {
     assert_eq!(up.find(&id).all("x-forwarded-for"), vec![&b"127.0.0.1"[..]]);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_cookie_fields_reach_an_http1_upstream_as_one_header() {
+    let up = Upstream::tcp().await;
+    let (a, _b) = start_chain("flate", &up.addr, |a| a, |b| b).await;
+    let mut c = Client::tcp_h2(a.addr()).await.unwrap();
+    let id = next_id("cookie");
+    let req = c
+        .req(Method::GET, "/echo")
+        .header("x-req-id", &id)
+        .header("cookie", "a=1")
+        .header("cookie", "b=2")
+        .body(empty())
+        .unwrap();
+    assert_eq!(c.ok(req).await.status, 200);
+    assert_eq!(up.find(&id).all("cookie"), vec![&b"a=1; b=2"[..]]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http1_0_upstreams_answer_goes_out_as_http1_1() {
+    // A bare HTTP/1.0 origin: one response per connection, then close.
+    let origin = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = origin.local_addr().unwrap().to_string();
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = origin.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = conn.read(&mut buf).await;
+                let _ = conn
+                    .write_all(b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                    .await;
+            });
+        }
+    });
+    let p = Cmd::tcp("proxy", "http", "http", &addr).start().await;
+    let mut raw = TcpStream::connect(p.addr()).await.unwrap();
+    raw.write_all(b"GET / HTTP/1.1\r\nHost: example.test\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = vec![0u8; 12];
+    within("the response", raw.read_exact(&mut head))
+        .await
+        .unwrap();
+    assert_eq!(head, b"HTTP/1.1 200", "{}", String::from_utf8_lossy(&head));
+}
+
 // ===== failures upstream =====
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
