@@ -96,7 +96,7 @@ pub(crate) struct ProxyFlags {
     pub(crate) in_tls_client_ca: Option<PathBuf>,
     /// Accept only GET requests (405 for others).
     #[arg(long = "inGetOnly", alias = "in-get-only", action = ArgAction::Set,
-          num_args = 0..=1, require_equals = true, default_value = "false", default_missing_value = "true")]
+          num_args = 0..=1, require_equals = true, default_value = "false", default_missing_value = "true", value_parser = parse_bool)]
     pub(crate) in_get_only: bool,
     /// Closes an -in connection that has been idle this long (Go duration; 0: never). http,
     /// https and unix: no request in flight (HTTP/2 gets a goaway); teleport and teleports: no
@@ -106,7 +106,7 @@ pub(crate) struct ProxyFlags {
     pub(crate) in_idle_timeout: Option<Duration>,
     /// Set SO_REUSEPORT on -in, so several httptp processes can share the port.
     #[arg(long = "reusePort", alias = "reuse-port", action = ArgAction::Set,
-          num_args = 0..=1, require_equals = true, default_value = "false", default_missing_value = "true")]
+          num_args = 0..=1, require_equals = true, default_value = "false", default_missing_value = "true", value_parser = parse_bool)]
     pub(crate) reuse_port: bool,
 
     /// Comma-separated -outType addresses; each request goes to the least loaded one.
@@ -193,7 +193,7 @@ pub(crate) struct ProxyFlags {
     pub(crate) expvar_addr: String,
     /// Log every failed request (by default only the first of each kind per second).
     #[arg(long = "logAllErrors", alias = "log-all-errors", action = ArgAction::Set,
-          num_args = 0..=1, require_equals = true, default_value = "false", default_missing_value = "true")]
+          num_args = 0..=1, require_equals = true, default_value = "false", default_missing_value = "true", value_parser = parse_bool)]
     pub(crate) log_all_errors: bool,
     /// On SIGTERM/SIGINT: how long in-flight requests get to finish before connections are
     /// closed.
@@ -286,6 +286,16 @@ pub(crate) fn normalize(args: impl IntoIterator<Item = OsString>) -> Vec<OsStrin
     out
 }
 
+/// Parses a boolean as Go's `strconv.ParseBool` does: 1, t, T, TRUE, true, True, and 0, f, F,
+/// FALSE, false, False.
+pub(crate) fn parse_bool(s: &str) -> Result<bool, String> {
+    match s {
+        "1" | "t" | "T" | "TRUE" | "true" | "True" => Ok(true),
+        "0" | "f" | "F" | "FALSE" | "false" | "False" => Ok(false),
+        _ => Err(format!("invalid boolean {s:?} (true, false, 1, 0, t, f)")),
+    }
+}
+
 /// Parses a duration as Go's `time.ParseDuration` does: `0`, or a sequence of decimal numbers
 /// with units (`ns`, `us`, `µs`, `ms`, `s`, `m`, `h`): `300ms`, `1.5s`, `1h2m`.
 pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -309,7 +319,8 @@ pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
             .unwrap_or(rest.len());
         let nanos_per_unit = match &rest[..unit_len] {
             "ns" => 1.0,
-            "us" | "µs" => 1e3,
+            // Go takes both micro signs: U+00B5 and U+03BC.
+            "us" | "\u{b5}s" | "\u{3bc}s" => 1e3,
             "ms" => 1e6,
             "s" => 1e9,
             "m" => 60e9,
@@ -397,6 +408,16 @@ mod tests {
         assert!(!parse(&["-reusePort=false"]).unwrap().proxy.reuse_port);
         // `-name false` is not a boolean's value in Go either.
         assert!(parse(&["-reusePort", "false"]).is_err());
+        // Every spelling of Go's strconv.ParseBool.
+        for yes in ["1", "t", "T", "TRUE", "true", "True"] {
+            let flag = format!("-logAllErrors={yes}");
+            assert!(parse(&[&flag]).unwrap().proxy.log_all_errors, "{yes}");
+        }
+        for no in ["0", "f", "F", "FALSE", "false", "False"] {
+            let flag = format!("--in-get-only={no}");
+            assert!(!parse(&[&flag]).unwrap().proxy.in_get_only, "{no}");
+        }
+        assert!(parse(&["-reusePort=yes"]).is_err());
     }
 
     #[test]
@@ -457,7 +478,8 @@ mod tests {
             ("1.5s", Duration::from_millis(1500)),
             ("1h2m", Duration::from_secs(3720)),
             ("500us", Duration::from_micros(500)),
-            ("500µs", Duration::from_micros(500)),
+            ("500\u{b5}s", Duration::from_micros(500)),
+            ("500\u{3bc}s", Duration::from_micros(500)),
             ("7ns", Duration::from_nanos(7)),
         ];
         for (s, d) in ok {

@@ -112,14 +112,17 @@ impl ProxyConfig {
         let out_kind = Kind::parse("outType", &flags.out_type)?;
         let (in_addrs, in_path) = match in_kind {
             Kind::Unix => (Vec::new(), Some(PathBuf::from(&flags.r#in))),
-            _ => (resolve("in", &flags.r#in)?, None),
+            _ => (resolve("in", &with_host(&flags.r#in, "0.0.0.0"))?, None),
         };
         let outs: Vec<String> = flags
             .out
             .split(',')
             .map(str::trim)
             .filter(|s| !s.is_empty())
-            .map(str::to_owned)
+            .map(|out| match out_kind {
+                Kind::Unix => out.to_owned(),
+                _ => with_host(out, "127.0.0.1"),
+            })
             .collect();
         if outs.is_empty() {
             bail!("-out names no address");
@@ -225,7 +228,8 @@ impl ProxyConfig {
             },
             concurrency: flags.concurrency,
             client_ip_header,
-            metrics_addr: (!flags.expvar_addr.is_empty()).then(|| flags.expvar_addr.clone()),
+            metrics_addr: (!flags.expvar_addr.is_empty())
+                .then(|| with_host(&flags.expvar_addr, "0.0.0.0")),
             log_all_errors: flags.log_all_errors,
             drain_timeout: flags.drain_timeout,
         })
@@ -262,6 +266,15 @@ pub(crate) fn parse_allow(list: &str) -> anyhow::Result<Vec<IpNet>> {
         .collect()
 }
 
+/// `:PORT`, Go's spelling of "every interface" to listen on (or "this host" to dial), gets
+/// `host`; other addresses are kept as they are.
+fn with_host(addr: &str, host: &str) -> String {
+    match addr.strip_prefix(':') {
+        Some(port) if !port.contains(':') => format!("{host}:{port}"),
+        _ => addr.to_owned(),
+    }
+}
+
 fn resolve(flag: &str, addr: &str) -> anyhow::Result<Vec<SocketAddr>> {
     let addrs: Vec<SocketAddr> = addr
         .to_socket_addrs()
@@ -289,6 +302,18 @@ mod tests {
         let err = parse_allow("10.0.0.0/8,nonsense").unwrap_err().to_string();
         assert!(err.contains("nonsense"), "{err}");
         assert!(parse_allow("10.0.0.0/33").is_err());
+    }
+
+    #[test]
+    fn a_port_alone_is_every_interface_to_listen_on_and_this_host_to_dial() {
+        assert_eq!(with_host(":8080", "0.0.0.0"), "0.0.0.0:8080");
+        assert_eq!(with_host("10.1.2.3:80", "0.0.0.0"), "10.1.2.3:80");
+        assert_eq!(with_host("[::1]:80", "0.0.0.0"), "[::1]:80");
+        assert_eq!(with_host("::1", "0.0.0.0"), "::1");
+        assert_eq!(
+            resolve("in", &with_host(":0", "0.0.0.0")).unwrap(),
+            vec![SocketAddr::from(([0, 0, 0, 0], 0))]
+        );
     }
 
     #[test]
