@@ -448,6 +448,18 @@ async fn in_get_only_refuses_other_methods_with_405() {
     assert_eq!(methods, vec![Method::GET]);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_get_only_holds_on_a_teleport_in_side_too() {
+    let up = Upstream::tcp().await;
+    let (a, _b) = start_chain("none", &up.addr, |a| a, |b| b.arg("-inGetOnly")).await;
+    let mut c = Client::tcp_h1(a.addr()).await.unwrap();
+    let req = c.req(Method::POST, "/echo").body(full("x")).unwrap();
+    assert_eq!(c.ok(req).await.status, 405);
+    assert_eq!(c.get("/echo").await.status, 200);
+    let methods: Vec<Method> = up.requests().into_iter().map(|r| r.method).collect();
+    assert_eq!(methods, vec![Method::GET]);
+}
+
 /// A proxy with `-concurrency 1` and one request to the upstream held for 3 s; returns the proxy,
 /// the held request's task, and the upstream.
 async fn one_slot_taken(

@@ -39,7 +39,13 @@ pub(super) fn serve(config: &ProxyConfig, proxy: Arc<Proxy>) -> anyhow::Result<l
         // The upstream call has its own -outTimeout; the client's deadline bounds the rest.
         .handler_timeout(None);
     let counters = proxy.metrics().side(Side::In);
-    let server = Server::with_config(Forward { proxy }, server_config);
+    let server = Server::with_config(
+        Forward {
+            proxy,
+            get_only: config.in_get_only,
+        },
+        server_config,
+    );
     let mut listener_config = super::listener_config(config);
     listener_config.idle_timeout(config.in_idle_timeout);
     let listener = Listener::bind(&listener_config)?;
@@ -55,6 +61,8 @@ pub(super) fn serve(config: &ProxyConfig, proxy: Arc<Proxy>) -> anyhow::Result<l
 #[derive(Debug, Clone)]
 struct Forward {
     proxy: Arc<Proxy>,
+    /// -inGetOnly.
+    get_only: bool,
 }
 
 impl tower_service::Service<Request<Body>> for Forward {
@@ -69,6 +77,14 @@ impl tower_service::Service<Request<Body>> for Forward {
     fn call(&mut self, request: Request<Body>) -> Self::Future {
         let started = Instant::now();
         let proxy = self.proxy.clone();
+        if self.get_only && request.method() != http::Method::GET {
+            let refused = proxy.reject(
+                http::StatusCode::METHOD_NOT_ALLOWED,
+                "only GET is accepted (-inGetOnly)",
+                started,
+            );
+            return Box::pin(std::future::ready(Ok(refused.map(Body::from))));
+        }
         Box::pin(async move {
             let request = request.map(Body::into_bytes);
             let response = proxy.forward(request, None, started).await;
