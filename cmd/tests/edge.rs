@@ -267,6 +267,45 @@ async fn two_teleport_peers_one_dead_all_requests_succeed() {
     assert_eq!(up.count(), 40);
 }
 
+/// A listener whose accept queue is full (it never accepts): the kernel drops further SYNs, so
+/// a connect to it hangs, as to a host behind a firewall that drops packets. Keep all three.
+async fn a_black_hole() -> (TcpListener, Vec<TcpStream>, String) {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener = socket.listen(1).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut queued = Vec::new();
+    while let Ok(Ok(stream)) = tokio::time::timeout(
+        std::time::Duration::from_millis(300),
+        TcpStream::connect(addr),
+    )
+    .await
+    {
+        queued.push(stream);
+        assert!(queued.len() < 64, "the accept queue never filled");
+    }
+    (listener, queued, addr.to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_that_drops_connects_is_passed_over_within_out_timeout() {
+    let up = Upstream::tcp().await;
+    let (_hole, _queued, hole) = a_black_hole().await;
+    // In both orders, so that the first pick lands on the black hole in one of them.
+    for out in [format!("{hole},{}", up.addr), format!("{},{hole}", up.addr)] {
+        let p = Cmd::tcp("proxy", "http", "http", &out)
+            .flag("outTimeout", "2s")
+            .start()
+            .await;
+        for i in 0..3 {
+            let mut c = Client::tcp_h1(p.addr()).await.unwrap();
+            let reply = c.get("/echo").await;
+            assert_eq!(reply.status, 200, "{out}, request {i}: {}", reply.text());
+        }
+    }
+    assert_eq!(up.count(), 6);
+}
+
 // ===== out-side limits =====
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use http::Uri;
 use hyper::rt::{Read, ReadBufCursor, Write};
@@ -36,6 +37,9 @@ pub(super) struct Connector {
     target: Arc<Target>,
     tls: Option<(TlsConnector, ServerName<'static>)>,
     counters: SideCounters,
+    /// For the connect and the TLS handshake together: an upstream that drops packets fails
+    /// in this time, leaving the rest of -outTimeout to another address.
+    timeout: Duration,
 }
 
 impl Connector {
@@ -43,15 +47,29 @@ impl Connector {
         target: Target,
         tls: Option<(TlsConnector, ServerName<'static>)>,
         counters: SideCounters,
+        timeout: Duration,
     ) -> Self {
         Connector {
             target: Arc::new(target),
             tls,
             counters,
+            timeout,
         }
     }
 
     async fn connect(self) -> io::Result<OutIo> {
+        let timeout = self.timeout;
+        tokio::time::timeout(timeout, self.open())
+            .await
+            .unwrap_or_else(|_| {
+                Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("connect timed out after {timeout:?}"),
+                ))
+            })
+    }
+
+    async fn open(self) -> io::Result<OutIo> {
         let stream: BoxIo = match &*self.target {
             Target::Tcp(addr) => {
                 let tcp = TcpStream::connect(addr).await?;

@@ -23,6 +23,12 @@ use crate::config::{Kind, ProxyConfig};
 use crate::metrics::SideCounters;
 use crate::proxy::{ForwardError, header_block_len};
 
+/// The most a connect (with its TLS handshake) may take: half of -outTimeout, so another
+/// address still has time, and at most 3 s (the Go httptp's dial timeout).
+fn connect_timeout(config: &ProxyConfig) -> Duration {
+    (config.out_timeout / 2).min(Duration::from_secs(3))
+}
+
 /// Consecutive failures after which an address is ejected.
 const EJECT_AFTER: u32 = 3;
 /// Pending requests one recent failure weighs.
@@ -95,7 +101,8 @@ impl HttpUpstreams {
                     }
                     None => None,
                 };
-                let connector = Connector::new(target, tls, counters.clone());
+                let connector =
+                    Connector::new(target, tls, counters.clone(), connect_timeout(config));
                 let client = Client::builder(TokioExecutor::new())
                     .pool_idle_timeout(Duration::from_secs(90))
                     .pool_max_idle_per_host(per_addr)
