@@ -78,6 +78,26 @@ async fn unix_to_http() {
     battery(&mut c, &up, Via::Proxy).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopping_unix_proxy_leaves_its_successors_socket_in_place() {
+    // The successor takes over the path (removing the old socket file, as the Go httptp
+    // does); the old one, stopping later, must not remove the successor's.
+    let up = Upstream::tcp().await;
+    let dir = TestDir::new();
+    let sock = s(&dir.path("in.sock"));
+    let mut old = Cmd::proxy("old", "unix", &sock, "http", &up.addr)
+        .start()
+        .await;
+    let _new = Cmd::proxy("new", "unix", &sock, "http", &up.addr)
+        .start()
+        .await;
+    old.signal(rustix::process::Signal::TERM);
+    let status = old.wait_exit(std::time::Duration::from_secs(20)).await;
+    assert!(status.is_some_and(|s| s.success()), "exit: {status:?}");
+    let mut c = Client::unix_h1(&sock).await.unwrap();
+    assert_eq!(c.get("/echo").await.status, 200);
+}
+
 async fn https_in(alpn: &[&[u8]], want: &[u8], h2: bool) {
     let pki = Pki::generate();
     let up = Upstream::tcp().await;

@@ -147,6 +147,9 @@ pub(super) fn serve_tcp(
 #[derive(Debug)]
 pub(crate) struct UnixServer {
     path: PathBuf,
+    /// The socket file's (device, inode) as bound: at shutdown the path is removed only if it
+    /// still names this socket (a successor may have bound the path since).
+    file: Option<(u64, u64)>,
     stop: CancellationToken,
     connections: TaskTracker,
     accept: tokio::task::JoinHandle<()>,
@@ -162,7 +165,9 @@ impl UnixServer {
     pub(crate) async fn shutdown(self, deadline: Duration) -> DrainReport {
         self.stop.cancel();
         let _ = self.accept.await;
-        let _ = std::fs::remove_file(&self.path);
+        if self.file.is_some() && file_id(&self.path) == self.file {
+            let _ = std::fs::remove_file(&self.path);
+        }
         self.connections.close();
         let open = self.connections.len() as u64;
         let mut report = DrainReport::default();
@@ -184,6 +189,7 @@ pub(super) fn serve_unix(config: &ProxyConfig, proxy: Arc<Proxy>) -> anyhow::Res
     remove_stale_socket(&path)?;
     let listener = UnixListener::bind(&path)
         .with_context(|| format!("listening on unix socket {}", path.display()))?;
+    let file = file_id(&path);
     let limits = EdgeLimits::new(config);
     let builder = edge_builder();
     let stop = CancellationToken::new();
@@ -218,10 +224,19 @@ pub(super) fn serve_unix(config: &ProxyConfig, proxy: Arc<Proxy>) -> anyhow::Res
     });
     Ok(UnixServer {
         path,
+        file,
         stop,
         connections,
         accept,
     })
+}
+
+/// The (device, inode) of the file at `path`.
+fn file_id(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::symlink_metadata(path)
+        .ok()
+        .map(|meta| (meta.dev(), meta.ino()))
 }
 
 /// A socket file left by an earlier run is removed (as the Go httptp does); any other file at
