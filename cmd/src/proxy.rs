@@ -77,13 +77,10 @@ impl Proxy {
             );
         };
         strip_hop_by_hop(request.headers_mut());
-        // HTTP/2 and teleport carry the authority in the URI; HTTP/1.1 upstreams want Host.
-        if !request.headers().contains_key(header::HOST)
-            && let Some(value) = request
-                .uri()
-                .authority()
-                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-        {
+        // HTTP/2, teleport and HTTP/1.1's absolute form carry the authority in the URI, and
+        // there it wins over a Host field (RFC 9112, section 3.2.2; RFC 9113, section 8.3.1);
+        // HTTP/1.1 upstreams want it as Host.
+        if let Some(value) = request.uri().authority().and_then(host_of) {
             request.headers_mut().insert(header::HOST, value);
         }
         join_cookies(request.headers_mut());
@@ -192,6 +189,12 @@ impl Drop for InFlight<'_> {
             self.metrics.record_cancelled();
         }
     }
+}
+
+/// The Host field for `authority`: its host and port, without any user information.
+fn host_of(authority: &http::uri::Authority) -> Option<HeaderValue> {
+    let host = authority.as_str().rsplit('@').next()?;
+    HeaderValue::from_str(host).ok()
 }
 
 /// A `text/plain` response made by the proxy.
@@ -322,6 +325,14 @@ mod tests {
         one.append(header::COOKIE, HeaderValue::from_static("a=1, b"));
         join_cookies(&mut one);
         assert_eq!(one[header::COOKIE], "a=1, b");
+    }
+
+    #[test]
+    fn the_host_field_is_the_authority_without_user_information() {
+        let host = |a: &str| host_of(&a.parse().unwrap()).unwrap();
+        assert_eq!(host("example.test:8080"), "example.test:8080");
+        assert_eq!(host("user:secret@example.test"), "example.test");
+        assert_eq!(host("[::1]:80"), "[::1]:80");
     }
 
     #[test]

@@ -116,6 +116,26 @@ async fn http2_cookie_fields_reach_an_http1_upstream_as_one_header() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_absolute_form_requests_authority_is_the_host_upstream() {
+    let up = Upstream::tcp().await;
+    let (a, _b) = start_chain("flate", &up.addr, |a| a, |b| b).await;
+    let mut raw = TcpStream::connect(a.addr()).await.unwrap();
+    let id = next_id("absolute");
+    let request = format!(
+        "GET http://right.test/echo HTTP/1.1\r\nHost: wrong.test\r\nx-req-id: {id}\r\n\r\n"
+    );
+    raw.write_all(request.as_bytes()).await.unwrap();
+    let mut head = vec![0u8; 12];
+    within("the response", raw.read_exact(&mut head))
+        .await
+        .unwrap();
+    assert_eq!(head, b"HTTP/1.1 200", "{}", String::from_utf8_lossy(&head));
+    let seen = up.find(&id);
+    assert_eq!(seen.all("host"), vec![&b"right.test"[..]]);
+    assert_eq!(seen.uri.path(), "/echo");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_http1_0_upstreams_answer_goes_out_as_http1_1() {
     // A bare HTTP/1.0 origin: one response per connection, then close.
     let origin = TcpListener::bind("127.0.0.1:0").await.unwrap();
