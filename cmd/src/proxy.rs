@@ -23,6 +23,9 @@ pub(crate) enum ForwardError {
     Overloaded(String),
     /// The upstream could not be reached, failed, or answered beyond the limits: 502.
     BadGateway(String),
+    /// The request cannot go to this out-side (over the next hop's limits, say) and was not
+    /// sent: a 4xx, counted as rejected.
+    Refused(StatusCode, String),
 }
 
 /// The forwarding core: one per process, shared by every connection.
@@ -117,6 +120,7 @@ impl Proxy {
                 &format!("httptp: bad gateway: {why}"),
                 started,
             ),
+            Err(ForwardError::Refused(status, why)) => self.reject(status, &why, started),
         }
     }
 

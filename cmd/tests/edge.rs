@@ -2,7 +2,8 @@
 //! client-IP header, 502 for a dead upstream (at once, not at -outTimeout), 504 past -outTimeout,
 //! two upstreams with one dead, the out-side limits (-outMaxHeaderSize raised, -outMaxBodySize, and
 //! responses over them not ejecting the addresses that sent them), a client gone mid-request
-//! counted as cancelled, the in-side limits (413, 431, 405, 503 over -concurrency), /metrics and
+//! counted as cancelled, the in-side limits (413, 431, 405, 503 over -concurrency) and the next
+//! hop's (413 and 431 from A for a request over B's), /metrics and
 //! /healthz, -inIdleTimeout closing idle connections (and refused when not above -outTimeout),
 //! -logFormat json, the flag syntax (Go and GNU spellings, bare booleans, values refused at
 //! startup), and interim (1xx) responses: `Expect: 100-continue` answered at the edge, an
@@ -489,6 +490,53 @@ async fn header_block_over_in_max_header_size_gives_431() {
         .body(empty())
         .unwrap();
     assert_eq!(c.ok(req).await.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_over_the_next_hops_limits_get_413_and_431_without_being_sent() {
+    let up = Upstream::tcp().await;
+    let (a, _b) = start_chain(
+        "flate",
+        &up.addr,
+        |a| a,
+        |b| {
+            b.flag("inMaxBodySize", "1000")
+                .flag("inMaxHeaderSize", "4096")
+        },
+    )
+    .await;
+    let mut c = Client::tcp_h1(a.addr()).await.unwrap();
+    let req = c
+        .req(Method::POST, "/echo")
+        .body(full(pattern(1001)))
+        .unwrap();
+    let reply = c.ok(req).await;
+    assert_eq!(reply.status, 413, "{:?}", reply.body);
+    let req = c
+        .req(Method::GET, "/echo")
+        .header("x-big", "h".repeat(6000))
+        .body(empty())
+        .unwrap();
+    let reply = c.ok(req).await;
+    assert_eq!(reply.status, 431, "{:?}", reply.body);
+    assert_eq!(
+        up.count(),
+        0,
+        "a request over B's limits reached the upstream"
+    );
+
+    // The connection and the link go on.
+    let req = c
+        .req(Method::POST, "/echo")
+        .body(full(pattern(1000)))
+        .unwrap();
+    let reply = c.ok(req).await;
+    assert_eq!(reply.status, 200);
+    assert!(reply.body == pattern(1000));
+    metrics_until(a.metrics_addr(), "two rejected outcomes", |t| {
+        metric(t, "httptp_requests_total", &[("outcome", "rejected")]).unwrap_or(0.0) >= 2.0
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

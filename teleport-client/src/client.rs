@@ -163,7 +163,13 @@ impl Client {
             };
             match within(deadline, conn.sender.send(Frame::Request(frame))).await {
                 Ok(Ok(())) => flight.sent = true,
-                Ok(Err(SendError::Refused { error, .. })) => return Err(Error::TooLarge(error)),
+                Ok(Err(SendError::Refused { error, .. })) => {
+                    return Err(if error.is_too_large() {
+                        Error::RequestTooLarge(error)
+                    } else {
+                        Error::InvalidRequest(error)
+                    });
+                }
                 Ok(Err(error)) => {
                     // The connection closed before taking it: another one will.
                     frame = request_of(error.into_frame());

@@ -264,7 +264,7 @@ impl ConnHandle {
             }
             Inbound::Rejected { id, error, .. } => {
                 let failed = if error.is_too_large() {
-                    Error::TooLarge(error)
+                    Error::ResponseTooLarge(error)
                 } else {
                     Error::Protocol(error)
                 };

@@ -56,10 +56,18 @@ pub enum Error {
         #[source]
         source: Option<Arc<Error>>,
     },
-    /// The request breaks the server's limits (it was not sent), or the response broke this
-    /// client's (it was dropped). Only this request fails.
-    #[error("message too large")]
-    TooLarge(#[source] ProtocolError),
+    /// The request breaks the server's limits (announced in the handshake): it was not sent.
+    /// The source says which limit (body, header bytes or count, frame). Only this request fails.
+    #[error("request too large for the server")]
+    RequestTooLarge(#[source] ProtocolError),
+    /// The request cannot be encoded (a method over 255 bytes, an authority or path over
+    /// 65,535, a scheme other than http and https): it was not sent.
+    #[error("request cannot be sent")]
+    InvalidRequest(#[source] ProtocolError),
+    /// The response broke this client's limits: it was dropped unbuffered. Only this request
+    /// fails.
+    #[error("response too large for this client")]
+    ResponseTooLarge(#[source] ProtocolError),
     /// The response did not parse. Only this request fails.
     #[error("malformed response")]
     Protocol(#[source] ProtocolError),
@@ -158,7 +166,8 @@ impl Error {
 
     /// The request or its response broke a size limit.
     pub fn is_too_large(&self) -> bool {
-        matches!(self, Error::TooLarge(_)) || self.remote_code() == Some(ErrorCode::TOO_LARGE)
+        matches!(self, Error::RequestTooLarge(_) | Error::ResponseTooLarge(_))
+            || self.remote_code() == Some(ErrorCode::TOO_LARGE)
     }
 
     /// A TLS failure, here or as the reason no upstream could be reached.

@@ -694,6 +694,7 @@ async fn oversized_response_fails_only_its_request() {
     }
     let error = client.send(get("/big")).await.unwrap_err();
     assert!(error.is_too_large(), "{error:?}");
+    assert!(!matches!(error, Error::RequestTooLarge(_)), "{error:?}");
     let response = client.send(get("/after")).await.unwrap();
     assert_eq!(response.body(), "/after".as_bytes());
     let stats = running.stats();
@@ -728,6 +729,16 @@ async fn oversized_request_fails_only_itself() {
         .await
         .unwrap_err();
     assert!(error.is_too_large(), "{error:?}");
+    assert!(matches!(error, Error::RequestTooLarge(_)), "{error:?}");
+
+    // One the wire format cannot carry is refused too, with its own error.
+    let long = Method::from_bytes("M".repeat(256).as_bytes()).unwrap();
+    let error = client
+        .send(request(long, "/long-method", Bytes::new()))
+        .await
+        .unwrap_err();
+    assert!(matches!(error, Error::InvalidRequest(_)), "{error:?}");
+    assert!(!error.is_too_large(), "{error:?}");
 
     let response = client
         .send(request(Method::POST, "/after", fits.clone()))

@@ -4,8 +4,9 @@
 use std::io;
 
 use bytes::Bytes;
-use http::{Request, Response};
-use teleport_client::{BoxIo, Client, ClientTls};
+use http::{Request, Response, StatusCode};
+use teleport_client::{BoxIo, Client, ClientTls, Error as TeleportError};
+use teleport_transport::ProtocolError;
 use teleport_transport::frame::{ErrorCode, Limits};
 use tokio::net::TcpStream;
 
@@ -71,6 +72,22 @@ pub(super) async fn send(
     client.send(request).await.map_err(|error| match error {
         e if e.is_timeout() || e.remote_code() == Some(ErrorCode::TIMEOUT) => ForwardError::Timeout,
         e if e.is_overloaded() => ForwardError::Overloaded(chain(&e)),
+        // Not sent: the request's own fault, told to its client.
+        TeleportError::RequestTooLarge(
+            ref source @ (ProtocolError::TooManyHeaders { .. }
+            | ProtocolError::HeadersTooLarge { .. }),
+        ) => ForwardError::Refused(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            format!("request header fields too large for the upstream: {source}"),
+        ),
+        TeleportError::RequestTooLarge(ref source) => ForwardError::Refused(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("request too large for the upstream: {source}"),
+        ),
+        TeleportError::InvalidRequest(ref source) => ForwardError::Refused(
+            StatusCode::BAD_REQUEST,
+            format!("request cannot be forwarded over teleport: {source}"),
+        ),
         e => ForwardError::BadGateway(chain(&e)),
     })
 }
