@@ -190,12 +190,11 @@ impl Metrics {
         self.duration.observe(elapsed.as_secs_f64());
     }
 
-    /// Counts a request whose client went away before its response (no response time).
-    pub(crate) fn record_cancelled(&self) {
+    /// Counts a request without a response time: one whose client went away before its
+    /// response, or one the HTTP layer refused before it was whole.
+    pub(crate) fn record_untimed(&self, outcome: Outcome) {
         self.requests
-            .get_or_create(&OutcomeLabels {
-                outcome: Outcome::Cancelled,
-            })
+            .get_or_create(&OutcomeLabels { outcome })
             .inc();
     }
 

@@ -190,7 +190,7 @@ impl Drop for InFlight<'_> {
     fn drop(&mut self) {
         self.metrics.pending().dec();
         if !self.ended {
-            self.metrics.record_cancelled();
+            self.metrics.record_untimed(Outcome::Cancelled);
         }
     }
 }

@@ -2,7 +2,8 @@
 //! client-IP header, 502 for a dead upstream (at once, not at -outTimeout), 504 past -outTimeout,
 //! two upstreams with one dead, the out-side limits (-outMaxHeaderSize raised, -outMaxBodySize, and
 //! responses over them not ejecting the addresses that sent them), a client gone mid-request
-//! counted as cancelled, the in-side limits (413, 431, 405, 503 over -concurrency) and the next
+//! counted as cancelled, the in-side limits (413, 431, 405, 503 over -concurrency; hyper's own 400
+//! and 431 counted too) and the next
 //! hop's (413 and 431 from A for a request over B's), /metrics and
 //! /healthz, -inIdleTimeout closing idle connections (and refused when not above -outTimeout),
 //! -logFormat json, the flag syntax (Go and GNU spellings, bare booleans, values refused at
@@ -537,6 +538,43 @@ async fn requests_over_the_next_hops_limits_get_413_and_431_without_being_sent()
         metric(t, "httptp_requests_total", &[("outcome", "rejected")]).unwrap_or(0.0) >= 2.0
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_heads_hyper_refuses_are_answered_and_counted_as_rejected() {
+    let up = Upstream::tcp().await;
+    let p = Cmd::tcp("proxy", "http", "http", &up.addr).start().await;
+    let many: String = (0..120).map(|i| format!("x-h{i}: v\r\n")).collect();
+    for (head, status) in [
+        ("NOT HTTP AT ALL\r\n\r\n".to_owned(), "400"),
+        (format!("GET / HTTP/1.1\r\nHost: h\r\n{many}\r\n"), "431"),
+    ] {
+        let mut raw = TcpStream::connect(p.addr()).await.unwrap();
+        raw.write_all(head.as_bytes()).await.unwrap();
+        let mut answer = Vec::new();
+        within("the answer and close", raw.read_to_end(&mut answer))
+            .await
+            .unwrap();
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(
+            answer.starts_with(&format!("HTTP/1.1 {status}")),
+            "{answer}"
+        );
+    }
+    // A connection closed before sending anything is no request.
+    drop(TcpStream::connect(p.addr()).await.unwrap());
+    let mut c = Client::tcp_h1(p.addr()).await.unwrap();
+    assert_eq!(c.get("/echo").await.status, 200);
+    let text = metrics_until(p.metrics_addr(), "one ok outcome", |t| {
+        metric(t, "httptp_requests_total", &[("outcome", "ok")]) == Some(1.0)
+    })
+    .await;
+    assert_eq!(
+        metric(&text, "httptp_requests_total", &[("outcome", "rejected")]),
+        Some(2.0),
+        "{text}"
+    );
+    assert_eq!(up.count(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -26,7 +26,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::ProxyConfig;
 use crate::counted::Counted;
-use crate::metrics::Side;
+use crate::metrics::{Outcome, Side};
 use crate::proxy::{Proxy, header_block_len};
 
 /// What the edge checks before forwarding, and how long a connection may stay idle.
@@ -277,6 +277,7 @@ async fn serve_connection<IO>(
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let quiet = Quiet::new();
+    let metrics = proxy.metrics().clone();
     let service = hyper::service::service_fn({
         let quiet = quiet.clone();
         move |request: Request<Incoming>| {
@@ -304,6 +305,14 @@ async fn serve_connection<IO>(
         }
     };
     if let Err(error) = result {
+        // hyper answers a request head it cannot parse itself (400, or 431 past its header
+        // count), before any request reaches the proxy: counted here.
+        if error
+            .downcast_ref::<hyper::Error>()
+            .is_some_and(hyper::Error::is_parse)
+        {
+            metrics.record_untimed(Outcome::Rejected);
+        }
         tracing::debug!(error = %error, "http connection ended with an error");
     }
 }
