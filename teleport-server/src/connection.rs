@@ -198,7 +198,7 @@ where
             let global = self.shared.global.clone().filter(|_| waiting && local_room);
             let shed_at = self
                 .full_since
-                .map(|since| since + self.shared.config.overload_wait);
+                .and_then(|since| since.checked_add(self.shared.config.overload_wait));
             tokio::select! {
                 biased;
                 Some(done) = self.tasks.join_next(), if !self.tasks.is_empty() => self.reap(done),
@@ -275,6 +275,11 @@ where
                 }
             }
         }
+        // No request is waiting: "full since" ends here, whatever was shed. The next request
+        // that finds no room waits `overload_wait` again before it is shed.
+        if self.pending.is_empty() {
+            self.full_since = None;
+        }
     }
 
     /// Room for the first pending request: run it, or wait reading nothing meanwhile (the
@@ -302,7 +307,11 @@ where
         let now = Instant::now();
         self.head_since.get_or_insert(now);
         let since = *self.full_since.get_or_insert(now);
-        if now >= since + self.shared.config.overload_wait {
+        // A wait too long to be an instant never sheds.
+        if since
+            .checked_add(self.shared.config.overload_wait)
+            .is_some_and(|shed_at| now >= shed_at)
+        {
             self.head_since = None;
             return Admission::Shed;
         }
@@ -317,20 +326,20 @@ where
         let shared = self.shared.clone();
         let counters = &shared.counters;
         let max_body = self.sender.params().peer_limits.max_body as usize;
-        counters.in_flight.fetch_add(1, Relaxed);
+        let running = Running::new(counters);
         let mut work = Box::pin(handle(shared.clone(), request, self.peer.clone(), max_body));
         if let Poll::Ready(frame) = work.as_mut().poll(cx) {
-            drop(permit);
-            counters.in_flight.fetch_sub(1, Relaxed);
+            drop((permit, running));
             self.push(frame);
             return;
         }
         let sender = self.sender.clone();
+        // The permit and the count go when the task ends, however it ends (aborted by a
+        // cancel, or dropped with the connection).
         let task = self.tasks.spawn(async move {
-            let _permit = permit;
+            let _held = (permit, running);
             let frame = work.await;
             send(&sender, frame, &shared.counters).await;
-            shared.counters.in_flight.fetch_sub(1, Relaxed);
             id
         });
         // An id still running is a client bug; the newer request wins the cancel slot.
@@ -360,12 +369,22 @@ where
                 self.in_flight.remove(&id);
             }
             // Cancelled: by a cancel frame, or because the connection is ending.
-            Err(error) if error.is_cancelled() => {
-                bump(&self.shared.counters.cancelled);
-                self.shared.counters.in_flight.fetch_sub(1, Relaxed);
+            Err(error) if error.is_cancelled() => bump(&self.shared.counters.cancelled),
+            // Panics of the service and its body are answered inside the task; what is left is
+            // one while dropping them (at a timeout, say). Its request still gets an answer.
+            Err(error) => {
+                bump(&self.shared.counters.failures);
+                let task = error.id();
+                let id = self
+                    .in_flight
+                    .iter()
+                    .find_map(|(id, handle)| (handle.id() == task).then_some(*id));
+                if let Some(id) = id {
+                    self.in_flight.remove(&id);
+                    tracing::error!(id, "handler task panicked; answered with an internal error");
+                    self.push(error_frame(id, ErrorCode::INTERNAL, "handler panicked"));
+                }
             }
-            // Handler panics are caught inside the task; this would be a bug in this crate.
-            Err(error) => std::panic::resume_unwind(error.into_panic()),
         }
     }
 
@@ -387,6 +406,22 @@ where
             message: "server shutting down".into(),
         });
         self.push(goaway);
+    }
+}
+
+/// One request counted in flight from its dispatch until its handler is done or dropped.
+struct Running(Arc<Counters>);
+
+impl Running {
+    fn new(counters: &Arc<Counters>) -> Self {
+        counters.in_flight.fetch_add(1, Relaxed);
+        Running(counters.clone())
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Relaxed);
     }
 }
 
@@ -429,71 +464,91 @@ async fn handle<S: HttpService>(
         (a, b) => a.or(b),
     };
     let mut service = shared.service.clone();
-    let call = AssertUnwindSafe(async move {
-        poll_fn(|cx| service.poll_ready(cx)).await?;
-        service.call(request.map(Body::from)).await
+    // The service and its response body, under one guard and one timer: a body that panics or
+    // stalls fails its request only, as a handler that does.
+    let work = AssertUnwindSafe(async move {
+        if let Err(error) = poll_fn(|cx| service.poll_ready(cx)).await {
+            return Answer::Failed(error.into());
+        }
+        let response = match service.call(request.map(Body::from)).await {
+            Ok(response) => response,
+            Err(error) => return Answer::Failed(error.into()),
+        };
+        let (parts, body) = response.into_parts();
+        let bodiless = head
+            || parts.status.is_informational()
+            || parts.status == StatusCode::NO_CONTENT
+            || parts.status == StatusCode::NOT_MODIFIED;
+        if bodiless {
+            return Answer::Response(Response::from_parts(parts, Bytes::new()), true);
+        }
+        match collect(body, max_body).await {
+            Ok(body) => Answer::Response(Response::from_parts(parts, body), false),
+            Err(BodyError::TooLarge) => Answer::TooLarge,
+            Err(BodyError::Failed(error)) => Answer::BodyFailed(error),
+        }
     })
     .catch_unwind();
-    let outcome = match timeout {
-        Some(Duration::ZERO) => None,
-        Some(timeout) => {
-            let deadline = Instant::now() + timeout;
-            let mut call = pin!(call);
+    // A timeout too far away to be an instant is none.
+    let outcome = match timeout.map(|t| (t, Instant::now().checked_add(t))) {
+        Some((Duration::ZERO, _)) => None,
+        Some((_, Some(deadline))) => {
+            let mut work = pin!(work);
             // Most handlers answer on their first poll: those need no timer.
-            match poll_fn(|cx| Poll::Ready(call.as_mut().poll(cx))).await {
+            match poll_fn(|cx| Poll::Ready(work.as_mut().poll(cx))).await {
                 Poll::Ready(outcome) => Some(outcome),
-                Poll::Pending => tokio::time::timeout_at(deadline, call).await.ok(),
+                Poll::Pending => tokio::time::timeout_at(deadline, work).await.ok(),
             }
         }
-        None => Some(call.await),
+        Some((_, None)) | None => Some(work.await),
     };
     let counters = &shared.counters;
-    let response = match outcome {
+    match outcome {
         None => {
             bump(&counters.timeouts);
-            return error_frame(id, ErrorCode::TIMEOUT, "handler timed out");
+            error_frame(id, ErrorCode::TIMEOUT, "handler timed out")
         }
         Some(Err(_panic)) => {
             bump(&counters.failures);
             tracing::error!(id, "handler panicked; answered 500");
-            return internal_error(id);
+            internal_error(id, head)
         }
-        Some(Ok(Err(error))) => {
+        Some(Ok(Answer::Failed(error))) => {
             bump(&counters.failures);
-            let error: BoxError = error.into();
             tracing::warn!(id, %error, "service failed; answered 500");
-            return internal_error(id);
+            internal_error(id, head)
         }
-        Some(Ok(Ok(response))) => response,
-    };
-    let (parts, body) = response.into_parts();
-    let bodiless = head
-        || parts.status.is_informational()
-        || parts.status == StatusCode::NO_CONTENT
-        || parts.status == StatusCode::NOT_MODIFIED;
-    let body = if bodiless {
-        Bytes::new()
-    } else {
-        match collect(body, max_body).await {
-            Ok(bytes) => bytes,
-            Err(BodyError::TooLarge) => {
-                bump(&counters.rejected);
-                let message = format!("response body over the client's limit of {max_body} bytes");
-                return error_frame(id, ErrorCode::TOO_LARGE, &message);
-            }
-            Err(BodyError::Failed(error)) => {
-                bump(&counters.failures);
-                tracing::warn!(id, %error, "response body failed; answered 500");
-                return internal_error(id);
-            }
+        Some(Ok(Answer::BodyFailed(error))) => {
+            bump(&counters.failures);
+            tracing::warn!(id, %error, "response body failed; answered 500");
+            internal_error(id, head)
         }
-    };
-    bump(&counters.responses);
-    Frame::from(ResponseFrame {
-        id,
-        bodiless,
-        response: Response::from_parts(parts, body),
-    })
+        Some(Ok(Answer::TooLarge)) => {
+            bump(&counters.rejected);
+            let message = format!("response body over the client's limit of {max_body} bytes");
+            error_frame(id, ErrorCode::TOO_LARGE, &message)
+        }
+        Some(Ok(Answer::Response(response, bodiless))) => {
+            bump(&counters.responses);
+            Frame::from(ResponseFrame {
+                id,
+                bodiless,
+                response,
+            })
+        }
+    }
+}
+
+/// How the service answered one request.
+enum Answer {
+    /// The response, its body whole, and whether it is bodiless.
+    Response(Response<Bytes>, bool),
+    /// `poll_ready` or `call` failed.
+    Failed(BoxError),
+    /// The body failed while it was read.
+    BodyFailed(BoxError),
+    /// The body is over the client's limit.
+    TooLarge,
 }
 
 enum BodyError {
@@ -556,8 +611,14 @@ fn error_frame(id: u32, code: ErrorCode, message: &str) -> Frame {
     })
 }
 
-fn internal_error(id: u32) -> Frame {
-    let mut response = Response::new(Bytes::from_static(b"internal server error\n"));
+/// A 500 for request `id`; without its body when the request was a HEAD.
+fn internal_error(id: u32, head: bool) -> Frame {
+    let body = if head {
+        Bytes::new()
+    } else {
+        Bytes::from_static(b"internal server error\n")
+    };
+    let mut response = Response::new(body);
     *response.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
     response.headers_mut().insert(
         http::header::CONTENT_TYPE,
@@ -565,7 +626,7 @@ fn internal_error(id: u32) -> Frame {
     );
     Frame::from(ResponseFrame {
         id,
-        bodiless: false,
+        bodiless: head,
         response,
     })
 }

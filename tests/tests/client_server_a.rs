@@ -808,6 +808,101 @@ async fn panicking_handler_fails_only_its_request() {
     finish(client, running).await;
 }
 
+/// A response body for the failure tests: one chunk, then what `then` says.
+struct Trouble {
+    sent: bool,
+    then: Then,
+}
+
+#[derive(Clone, Copy)]
+enum Then {
+    End,
+    Panic,
+    Stall,
+}
+
+impl Trouble {
+    fn response(then: Then) -> Result<Response<Trouble>, Infallible> {
+        Ok(Response::new(Trouble { sent: false, then }))
+    }
+}
+
+impl http_body::Body for Trouble {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Infallible>>> {
+        use std::task::Poll;
+        if !std::mem::replace(&mut self.sent, true) {
+            return Poll::Ready(Some(Ok(http_body::Frame::data(Bytes::from_static(
+                b"partial",
+            )))));
+        }
+        match self.then {
+            Then::End => Poll::Ready(None),
+            Then::Panic => panic!("response body panics on purpose"),
+            // Never woken: the body is stuck for good.
+            Then::Stall => Poll::Pending,
+        }
+    }
+}
+
+/// A response body that panics, on the connection's first poll of its handler or later in a
+/// task of its own, fails its request only (a 500); a HEAD's 500 has no body; the connection
+/// and the requests beside it go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_response_body_fails_only_its_request() {
+    let service = tower::service_fn(|request: Request<Body>| async move {
+        match request.uri().path() {
+            "/body-panics" => Trouble::response(Then::Panic),
+            "/body-panics-later" => {
+                tokio::task::yield_now().await;
+                Trouble::response(Then::Panic)
+            }
+            "/handler-panics" => panic!("handler panics on purpose"),
+            _ => Trouble::response(Then::End),
+        }
+    });
+    let (running, addr) = serve_plain(service);
+    let client = client_to(addr).build().unwrap();
+
+    let mut set = JoinSet::new();
+    for path in ["/body-panics", "/ok/1", "/body-panics-later", "/ok/2"] {
+        let client = client.clone();
+        set.spawn(async move { (path, client.send(get(path)).await) });
+    }
+    for (path, response) in timeout(SOON, set.join_all()).await.unwrap() {
+        let response = response.unwrap_or_else(|e| panic!("{path}: {e:?}"));
+        if path.starts_with("/ok/") {
+            assert_eq!(response.status(), StatusCode::OK, "{path}");
+            assert_eq!(response.body(), "partial", "{path}");
+        } else {
+            assert_eq!(
+                response.status(),
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "{path}"
+            );
+        }
+    }
+    let response = client
+        .send(request(Method::HEAD, "/handler-panics", Bytes::new()))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    assert!(response.body().is_empty(), "{:?}", response.body());
+
+    let response = client.send(get("/after")).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let stats = running.stats();
+    assert_eq!((stats.failures, stats.connections), (3, 1), "{stats:?}");
+    assert_eq!(stats.in_flight, 0, "{stats:?}");
+    assert_eq!(running.listener_stats().panics, 0);
+    finish(client, running).await;
+}
+
 /// Connects a client to `server` over in-memory duplexes, one per connection attempt, so a
 /// paused clock can drive every timer.
 fn in_memory<S: HttpService>(server: &Server<S>) -> ClientBuilder {
@@ -858,6 +953,207 @@ async fn handler_timeout_answers_with_a_timeout_error() {
     let response = client.send(get("/quick")).await.unwrap();
     assert_eq!(response.body(), "quick".as_bytes());
     assert_eq!(server.stats().connections, 1);
+}
+
+/// The handler timeout covers the response body too: a body that stalls is cut there, and its
+/// slot is freed.
+#[tokio::test(start_paused = true)]
+async fn handler_timeout_cuts_a_response_body_that_stalls() {
+    let handler_timeout = Duration::from_secs(10);
+    let client_timeout = Duration::from_secs(60);
+    let service = tower::service_fn(|request: Request<Body>| async move {
+        match request.uri().path() {
+            "/stall" => Trouble::response(Then::Stall),
+            _ => Trouble::response(Then::End),
+        }
+    });
+    let mut config = ServerConfig::default();
+    config.handler_timeout(Some(handler_timeout));
+    let server = Server::with_config(service, config);
+    let client = in_memory(&server).timeout(client_timeout).build().unwrap();
+
+    let started = tokio::time::Instant::now();
+    let error = client.send(get("/stall")).await.unwrap_err();
+    let waited = started.elapsed();
+    assert_eq!(error.remote_code(), Some(ErrorCode::TIMEOUT), "{error:?}");
+    assert!(
+        waited >= handler_timeout && waited < client_timeout,
+        "answered after {waited:?}"
+    );
+    let stats = server.stats();
+    assert_eq!((stats.timeouts, stats.in_flight), (1, 0), "{stats:?}");
+    let response = client.send(get("/quick")).await.unwrap();
+    assert_eq!(response.body(), "partial");
+}
+
+/// A handler timeout (and an overload wait) too long to be an instant is none, not a panic,
+/// for a request that carries no deadline of its own.
+#[tokio::test]
+async fn a_handler_timeout_of_duration_max_means_none() {
+    use teleport_transport::codec::Inbound;
+    use teleport_transport::conn::Conn;
+    use teleport_transport::frame::{Frame, RequestFrame};
+    let mut config = ServerConfig::default();
+    config
+        .handler_timeout(Some(Duration::MAX))
+        .overload_wait(Duration::MAX);
+    let server = Server::with_config(hello_service(), config);
+    let (client_io, server_io) = tokio::io::duplex(64 << 10);
+    let serving = tokio::spawn({
+        let server = server.clone();
+        async move {
+            server
+                .serve_connection(server_io, CancellationToken::new())
+                .await
+        }
+    });
+    let conn = Conn::connect(client_io, &ConnConfig::default())
+        .await
+        .expect("handshake");
+    let mut parts = conn.into_parts();
+    for id in 1..=2 {
+        let request = Frame::Request(Box::new(RequestFrame {
+            id,
+            deadline: None,
+            request: get("/"),
+        }));
+        parts.writer.push(request).expect("within the limits");
+        parts.writer.flush_due(true).await.expect("request written");
+        let item = timeout(SOON, parts.reader.next())
+            .await
+            .expect("no answer")
+            .expect("the connection failed");
+        match item {
+            Some(Inbound::Frame(Frame::Response(response))) => {
+                assert_eq!(response.id, id);
+                assert_eq!(response.response.status(), StatusCode::OK);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert!(!serving.is_finished());
+    assert_eq!(server.stats().connections, 1);
+}
+
+/// A connection that sheds a request, then idles, starts its overload wait afresh the next
+/// time it finds the server full: backpressure first again, not an at-once overload error.
+#[tokio::test(start_paused = true)]
+async fn the_overload_wait_starts_afresh_after_a_shed_and_a_quiet_spell() {
+    let overload_wait = Duration::from_secs(1);
+    let gate = Arc::new(Semaphore::new(0));
+    let service = {
+        let gate = gate.clone();
+        tower::service_fn(move |request: Request<Body>| {
+            let gate = gate.clone();
+            async move {
+                if request.uri().path() == "/hold" {
+                    gate.acquire().await.unwrap().forget();
+                }
+                text(request.uri().path().to_owned())
+            }
+        })
+    };
+    let mut config = ServerConfig::default();
+    config.max_concurrent(1).overload_wait(overload_wait);
+    let server = Server::with_config(service, config);
+    // Two connections: `holder` fills the server, `other` finds it full.
+    let connect = || {
+        in_memory(&server)
+            .timeout(Duration::from_secs(60))
+            .build()
+            .unwrap()
+    };
+    let (holder, other) = (connect(), connect());
+    let hold = |holder: &Client| {
+        let holder = holder.clone();
+        tokio::spawn(async move { holder.send(get("/hold")).await })
+    };
+    let running = |server: Server<_>| async move {
+        while server.stats().in_flight == 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+
+    let held = hold(&holder);
+    running(server.clone()).await;
+    let error = other.send(get("/shed")).await.unwrap_err();
+    assert!(error.is_overloaded(), "{error:?}");
+    gate.add_permits(1);
+    held.await.unwrap().unwrap();
+
+    // Quiet for a while (on `other`), then full again.
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    let held = hold(&holder);
+    running(server.clone()).await;
+    let waiting = tokio::spawn({
+        let other = other.clone();
+        async move { other.send(get("/waits")).await }
+    });
+    // Within the overload wait, room frees: the waiting request runs.
+    tokio::time::sleep(overload_wait / 2).await;
+    gate.add_permits(1);
+    held.await.unwrap().unwrap();
+    let response = waiting.await.unwrap().unwrap();
+    assert_eq!(response.body(), "/waits");
+    assert_eq!(server.stats().overloaded, 1);
+}
+
+/// Requests whose connection is dropped while their handlers run are not left counted in
+/// flight.
+#[tokio::test]
+async fn handlers_dropped_with_their_connection_leave_no_count_in_flight() {
+    let service = tower::service_fn(|_request: Request<Body>| async move {
+        std::future::pending::<()>().await;
+        text("never")
+    });
+    let server = Server::new(service);
+    let (client_io, server_io) = tokio::io::duplex(64 << 10);
+    // The caller's own task around `serve_connection`, which it may abort (its own timeout, a
+    // forced close at a drain deadline).
+    let serving = tokio::spawn({
+        let server = server.clone();
+        async move {
+            let _ = server
+                .serve_connection(server_io, CancellationToken::new())
+                .await;
+        }
+    });
+    let io = std::sync::Mutex::new(Some(client_io));
+    let client = Client::builder()
+        .addr("in-memory:1")
+        .timeout(SOON)
+        .connector(move |_addr: &str| {
+            let io = io.lock().unwrap().take();
+            async move {
+                io.map(|io| Box::new(io) as BoxIo)
+                    .ok_or_else(|| std::io::Error::other("one connection only"))
+            }
+        })
+        .build()
+        .unwrap();
+    let mut set = JoinSet::new();
+    for i in 0..3 {
+        let client = client.clone();
+        set.spawn(async move { client.send(get(&format!("/{i}"))).await });
+    }
+    timeout(SOON, async {
+        while server.stats().in_flight < 3 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .unwrap();
+
+    serving.abort();
+    let _ = serving.await;
+    timeout(SOON, async {
+        while server.stats().in_flight != 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("still in flight: {:?}", server.stats()));
+    set.abort_all();
 }
 
 // ===== tower =====

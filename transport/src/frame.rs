@@ -49,7 +49,7 @@ pub enum FrameType {
     Error = 3,
     /// The client no longer wants the response (client to server).
     Cancel = 4,
-    /// Graceful close: no request after `last_id` will be answered.
+    /// Graceful close: send no new requests; the ones already sent are answered.
     GoAway = 5,
     /// Keepalive and round-trip probe; answered with a pong.
     Ping = 6,
@@ -163,8 +163,9 @@ pub struct ErrorFrame {
 /// A graceful close.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GoAwayFrame {
-    /// The highest request id the sender has processed or will process; later ones were not
-    /// processed and are safe to send again elsewhere.
+    /// The highest request id the sender had taken when it sent the goaway; for logs. It is no
+    /// cut-off: requests that cross the goaway on the wire are answered too (with a response,
+    /// or a `REFUSED` error when not run, which is safe to send again elsewhere).
     pub last_id: u32,
     /// Why ([`ErrorCode::NO_ERROR`] for a planned shutdown).
     pub code: ErrorCode,
