@@ -326,16 +326,18 @@ where
         let shared = self.shared.clone();
         let counters = &shared.counters;
         let max_body = self.sender.params().peer_limits.max_body as usize;
-        let running = Running::new(counters);
+        counters.in_flight.fetch_add(1, Relaxed);
         let mut work = Box::pin(handle(shared.clone(), request, self.peer.clone(), max_body));
         if let Poll::Ready(frame) = work.as_mut().poll(cx) {
-            drop((permit, running));
+            drop(permit);
+            counters.in_flight.fetch_sub(1, Relaxed);
             self.push(frame);
             return;
         }
         let sender = self.sender.clone();
         // The permit and the count go when the task ends, however it ends (aborted by a
         // cancel, or dropped with the connection).
+        let running = Running(counters.clone());
         let task = self.tasks.spawn(async move {
             let _held = (permit, running);
             let frame = work.await;
@@ -409,15 +411,9 @@ where
     }
 }
 
-/// One request counted in flight from its dispatch until its handler is done or dropped.
+/// A request counted in flight whose handler runs in a task of its own: the count goes when
+/// the task is done or dropped.
 struct Running(Arc<Counters>);
-
-impl Running {
-    fn new(counters: &Arc<Counters>) -> Self {
-        counters.in_flight.fetch_add(1, Relaxed);
-        Running(counters.clone())
-    }
-}
 
 impl Drop for Running {
     fn drop(&mut self) {
