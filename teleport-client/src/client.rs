@@ -19,6 +19,10 @@ use crate::conn::{ConnHandle, Reply};
 use crate::pool::Inner;
 use crate::{ClientBuilder, Error, Timeout};
 
+/// The deadline of a request whose timeout overflows the clock: far enough to be never, near
+/// enough for tokio's timers (tokio's own "far future" is 30 years).
+const FAR_FUTURE: Duration = Duration::from_secs(30 * 365 * 86_400);
+
 /// Sends HTTP requests to teleport servers. Cheap to clone; every clone shares the same
 /// connections. When the last clone is dropped the connections close once their requests
 /// are answered.
@@ -75,23 +79,18 @@ impl Client {
             .extensions()
             .get::<Timeout>()
             .map_or(self.inner.config.timeout, |t| t.0);
-        let deadline = Instant::now() + timeout;
+        let now = Instant::now();
+        // A timeout past what the clock can hold (`Duration::MAX`) is as good as none.
+        let deadline = now.checked_add(timeout).unwrap_or(now + FAR_FUTURE);
         self.execute(request, deadline, timeout).await
     }
 
-    /// Waits until at least one connection is up (or `timeout` passes: then the latest
-    /// connection error).
-    pub async fn ready(&self, timeout: std::time::Duration) -> Result<(), Error> {
-        let mut down = true;
-        let wait = async {
-            loop {
-                if !self.inner.conns().is_empty() {
-                    return;
-                }
-                let _ = self.inner.pick(&mut down).await;
-            }
-        };
-        tokio::time::timeout(timeout, wait)
+    /// Waits until at least one connection is up, or `timeout` passes: then
+    /// [`Error::Unavailable`] with the latest connection error. It waits out its timeout
+    /// whatever [`wait_for_ready`](ClientBuilder::wait_for_ready) says, as reconnects go on
+    /// meanwhile.
+    pub async fn ready(&self, timeout: Duration) -> Result<(), Error> {
+        tokio::time::timeout(timeout, self.inner.connected())
             .await
             .map_err(|_| Error::Unavailable {
                 source: self.inner.last_error(),
@@ -161,22 +160,25 @@ impl Client {
                 sent: false,
                 done: false,
             };
-            match within(deadline, conn.sender.send(Frame::Request(frame))).await {
-                Ok(Ok(())) => flight.sent = true,
-                Ok(Err(SendError::Refused { error, .. })) => {
+            let late = match within_late(deadline, conn.sender.send(Frame::Request(frame))).await {
+                Ok((Ok(()), late)) => {
+                    flight.sent = true;
+                    late
+                }
+                Ok((Err(SendError::Refused { error, .. }), _)) => {
                     return Err(if error.is_too_large() {
                         Error::RequestTooLarge(error)
                     } else {
                         Error::InvalidRequest(error)
                     });
                 }
-                Ok(Err(error)) => {
+                Ok((Err(error), _)) => {
                     // The connection closed before taking it: another one will.
                     frame = request_of(error.into_frame());
                     continue;
                 }
                 Err(_elapsed) => return Err(Error::Timeout { timeout }),
-            }
+            };
             let reply = conn.reply(id).await;
             flight.done = true;
             match reply {
@@ -185,8 +187,12 @@ impl Client {
                     return Ok(response);
                 }
                 Reply::TimedOut => {
-                    // It was queued: the server may be running it.
-                    conn.cancel(id);
+                    // The connection's timer cancelled it on the server and counted the
+                    // failure; a request queued after its deadline may have gone in behind that
+                    // cancel, so it cancels itself again.
+                    if late {
+                        conn.cancel(id);
+                    }
                     return Err(Error::Timeout { timeout });
                 }
                 Reply::Unsent(unsent) => frame = unsent,
@@ -212,13 +218,25 @@ impl Client {
 
 /// `future` within `deadline`: the timer is armed only if the future's first poll is pending.
 async fn within<F: Future>(deadline: Instant, future: F) -> Result<F::Output, Elapsed> {
+    within_late(deadline, future)
+        .await
+        .map(|(output, _)| output)
+}
+
+/// As [`within`], and whether the future finished at or after `deadline` (one that had to
+/// wait may: the timer does not preempt a future ready at the same time).
+async fn within_late<F: Future>(
+    deadline: Instant,
+    future: F,
+) -> Result<(F::Output, bool), Elapsed> {
     let mut future = pin!(future);
     if let Poll::Ready(output) =
         std::future::poll_fn(|cx| Poll::Ready(future.as_mut().poll(cx))).await
     {
-        return Ok(output);
+        return Ok((output, false));
     }
-    tokio::time::timeout_at(deadline, future).await
+    let output = tokio::time::timeout_at(deadline, future).await?;
+    Ok((output, Instant::now() >= deadline))
 }
 
 /// A request on a connection, until it is answered: dropped earlier (timeout, the caller's

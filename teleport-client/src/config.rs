@@ -234,7 +234,7 @@ impl ClientBuilder {
     /// error) once every upstream's latest connection attempt has failed, as gRPC does without
     /// wait-for-ready. A proxy wants `false`: a dead upstream answers 502 at once instead of
     /// holding every request for its whole timeout. Requests still wait while a first attempt
-    /// or a reconnect is in progress.
+    /// or a reconnect is in progress. [`Client::ready`] waits out its timeout either way.
     pub fn wait_for_ready(&mut self, wait: bool) -> &mut Self {
         self.wait_for_ready = wait;
         self
@@ -253,8 +253,9 @@ impl ClientBuilder {
         self
     }
 
-    /// Waits between failed connection attempts: from `min`, doubling to `max`, each with
-    /// jitter. Default 50 ms to 5 s.
+    /// Waits between failed connection attempts: each drawn uniformly between `min` and a
+    /// ceiling that starts at twice `min` and doubles per failed attempt, up to `max` (full
+    /// jitter, the first wait included). Default 50 ms to 5 s.
     pub fn reconnect_backoff(&mut self, min: Duration, max: Duration) -> &mut Self {
         self.backoff_min = min;
         self.backoff_max = max;
@@ -268,9 +269,11 @@ impl ClientBuilder {
         self
     }
 
-    /// Consecutive failures (lost connections, timeouts, server errors, failed connection
-    /// attempts) after which an upstream is ejected from balancing, to be tried again after a
-    /// backoff. 0 never ejects. Default 5.
+    /// Consecutive failures (lost connections, timeouts, this client's or the server's, server
+    /// errors, failed connection attempts) after which an upstream is ejected from balancing,
+    /// to be tried again after a backoff (1 s, doubling per ejection in a row up to 30 s).
+    /// Failures while it is ejected do not count, so one burst ejects it once. 0 never ejects.
+    /// Default 5.
     pub fn eject_after(&mut self, failures: u32) -> &mut Self {
         self.eject_after = failures;
         self

@@ -151,13 +151,15 @@ impl ConnHandle {
         if self.table().remove(id) != Some(true) {
             return;
         }
+        // The cancel is queued before a retired connection is told it is drained, so it goes
+        // out before the connection half-closes.
+        if sent {
+            self.cancel(id);
+        }
         self.pending_count.fetch_sub(1, SeqCst);
         inner.capacity_freed();
         if self.is_retired() && self.pending() == 0 {
             self.drained.notify_one();
-        }
-        if sent {
-            self.cancel(id);
         }
     }
 
@@ -176,9 +178,13 @@ impl ConnHandle {
         }
     }
 
-    /// Answers the requests whose deadline has passed with [`Reply::TimedOut`] (each request
-    /// cancels itself on the server, as only it knows whether it was queued); the earliest
-    /// deadline left.
+    /// Answers the requests whose deadline has passed with [`Reply::TimedOut`], cancels them on
+    /// the server and counts each as a failure of the upstream; the earliest deadline left.
+    ///
+    /// The cancels are queued here, by the connection's task, rather than by the requests when
+    /// they wake: a retired connection whose last request this was closes in this same turn,
+    /// and a request's later cancel would find it closed. A request that never made it into the
+    /// queue gets a cancel too, which the server ignores (it does not know the id).
     fn expire(&self, now: Instant, inner: &Inner) -> Option<Instant> {
         let (mut ids, mut wake) = (Vec::new(), Vec::new());
         let next = self
@@ -186,6 +192,10 @@ impl ConnHandle {
             .expire(now, || Reply::TimedOut, &mut ids, &mut wake);
         if !ids.is_empty() {
             self.pending_count.fetch_sub(ids.len(), SeqCst);
+            for &id in &ids {
+                self.cancel(id);
+                self.upstream.record_failure(inner);
+            }
             wake.into_iter().for_each(Waker::wake);
             inner.capacity_freed();
         }
@@ -362,8 +372,10 @@ impl Running<'_> {
         let mut heard = true;
         let mut ping_out = false;
         let mut reading = true;
-        // Set once the connection is drained or the server stops reading: take no further
-        // frame, write what is in the batch, half-close.
+        // Set once the connection is drained or the server's direction ends: half-close once
+        // what is queued is written. Requests can no longer be queued by then (the connection is
+        // retired), but cancels can: those of its last requests, which must reach the server
+        // before the half-close (it waits for its handlers before it closes).
         let mut stop = false;
         let mut closed = false;
         let mut closing = Cancelled::new(self.inner.token.clone());
@@ -426,7 +438,9 @@ impl Running<'_> {
                         }
                     }
                 }
-                if !stop {
+                // Once the server's direction has ended the queue is left as it is: its
+                // requests go out on another connection.
+                if reading && !closed {
                     self.writer.push_queued(queue);
                 }
             }
@@ -460,7 +474,7 @@ impl Running<'_> {
                         stop = true;
                     }
                 }
-                _ = queue.ready(), if !stop && !write_now => {}
+                _ = queue.ready(), if reading && !closed && !write_now => {}
                 // Wake-ups only: the loop's top handles both.
                 () = &mut timer, if timer_at.is_some() => {}
                 () = std::future::poll_fn(|cx| self.handle.poll_rearm(cx)) => {}
@@ -508,31 +522,73 @@ async fn write_or_close<W: AsyncWrite + Unpin>(
     }
 }
 
-/// Exponential backoff with full jitter.
+/// Exponential backoff with full jitter: each wait is uniform in [min, ceiling], the ceiling
+/// twice min for the first wait and doubling at each one after, up to max. The first wait is
+/// spread too, so slots that lost their connections together do not reconnect together.
 pub(crate) struct Backoff {
     min: Duration,
     max: Duration,
-    next: Duration,
+    /// The ceiling of the latest wait; `min` before the first.
+    ceiling: Duration,
 }
 
 impl Backoff {
+    /// Needs `min <= max` (the builder checks it).
     pub(crate) fn new(min: Duration, max: Duration) -> Self {
         Self {
             min,
             max,
-            next: min,
+            ceiling: min,
         }
     }
 
     pub(crate) fn reset(&mut self) {
-        self.next = self.min;
+        self.ceiling = self.min;
     }
 
-    /// The next wait: uniform in [min, next], then `next` doubles up to max.
+    /// The next wait: the ceiling doubles (up to max), then uniform in [min, ceiling].
     pub(crate) fn next_wait(&mut self) -> Duration {
-        let span = self.next.saturating_sub(self.min);
-        let wait = self.min + span.mul_f64(fastrand::f64());
-        self.next = (self.next * 2).min(self.max);
-        wait
+        self.ceiling = self.ceiling.saturating_mul(2).min(self.max);
+        let span = self.ceiling.saturating_sub(self.min);
+        self.min + span.mul_f64(fastrand::f64())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_waits_are_spread_from_the_first_and_stay_within_bounds() {
+        let (min, max) = (Duration::from_millis(50), Duration::from_secs(5));
+        let firsts: Vec<_> = (0..32)
+            .map(|_| Backoff::new(min, max).next_wait())
+            .collect();
+        assert!(
+            firsts.iter().any(|&wait| wait != firsts[0]),
+            "no jitter in {firsts:?}"
+        );
+        assert!(firsts.iter().all(|&wait| min <= wait && wait <= min * 2));
+
+        let mut backoff = Backoff::new(min, max);
+        let mut ceiling = min;
+        for _ in 0..20 {
+            ceiling = (ceiling * 2).min(max);
+            let wait = backoff.next_wait();
+            assert!(
+                min <= wait && wait <= ceiling,
+                "{wait:?} beyond {ceiling:?}"
+            );
+        }
+        assert_eq!(ceiling, max);
+        backoff.reset();
+        assert!(backoff.next_wait() <= min * 2);
+    }
+
+    #[test]
+    fn backoff_with_min_equal_to_max_waits_exactly_that() {
+        let wait = Duration::from_millis(100);
+        let mut backoff = Backoff::new(wait, wait);
+        assert!((0..5).all(|_| backoff.next_wait() == wait));
     }
 }

@@ -93,10 +93,17 @@ impl Upstream {
         }
     }
 
+    /// Counts a failure; the one that makes `eject_after` in a row ejects the upstream.
+    /// Failures while it is ejected are not counted: they are the tail of the burst that
+    /// ejected it (requests that were in flight then), and counting them would eject it again
+    /// at once, for twice as long each time.
     pub(crate) fn record_failure(&self, inner: &Inner) {
+        if self.is_ejected(inner.elapsed_ms()) {
+            return;
+        }
         let failures = self.failures.fetch_add(1, Relaxed) + 1;
-        let eject_after = inner.config.eject_after;
-        if eject_after == 0 || failures < eject_after {
+        // Exactly at the threshold (never, with 0): of failures counted at once, one ejects.
+        if failures != inner.config.eject_after {
             return;
         }
         let ejections = self.ejections.fetch_add(1, Relaxed);
@@ -254,6 +261,25 @@ impl Inner {
             };
             if let Some(result) = result {
                 return result;
+            }
+            notified.await;
+        }
+    }
+
+    /// Waits until a connection is up and taking requests.
+    pub(crate) async fn connected(&self) {
+        loop {
+            // Enabled before looking, so a connection published between the look and the wait
+            // wakes us (every publication notifies).
+            let notified = self.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self
+                .slots
+                .iter()
+                .any(|slot| slot.current().is_some_and(|conn| !conn.is_retired()))
+            {
+                return;
             }
             notified.await;
         }
@@ -431,5 +457,64 @@ struct Uncount<'a>(&'a AtomicUsize);
 impl Drop for Uncount<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, SeqCst);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn one_upstream(eject_after: u32) -> Inner {
+        let mut config = ClientBuilder::default();
+        config.addr("upstream").eject_after(eject_after);
+        Inner::new(config)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_burst_of_failures_ejects_once_for_the_base_length() {
+        let inner = one_upstream(5);
+        let upstream = &inner.upstreams[0];
+        let start = inner.elapsed_ms();
+        // Requests in flight when the upstream fails all fail within the same moment.
+        for _ in 0..40 {
+            upstream.record_failure(&inner);
+        }
+        assert_eq!(upstream.ejections.load(Relaxed), 1);
+        let ejected_for = upstream.ejected_until_ms.load(Relaxed) - start;
+        assert_eq!(ejected_for, EJECT_BASE.as_millis() as u64);
+        assert_eq!(upstream.penalty(), 0, "failures counted while ejected");
+
+        // Its time up, failing again ejects it again, for twice as long.
+        tokio::time::advance(EJECT_BASE).await;
+        assert!(!upstream.is_ejected(inner.elapsed_ms()));
+        for _ in 0..4 {
+            upstream.record_failure(&inner);
+        }
+        assert!(!upstream.is_ejected(inner.elapsed_ms()));
+        assert_eq!(upstream.penalty(), 4 * FAILURE_PENALTY);
+        let now = inner.elapsed_ms();
+        upstream.record_failure(&inner);
+        assert_eq!(upstream.ejections.load(Relaxed), 2);
+        assert_eq!(
+            upstream.ejected_until_ms.load(Relaxed) - now,
+            2 * EJECT_BASE.as_millis() as u64
+        );
+
+        // One success clears the record.
+        upstream.record_success();
+        assert_eq!(upstream.ejections.load(Relaxed), 0);
+        assert_eq!(upstream.penalty(), 0);
+    }
+
+    #[test]
+    fn eject_after_zero_never_ejects_but_counts_failures_as_load() {
+        let inner = one_upstream(0);
+        let upstream = &inner.upstreams[0];
+        for _ in 0..100 {
+            upstream.record_failure(&inner);
+        }
+        assert_eq!(upstream.ejections.load(Relaxed), 0);
+        assert!(!upstream.is_ejected(inner.elapsed_ms()));
+        assert_eq!(upstream.penalty(), 100 * FAILURE_PENALTY);
     }
 }

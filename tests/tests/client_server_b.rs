@@ -1386,3 +1386,318 @@ async fn a_goaway_waits_for_a_write_held_up_by_a_slow_reader() {
         .expect("the connection's task panicked")
         .expect("the connection ends cleanly");
 }
+
+// ===== readiness =====
+
+/// A loopback port with nothing behind it.
+fn dead_addr() -> SocketAddr {
+    let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    free.local_addr().unwrap()
+}
+
+/// Without wait-for-ready, requests fail at once once every upstream's attempt has failed;
+/// `ready` still waits (yielding meanwhile) and ends at its timeout with the connect error. It
+/// runs on a current-thread runtime of its own thread: a `ready` that never yields would hold
+/// that runtime, timers included, so only a timeout outside it can catch one.
+#[test]
+fn ready_without_wait_for_ready_ends_at_its_timeout_on_a_dead_upstream() {
+    let addr = dead_addr();
+    let (done_tx, done) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let result = runtime.block_on(async {
+            let client = Client::builder()
+                .addr(addr.to_string())
+                .wait_for_ready(false)
+                .build()
+                .unwrap();
+            // Waits for the first attempt, then fails with its error: every upstream is failing.
+            let error = client.send(get("/")).await.unwrap_err();
+            assert!(error.is_unavailable(), "{error:?}");
+            client.ready(Duration::from_millis(200)).await
+        });
+        let _ = done_tx.send(result);
+    });
+    let result = done
+        .recv_timeout(Duration::from_secs(10))
+        .expect("ready did not end within its timeout");
+    let error = result.unwrap_err();
+    assert!(
+        matches!(&error, Error::Unavailable { source: Some(e) } if matches!(**e, Error::Connect { .. })),
+        "{error:?}"
+    );
+}
+
+// ===== cancels on a draining connection =====
+
+/// A request's future is dropped on a connection the server's goaway retires: that request
+/// was the connection's last, so the connection half-closes, and its cancel must go out first.
+/// The server waits for its handlers before it closes, so without the cancel the handler would
+/// run on to the request's 30 s deadline. `goaway_first`: the future is dropped once the goaway
+/// has retired the connection; else in the same turn as the goaway is read.
+async fn cancel_on_a_draining_connection(goaway_first: bool) {
+    let (started_tx, mut started) = mpsc::unbounded_channel();
+    let (dropped_tx, mut dropped) = mpsc::unbounded_channel();
+    let server = Server::new(service_fn(move |_: Request<Body>| {
+        let (started_tx, dropped_tx) = (started_tx.clone(), dropped_tx.clone());
+        async move {
+            let _guard = OnDrop(dropped_tx);
+            let _ = started_tx.send(());
+            std::future::pending::<Result<Response<Body>, Infallible>>().await
+        }
+    }));
+    let shutdown = CancellationToken::new();
+    let (closed_tx, mut closed) = mpsc::unbounded_channel();
+    let opened = Arc::new(AtomicUsize::new(0));
+    // The first connection is served until `shutdown`; the successor is refused.
+    let connector = {
+        let (server, shutdown) = (server.clone(), shutdown.clone());
+        move |_addr: &str| {
+            let first = opened.fetch_add(1, SeqCst) == 0;
+            let (server, shutdown, closed_tx) =
+                (server.clone(), shutdown.clone(), closed_tx.clone());
+            async move {
+                if !first {
+                    return Err(std::io::Error::from(std::io::ErrorKind::ConnectionRefused));
+                }
+                let (client_half, server_half) = tokio::io::duplex(64 << 10);
+                tokio::spawn(async move {
+                    let result = server.serve_connection(server_half, shutdown).await;
+                    let _ = closed_tx.send(result.is_ok());
+                });
+                Ok::<BoxIo, std::io::Error>(Box::new(client_half))
+            }
+        }
+    };
+    let client = Client::builder()
+        .addr("in-memory")
+        .retry(RetryPolicy::none())
+        .connector(connector)
+        .build()
+        .unwrap();
+    let request = spawn_send(&client, get("/hold"));
+    started.recv().await.unwrap();
+
+    shutdown.cancel();
+    if goaway_first {
+        eventually("the goaway to retire the connection", || {
+            client.stats().connections == 0
+        })
+        .await;
+        assert!(!request.is_finished());
+    }
+    // Else the server writes its goaway and the request's task drops its future, queueing the
+    // cancel, before the connection's task runs: it reads the goaway, finds the connection
+    // drained, and must still write the cancel before it half-closes.
+    request.abort();
+    tokio::time::timeout(Duration::from_secs(5), dropped.recv())
+        .await
+        .expect("the handler was not dropped")
+        .unwrap();
+    eventually("the server to count the cancel", || {
+        server.stats().cancelled == 1
+    })
+    .await;
+    // The drained connection then closes cleanly.
+    let clean = tokio::time::timeout(Duration::from_secs(5), closed.recv())
+        .await
+        .expect("the connection did not close")
+        .unwrap();
+    assert!(clean, "the connection failed");
+    assert_eq!(server.stats().timeouts, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_request_dropped_after_a_goaway_is_cancelled_on_the_server() {
+    cancel_on_a_draining_connection(true).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_request_dropped_as_a_goaway_arrives_is_cancelled_on_the_server() {
+    cancel_on_a_draining_connection(false).await;
+}
+
+/// A request times out on a connection retired by the server's goaway: the connection's timer
+/// ends its last request, and the cancel goes out before the half-close. The peer never times
+/// requests out itself, so only the cancel tells it the request is over.
+#[tokio::test(start_paused = true)]
+async fn a_request_timing_out_on_a_draining_connection_is_cancelled_before_the_close() {
+    use teleport_transport::conn::{Conn, ConnConfig};
+    use teleport_transport::frame::GoAwayFrame;
+    let (seen_tx, mut seen) = mpsc::unbounded_channel();
+    let opened = Arc::new(AtomicUsize::new(0));
+    let connector = move |_addr: &str| {
+        let first = opened.fetch_add(1, SeqCst) == 0;
+        let seen_tx = seen_tx.clone();
+        async move {
+            if !first {
+                return Err(std::io::Error::from(std::io::ErrorKind::ConnectionRefused));
+            }
+            let (client_half, server_half) = tokio::io::duplex(64 << 10);
+            tokio::spawn(async move {
+                let conn = Conn::accept(server_half, &ConnConfig::default())
+                    .await
+                    .unwrap();
+                let (sender, mut receiver, driver) = conn.split();
+                tokio::spawn(driver.run());
+                // Says goaway on the first request and answers nothing; reports each frame,
+                // then the end of the client's direction (`None`).
+                while let Some(item) = receiver.recv().await {
+                    if let Inbound::Frame(Frame::Request(request)) = &item {
+                        let goaway = GoAwayFrame {
+                            last_id: request.id,
+                            code: ErrorCode::NO_ERROR,
+                            message: String::new(),
+                        };
+                        let _ = sender.send(Frame::GoAway(goaway)).await;
+                    }
+                    let _ = seen_tx.send(Some(item));
+                }
+                let _ = seen_tx.send(None);
+            });
+            Ok::<BoxIo, std::io::Error>(Box::new(client_half))
+        }
+    };
+    let client = Client::builder()
+        .addr("draining")
+        .timeout(Duration::from_secs(1))
+        .retry(RetryPolicy::none())
+        .connector(connector)
+        .build()
+        .unwrap();
+    let error = client.send(get("/never")).await.unwrap_err();
+    assert!(matches!(error, Error::Timeout { .. }), "{error:?}");
+
+    let mut next = async || {
+        tokio::time::timeout(Duration::from_secs(10), seen.recv())
+            .await
+            .expect("the peer saw nothing more")
+            .unwrap()
+    };
+    let Some(Inbound::Frame(Frame::Request(request))) = next().await else {
+        panic!("the request did not come first");
+    };
+    let mut cancelled = false;
+    while let Some(item) = next().await {
+        match item {
+            Inbound::Frame(Frame::Cancel { id }) if id == request.id => cancelled = true,
+            Inbound::Frame(Frame::Ping { .. } | Frame::Pong { .. }) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert!(
+        cancelled,
+        "the connection closed without the request's cancel"
+    );
+}
+
+// ===== timeouts as failures =====
+
+/// A connector whose peers take requests and never answer them, nor time them out (handlers
+/// that hang past any deadline): only the client's timer ends them. Counts the requests.
+fn hung(received: Arc<AtomicUsize>) -> impl Connect {
+    use teleport_transport::conn::{Conn, ConnConfig};
+    move |_addr: &str| {
+        let received = received.clone();
+        async move {
+            let (client_half, server_half) = tokio::io::duplex(64 << 10);
+            tokio::spawn(async move {
+                let conn = Conn::accept(server_half, &ConnConfig::default())
+                    .await
+                    .unwrap();
+                let (_sender, mut receiver, driver) = conn.split();
+                tokio::spawn(driver.run());
+                while let Some(item) = receiver.recv().await {
+                    if matches!(item, Inbound::Frame(Frame::Request(_))) {
+                        received.fetch_add(1, SeqCst);
+                    }
+                }
+            });
+            Ok::<BoxIo, std::io::Error>(Box::new(client_half))
+        }
+    }
+}
+
+/// Requests that time out on the client count as failures of their upstream: a burst of them
+/// ejects it for the base second (once, however long the burst), during which even a busier
+/// healthy upstream gets everything; then it takes traffic again.
+#[tokio::test(start_paused = true)]
+async fn an_upstream_whose_requests_time_out_is_ejected_for_a_while() {
+    const BURST: usize = 20;
+    let on_hung = Arc::new(AtomicUsize::new(0));
+    let healthy = Server::new(echo());
+    let connector = {
+        let (hung, healthy) = (hung(on_hung.clone()), in_memory(healthy.clone()));
+        move |addr: &str| match addr {
+            "hung" => hung.connect(addr),
+            _ => healthy.connect(addr),
+        }
+    };
+    let client = Client::builder()
+        .addrs(["hung", "healthy"])
+        .timeout(Duration::from_millis(500))
+        .retry(RetryPolicy::none())
+        .connector(connector)
+        .build()
+        .unwrap();
+    eventually("connections to both upstreams", || {
+        client.stats().connections == 2
+    })
+    .await;
+    // `BURST` requests at once, balanced by pending requests: about half land on each upstream.
+    let burst = || {
+        let tasks: Vec<_> = (0..BURST)
+            .map(|i| spawn_send(&client, get(&format!("/{i}"))))
+            .collect();
+        async move {
+            let mut timed_out = 0;
+            for task in tasks {
+                match finish(task).await.0 {
+                    Ok(_) => {}
+                    Err(error) => {
+                        assert!(matches!(error, Error::Timeout { .. }), "{error:?}");
+                        timed_out += 1;
+                    }
+                }
+            }
+            timed_out
+        }
+    };
+
+    // Enough of the first burst times out on the hung upstream to eject it (5, the default).
+    let start = Instant::now();
+    let timed_out = burst().await;
+    assert!(timed_out >= 5, "{timed_out} timed out");
+    assert_eq!(on_hung.load(SeqCst), timed_out);
+
+    // Ejected: a second burst all goes to the healthy upstream, busier as it is.
+    assert!(start.elapsed() < Duration::from_secs(1));
+    assert_eq!(burst().await, 0);
+    assert_eq!(on_hung.load(SeqCst), timed_out);
+
+    // Past the base ejection (1 s from the first burst's timeouts), it is tried again.
+    tokio::time::sleep_until(start + Duration::from_millis(500) + Duration::from_millis(1100))
+        .await;
+    let again = burst().await;
+    assert!(again > 0, "the hung upstream was not tried again");
+    assert_eq!(on_hung.load(SeqCst), timed_out + again);
+}
+
+// ===== timeouts too long for the clock =====
+
+#[tokio::test(start_paused = true)]
+async fn a_timeout_too_long_for_the_clock_is_no_deadline() {
+    let server = Server::new(echo());
+    let client = Client::builder()
+        .addr("in-memory")
+        .connector(in_memory(server.clone()))
+        .build()
+        .unwrap();
+    let mut request = get("/forever");
+    request.extensions_mut().insert(Timeout(Duration::MAX));
+    let response = client.send(request).await.unwrap();
+    assert_eq!(response.body(), &echoed("GET", "/forever", ""));
+}
