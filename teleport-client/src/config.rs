@@ -54,10 +54,12 @@ pub struct Timeout(pub Duration);
 /// When a failed request is sent again.
 ///
 /// Requests that never left the client (queued on a connection that then closed) always go
-/// out on another connection, and so do those the server refused without running them. The
-/// policy governs requests lost in flight: they may have run, so only idempotent methods
-/// (GET, HEAD, PUT, DELETE, OPTIONS, TRACE) are retried, at most `max_retries` times, within
-/// the request's deadline.
+/// out on another connection. The policy governs the rest: requests lost in flight may have
+/// run, so only idempotent methods (GET, HEAD, PUT, DELETE, OPTIONS, TRACE) are retried, at
+/// most `max_retries` times, within the request's deadline. Requests the server refused
+/// without running them (`REFUSED`) are retried on the same terms, as only idempotent ones
+/// keep a copy to send again; any other fails with that error, which says it is safe to send
+/// again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct RetryPolicy {

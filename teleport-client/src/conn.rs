@@ -224,7 +224,13 @@ impl ConnHandle {
 
     /// Ends every pending request: unsent ones go back to be sent elsewhere, the rest fail with
     /// the connection's loss.
-    fn fail_all(&self, unsent: Vec<Frame>, error: &Arc<teleport_transport::Error>, inner: &Inner) {
+    /// Hands the unsent requests back and fails the rest as lost; returns how many were lost.
+    fn fail_all(
+        &self,
+        unsent: Vec<Frame>,
+        error: &Arc<teleport_transport::Error>,
+        inner: &Inner,
+    ) -> usize {
         self.retire();
         for frame in unsent {
             if let Frame::Request(request) = frame {
@@ -233,7 +239,7 @@ impl ConnHandle {
             }
         }
         let mut wake = Vec::new();
-        {
+        let failed = {
             let mut table = self.table();
             let failed = table.waiting();
             table.answer_all(
@@ -246,9 +252,11 @@ impl ConnHandle {
                 &mut wake,
             );
             self.pending_count.fetch_sub(failed, SeqCst);
-        }
+            failed
+        };
         wake.into_iter().for_each(Waker::wake);
         inner.capacity_freed();
+        failed
     }
 
     /// Routes one inbound item; true when it was a goaway.
@@ -331,9 +339,9 @@ pub(crate) async fn run(
         )),
         Err(error) => error,
     });
-    let lost = handle.pending() > unsent.len();
-    handle.fail_all(unsent, &error, &inner);
-    if lost {
+    // Requests it had written (or that were answered by nothing) are lost with it: a
+    // failure of the upstream. Unsent ones, cancels and pings are not.
+    if handle.fail_all(unsent, &error, &inner) > 0 {
         handle.upstream.record_failure(&inner);
     }
     tracing::debug!(addr = %handle.upstream.addr, error = %error, "connection ended");
