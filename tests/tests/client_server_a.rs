@@ -357,6 +357,30 @@ async fn bodies_and_headers_survive(codec: Codec) {
     finish(client, running).await;
 }
 
+/// A batch byte limit of 0 is a batch per frame, not a connection that spins without
+/// writing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_byte_limit_of_zero_answers_every_request() {
+    let mut conn = ConnConfig::default();
+    conn.batch(teleport_transport::batch::BatchPolicy {
+        max_delay: Duration::ZERO,
+        max_bytes: 0,
+    });
+    let mut config = ServerConfig::default();
+    config.conn(conn);
+    let (running, addr) = serve(echo_service(), config, &loopback(None));
+    let client = client_to(addr).build().unwrap();
+    let mut set = JoinSet::new();
+    for i in 0..8 {
+        let client = client.clone();
+        set.spawn(async move { (i, client.send(get(&format!("/{i}"))).await) });
+    }
+    for (i, response) in timeout(SOON, set.join_all()).await.unwrap() {
+        assert_eq!(response.unwrap().status(), StatusCode::OK, "/{i}");
+    }
+    finish(client, running).await;
+}
+
 #[tokio::test]
 async fn codec_none_keeps_bodies_and_headers() {
     bodies_and_headers_survive(Codec::None).await;

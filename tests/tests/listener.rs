@@ -510,6 +510,21 @@ async fn ask_peer_ip(addr: SocketAddr) -> io::Result<String> {
     Ok(said)
 }
 
+/// An idle timeout and a lifetime too long to be instants mean none: the connection is
+/// served, not ended by a panic in its task.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_timeout_and_lifetime_of_duration_max_mean_none() {
+    let mut config = loopback();
+    config
+        .idle_timeout(Some(Duration::MAX))
+        .max_lifetime(Some(Duration::MAX));
+    let (server, addr) = serve(&config, peer_ip);
+    let said = timeout(SOON, ask_peer_ip(addr)).await.unwrap().unwrap();
+    assert_eq!(said, "127.0.0.1\n");
+    let stats = server.stats();
+    assert_eq!((stats.panics, stats.idle_timeouts), (0, 0), "{stats:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dual_stack_answers_on_ipv4_and_ipv6_loopback() {
     let mut config = ListenerConfig::default();

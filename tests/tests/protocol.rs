@@ -920,6 +920,28 @@ async fn pings_are_answered_by_the_driver_and_not_delivered() {
     assert_eq!((stats.frames_received, stats.frames_sent), (2, 1));
 }
 
+/// A driver whose writer has finished (every sender dropped: it half-closed) reads on to the
+/// peer's end of stream, however many pings the peer sends meanwhile.
+#[tokio::test]
+async fn a_half_closed_driver_reads_on_through_a_flood_of_pings() {
+    let (c, s) = pair(&ConnConfig::default(), &ConnConfig::default(), PIPE).await;
+    let (tx, mut rx, driver) = c.split();
+    let driver = tokio::spawn(driver.run());
+    drop(tx);
+    // The client's writer half-closes; the server's direction stays open.
+    let server = start(s);
+    for payload in 0..100 {
+        server.tx.send(Frame::Ping { payload }).await.unwrap();
+    }
+    server.tx.send(Frame::Cancel { id: 9 }).await.unwrap();
+    match next(&mut rx, "client").await {
+        Inbound::Frame(Frame::Cancel { id: 9 }) => {}
+        other => panic!("expected the frame after the pings, got {other:?}"),
+    }
+    drop(server.tx);
+    clean_end(driver, "client").await;
+}
+
 #[tokio::test(start_paused = true)]
 async fn pongs_skip_the_batch_delay() {
     let delay = Duration::from_secs(5);

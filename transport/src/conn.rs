@@ -123,8 +123,10 @@ impl ConnConfig {
         self
     }
 
-    /// The writer's flush policy. Default: flush when the queue empties, or at 256 KiB.
-    pub fn batch(&mut self, policy: BatchPolicy) -> &mut Self {
+    /// The writer's flush policy. Default: flush when the queue empties, or at 256 KiB. A
+    /// `max_bytes` of 0 counts as 1 (a batch per frame).
+    pub fn batch(&mut self, mut policy: BatchPolicy) -> &mut Self {
+        policy.max_bytes = policy.max_bytes.max(1);
         self.batch = policy;
         self
     }
@@ -651,9 +653,12 @@ impl<R: AsyncRead + Unpin> ReadLoop<R> {
                 Inbound::Frame(Frame::Ping { payload }) => {
                     let pong = Frame::Pong { payload };
                     match pong.check(&self.reader.shared.params.peer_limits) {
-                        // A gone writer means the connection is closing; nothing to answer.
+                        // Never waited for: a writer that has finished (the connection is
+                        // closing) drains nothing, and the reader must go on to the end of
+                        // stream. A pong that finds the queue full is dropped; keepalive
+                        // probes come seconds apart.
                         Ok(len) => {
-                            let _ = self.control.send(Checked { frame: pong, len }).await;
+                            let _ = self.control.try_send(Checked { frame: pong, len });
                         }
                         Err(error) => {
                             tracing::debug!(%error, "cannot answer a ping within the peer's limits");
@@ -912,7 +917,7 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
 
     /// Whether the batch reached its byte limit: write it before pushing more.
     pub fn is_full(&self) -> bool {
-        self.encoder.batch_bytes() >= self.max_bytes
+        self.has_batch() && self.encoder.batch_bytes() >= self.max_bytes
     }
 
     /// Whether a batch is being written: [`flush`](Self::flush) must finish before the next push.

@@ -193,7 +193,10 @@ async fn idle(activity: Option<&Activity>, timeout: Option<Duration>) {
         return std::future::pending().await;
     };
     loop {
-        let deadline = activity.last() + timeout;
+        // A timeout too long to be an instant is none.
+        let Some(deadline) = activity.last().checked_add(timeout) else {
+            return std::future::pending().await;
+        };
         if Instant::now() >= deadline {
             return;
         }
@@ -208,10 +211,11 @@ async fn lifetime(
     grace: Duration,
     token: &tokio_util::sync::CancellationToken,
 ) {
-    let Some(max) = max else {
+    // No lifetime, or one too long to be an instant.
+    let Some(end) = max.and_then(|max| started.checked_add(max)) else {
         return std::future::pending().await;
     };
-    tokio::time::sleep_until(started + max).await;
+    tokio::time::sleep_until(end).await;
     token.cancel();
     tokio::time::sleep(grace).await;
 }
