@@ -136,7 +136,7 @@ impl Client {
             if !std::mem::take(&mut first) && Instant::now() >= deadline {
                 return Err(Error::Timeout { timeout });
             }
-            let Ok(picked) = within(deadline, inner.pick(&mut down)).await else {
+            let Ok((picked, _)) = within(deadline, inner.pick(&mut down)).await else {
                 return Err(if down {
                     Error::Unavailable {
                         source: inner.last_error(),
@@ -160,7 +160,7 @@ impl Client {
                 sent: false,
                 done: false,
             };
-            let late = match within_late(deadline, conn.sender.send(Frame::Request(frame))).await {
+            let late = match within(deadline, conn.sender.send(Frame::Request(frame))).await {
                 Ok((Ok(()), late)) => {
                     flight.sent = true;
                     late
@@ -216,19 +216,10 @@ impl Client {
     }
 }
 
-/// `future` within `deadline`: the timer is armed only if the future's first poll is pending.
-async fn within<F: Future>(deadline: Instant, future: F) -> Result<F::Output, Elapsed> {
-    within_late(deadline, future)
-        .await
-        .map(|(output, _)| output)
-}
-
-/// As [`within`], and whether the future finished at or after `deadline` (one that had to
-/// wait may: the timer does not preempt a future ready at the same time).
-async fn within_late<F: Future>(
-    deadline: Instant,
-    future: F,
-) -> Result<(F::Output, bool), Elapsed> {
+/// `future` within `deadline`, and whether it finished at or after `deadline` (one that had
+/// to wait may: the timer does not preempt a future ready at the same time). The timer is
+/// armed only if the future's first poll is pending.
+async fn within<F: Future>(deadline: Instant, future: F) -> Result<(F::Output, bool), Elapsed> {
     let mut future = pin!(future);
     if let Poll::Ready(output) =
         std::future::poll_fn(|cx| Poll::Ready(future.as_mut().poll(cx))).await
