@@ -175,10 +175,7 @@ async fn dead_upstream_gives_502_with_a_text_body() {
     for _ in 0..2 {
         assert_bad_gateway(&c.get("/echo").await);
     }
-    metrics_until(p.metrics_addr(), "a bad_gateway outcome", |t| {
-        metric(t, "httptp_requests_total", &[("outcome", "bad_gateway")]).unwrap_or(0.0) >= 2.0
-    })
-    .await;
+    outcomes_until(p.metrics_addr(), "bad_gateway", 2.0).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -234,10 +231,7 @@ async fn slow_upstream_past_out_timeout_gives_504_and_the_connection_goes_on() {
     let mut c = Client::tcp_h1(p.addr()).await.unwrap();
     assert_gateway_timeout(&c.get("/echo?delay_ms=10000").await);
     common::cases::in_step(&mut c, "a 504").await;
-    metrics_until(p.metrics_addr(), "a timeout outcome", |t| {
-        metric(t, "httptp_requests_total", &[("outcome", "timeout")]).unwrap_or(0.0) >= 1.0
-    })
-    .await;
+    outcomes_until(p.metrics_addr(), "timeout", 1.0).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -421,10 +415,7 @@ async fn a_client_gone_before_its_response_is_counted_as_cancelled_and_not_pendi
     })
     .await;
     drop(raw);
-    let text = metrics_until(p.metrics_addr(), "a cancelled outcome", |t| {
-        metric(t, "httptp_requests_total", &[("outcome", "cancelled")]).unwrap_or(0.0) >= 1.0
-    })
-    .await;
+    let text = outcomes_until(p.metrics_addr(), "cancelled", 1.0).await;
     assert_eq!(metric(&text, "httptp_pending", &[]), Some(0.0), "{text}");
     // Cancelled is not an outcome with a response time.
     assert_eq!(
@@ -534,10 +525,7 @@ async fn requests_over_the_next_hops_limits_get_413_and_431_without_being_sent()
     let reply = c.ok(req).await;
     assert_eq!(reply.status, 200);
     assert!(reply.body == pattern(1000));
-    metrics_until(a.metrics_addr(), "two rejected outcomes", |t| {
-        metric(t, "httptp_requests_total", &[("outcome", "rejected")]).unwrap_or(0.0) >= 2.0
-    })
-    .await;
+    outcomes_until(a.metrics_addr(), "rejected", 2.0).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -565,10 +553,7 @@ async fn request_heads_hyper_refuses_are_answered_and_counted_as_rejected() {
     drop(TcpStream::connect(p.addr()).await.unwrap());
     let mut c = Client::tcp_h1(p.addr()).await.unwrap();
     assert_eq!(c.get("/echo").await.status, 200);
-    let text = metrics_until(p.metrics_addr(), "one ok outcome", |t| {
-        metric(t, "httptp_requests_total", &[("outcome", "ok")]) == Some(1.0)
-    })
-    .await;
+    let text = outcomes_until(p.metrics_addr(), "ok", 1.0).await;
     assert_eq!(
         metric(&text, "httptp_requests_total", &[("outcome", "rejected")]),
         Some(2.0),
@@ -649,10 +634,7 @@ async fn over_concurrency_on_one_h2_connection_gives_503() {
         200,
         "after the slow one finished"
     );
-    metrics_until(p.metrics_addr(), "an overloaded outcome", |t| {
-        metric(t, "httptp_requests_total", &[("outcome", "overloaded")]).unwrap_or(0.0) >= 1.0
-    })
-    .await;
+    outcomes_until(p.metrics_addr(), "overloaded", 1.0).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -714,10 +696,7 @@ async fn metrics_and_healthz_respond_and_count() {
     for _ in 0..3 {
         assert_eq!(c.get("/echo").await.status, 200);
     }
-    let text = metrics_until(p.metrics_addr(), "3 ok requests", |t| {
-        metric(t, "httptp_requests_total", &[("outcome", "ok")]).unwrap_or(0.0) >= 3.0
-    })
-    .await;
+    let text = outcomes_until(p.metrics_addr(), "ok", 3.0).await;
     assert!(
         metric(&text, "httptp_request_duration_seconds_count", &[]).unwrap_or(0.0) >= 3.0,
         "the duration histogram counts requests:\n{text}"

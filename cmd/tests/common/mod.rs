@@ -1174,6 +1174,15 @@ pub(crate) async fn metrics_until(
     }
 }
 
+/// Polls `/metrics` until at least `n` requests ended with `outcome`; returns the last text.
+pub(crate) async fn outcomes_until(addr: SocketAddr, outcome: &str, n: f64) -> String {
+    let what = format!("{n} {outcome} outcomes");
+    metrics_until(addr, &what, |t| {
+        metric(t, "httptp_requests_total", &[("outcome", outcome)]).unwrap_or(0.0) >= n
+    })
+    .await
+}
+
 /// A header value for tests.
 pub(crate) fn hv(s: &str) -> HeaderValue {
     HeaderValue::from_str(s).expect("header value")
