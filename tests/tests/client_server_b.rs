@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response};
-use teleport_client::{BoxIo, Client, Connect, Error, RetryPolicy, Timeout};
+use teleport_client::{BoxIo, Client, Connect, ConnectFuture, Error, RetryPolicy, Timeout};
 use teleport_server::{Body, HttpService, Server, ServerConfig, ServerHandle};
 use teleport_transport::codec::Inbound;
 use teleport_transport::frame::{ErrorCode, Frame};
@@ -118,6 +118,18 @@ fn in_memory<S: HttpService>(server: Server<S>) -> impl Connect {
                     .await;
             });
             Ok::<BoxIo, std::io::Error>(Box::new(client_half))
+        }
+    }
+}
+
+/// `connect` for the first connection; every later attempt is refused.
+fn first_only(connect: impl Connect) -> impl Connect {
+    let opened = AtomicUsize::new(0);
+    move |addr: &str| -> ConnectFuture {
+        if opened.fetch_add(1, SeqCst) == 0 {
+            connect.connect(addr)
+        } else {
+            Box::pin(async { Err(std::io::Error::from(std::io::ErrorKind::ConnectionRefused)) })
         }
     }
 }
@@ -1451,18 +1463,13 @@ async fn cancel_on_a_draining_connection(goaway_first: bool) {
     }));
     let shutdown = CancellationToken::new();
     let (closed_tx, mut closed) = mpsc::unbounded_channel();
-    let opened = Arc::new(AtomicUsize::new(0));
     // The first connection is served until `shutdown`; the successor is refused.
-    let connector = {
+    let connector = first_only({
         let (server, shutdown) = (server.clone(), shutdown.clone());
         move |_addr: &str| {
-            let first = opened.fetch_add(1, SeqCst) == 0;
             let (server, shutdown, closed_tx) =
                 (server.clone(), shutdown.clone(), closed_tx.clone());
             async move {
-                if !first {
-                    return Err(std::io::Error::from(std::io::ErrorKind::ConnectionRefused));
-                }
                 let (client_half, server_half) = tokio::io::duplex(64 << 10);
                 tokio::spawn(async move {
                     let result = server.serve_connection(server_half, shutdown).await;
@@ -1471,7 +1478,7 @@ async fn cancel_on_a_draining_connection(goaway_first: bool) {
                 Ok::<BoxIo, std::io::Error>(Box::new(client_half))
             }
         }
-    };
+    });
     let client = Client::builder()
         .addr("in-memory")
         .retry(RetryPolicy::none())
@@ -1528,14 +1535,9 @@ async fn a_request_timing_out_on_a_draining_connection_is_cancelled_before_the_c
     use teleport_transport::conn::{Conn, ConnConfig};
     use teleport_transport::frame::GoAwayFrame;
     let (seen_tx, mut seen) = mpsc::unbounded_channel();
-    let opened = Arc::new(AtomicUsize::new(0));
-    let connector = move |_addr: &str| {
-        let first = opened.fetch_add(1, SeqCst) == 0;
+    let connector = first_only(move |_addr: &str| {
         let seen_tx = seen_tx.clone();
         async move {
-            if !first {
-                return Err(std::io::Error::from(std::io::ErrorKind::ConnectionRefused));
-            }
             let (client_half, server_half) = tokio::io::duplex(64 << 10);
             tokio::spawn(async move {
                 let conn = Conn::accept(server_half, &ConnConfig::default())
@@ -1560,7 +1562,7 @@ async fn a_request_timing_out_on_a_draining_connection_is_cancelled_before_the_c
             });
             Ok::<BoxIo, std::io::Error>(Box::new(client_half))
         }
-    };
+    });
     let client = Client::builder()
         .addr("draining")
         .timeout(Duration::from_secs(1))
