@@ -2,7 +2,7 @@
 
 use std::fmt;
 use std::future::Future;
-use std::pin::{Pin, pin};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -12,7 +12,7 @@ use http::{Method, Request, Response};
 use teleport_transport::conn::SendError;
 use teleport_transport::frame::{ErrorCode, Frame, RequestFrame};
 use tokio::time::Instant;
-use tokio::time::error::Elapsed;
+use tokio::time::Sleep;
 use tokio_util::sync::DropGuard;
 
 use crate::conn::{ConnHandle, Reply};
@@ -72,17 +72,14 @@ impl Client {
     }
 
     /// Sends one request and waits for its response, within the request's timeout (the
-    /// [`Timeout`] extension, or the client's). Dropping the future cancels the request on the
-    /// server.
-    pub async fn send(&self, request: Request<Bytes>) -> Result<Response<Bytes>, Error> {
-        let timeout = request
-            .extensions()
-            .get::<Timeout>()
-            .map_or(self.inner.config.timeout, |t| t.0);
-        let now = Instant::now();
-        // A timeout past what the clock can hold (`Duration::MAX`) is as good as none.
-        let deadline = now.checked_add(timeout).unwrap_or(now + FAR_FUTURE);
-        self.execute(request, deadline, timeout).await
+    /// [`Timeout`] extension, or the client's), counted from the future's first poll. Dropping
+    /// the future cancels the request on the server.
+    pub fn send(
+        &self,
+        request: Request<Bytes>,
+    ) -> impl Future<Output = Result<Response<Bytes>, Error>> + Send + '_ {
+        let (frame, copy, timeout) = self.prepare(request);
+        self.execute(frame, copy, timeout)
     }
 
     /// Waits until at least one connection is up, or `timeout` passes: then
@@ -111,32 +108,52 @@ impl Client {
         stats
     }
 
-    /// Sends within `deadline`. Waiting for room (a connection, or space in its queue) is
-    /// bounded by a timer armed only when it has to wait; waiting for the answer, by the
-    /// connection's timer for all its requests.
-    async fn execute(
+    /// The request boxed in its frame, its copy for retries, and its timeout. Done before the
+    /// request's future exists: a future keeps its arguments for its whole life, and every
+    /// byte of it is copied wherever it is moved.
+    fn prepare(
         &self,
         request: Request<Bytes>,
-        deadline: Instant,
-        timeout: Duration,
-    ) -> Result<Response<Bytes>, Error> {
-        let inner = &*self.inner;
-        let mut retries = inner.config.retry.max_retries;
-        let copy = (retries > 0 && is_idempotent(request.method())).then(|| copy_of(&request));
-        let mut frame = Box::new(RequestFrame {
+    ) -> (Box<RequestFrame>, Option<Box<Request<Bytes>>>, Duration) {
+        let config = &self.inner.config;
+        let timeout = request
+            .extensions()
+            .get::<Timeout>()
+            .map_or(config.timeout, |t| t.0);
+        let copy = (config.retry.max_retries > 0 && is_idempotent(request.method()))
+            .then(|| Box::new(copy_of(&request)));
+        let frame = Box::new(RequestFrame {
             id: 0,
             deadline: None,
             request,
         });
+        (frame, copy, timeout)
+    }
+
+    /// Sends within the request's timeout. Waiting for room (a connection, or space in its
+    /// queue) is bounded by a timer armed only when it has to wait; waiting for the answer, by
+    /// the connection's timer for all its requests.
+    async fn execute(
+        &self,
+        mut frame: Box<RequestFrame>,
+        copy: Option<Box<Request<Bytes>>>,
+        timeout: Duration,
+    ) -> Result<Response<Bytes>, Error> {
+        let inner = &*self.inner;
+        let now = Instant::now();
+        // A timeout past what the clock can hold (`Duration::MAX`) is as good as none.
+        let deadline = now.checked_add(timeout).unwrap_or(now + FAR_FUTURE);
+        let mut retries = inner.config.retry.max_retries;
         let mut down = false;
         let mut first = true;
         loop {
             // A request sent again (lost, refused, or handed back unsent) is sent only within
             // its deadline; the first attempt's check is the timers below.
-            if !std::mem::take(&mut first) && Instant::now() >= deadline {
+            let fresh = std::mem::take(&mut first);
+            if !fresh && Instant::now() >= deadline {
                 return Err(Error::Timeout { timeout });
             }
-            let Ok((picked, _)) = within(deadline, inner.pick(&mut down)).await else {
+            let Some((picked, waited)) = within(deadline, inner.pick(&mut down)).await else {
                 return Err(if down {
                     Error::Unavailable {
                         source: inner.last_error(),
@@ -152,7 +169,14 @@ impl Client {
                 continue;
             };
             frame.id = id;
-            frame.deadline = Some(deadline.saturating_duration_since(Instant::now()));
+            // What is left of the timeout for the server. A first attempt that found room at
+            // once is a few hundred nanoseconds into it: no need to read the clock again.
+            let sent_at = if fresh && waited == Waited::No {
+                now
+            } else {
+                Instant::now()
+            };
+            frame.deadline = Some(deadline.saturating_duration_since(sent_at));
             let mut flight = InFlight {
                 conn: &conn,
                 inner,
@@ -161,23 +185,23 @@ impl Client {
                 done: false,
             };
             let late = match within(deadline, conn.sender.send(Frame::Request(frame))).await {
-                Ok((Ok(()), late)) => {
+                Some((Ok(()), waited)) => {
                     flight.sent = true;
-                    late
+                    waited == Waited::Late
                 }
-                Ok((Err(SendError::Refused { error, .. }), _)) => {
+                Some((Err(SendError::Refused { error, .. }), _)) => {
                     return Err(if error.is_too_large() {
                         Error::RequestTooLarge(error)
                     } else {
                         Error::InvalidRequest(error)
                     });
                 }
-                Ok((Err(error), _)) => {
+                Some((Err(error), _)) => {
                     // The connection closed before taking it: another one will.
                     frame = request_of(error.into_frame());
                     continue;
                 }
-                Err(_elapsed) => return Err(Error::Timeout { timeout }),
+                None => return Err(Error::Timeout { timeout }),
             };
             let reply = conn.reply(id).await;
             flight.done = true;
@@ -216,18 +240,62 @@ impl Client {
     }
 }
 
-/// `future` within `deadline`, and whether it finished at or after `deadline` (one that had
-/// to wait may: the timer does not preempt a future ready at the same time). The timer is
-/// armed only if the future's first poll is pending.
-async fn within<F: Future>(deadline: Instant, future: F) -> Result<(F::Output, bool), Elapsed> {
-    let mut future = pin!(future);
-    if let Poll::Ready(output) =
-        std::future::poll_fn(|cx| Poll::Ready(future.as_mut().poll(cx))).await
-    {
-        return Ok((output, false));
+/// `future` within `deadline`: its output and how long it took, or `None` once the deadline
+/// passed first. The timer is armed only if the future's first poll is pending. A plain struct
+/// rather than an `async fn`, which would hold `future` twice (its argument, and the pinned
+/// copy it polls).
+fn within<F: Future>(deadline: Instant, future: F) -> Within<F> {
+    Within {
+        future,
+        deadline,
+        timer: None,
     }
-    let output = tokio::time::timeout_at(deadline, future).await?;
-    Ok((output, Instant::now() >= deadline))
+}
+
+pin_project_lite::pin_project! {
+    struct Within<F> {
+        #[pin]
+        future: F,
+        deadline: Instant,
+        #[pin]
+        timer: Option<Sleep>,
+    }
+}
+
+/// How a [`within`] wait went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Waited {
+    /// Ready at its first poll.
+    No,
+    /// Ready later, before the deadline.
+    InTime,
+    /// Ready at or after the deadline (the timer does not preempt a future ready at the same
+    /// time as it).
+    Late,
+}
+
+impl<F: Future> Future for Within<F> {
+    type Output = Option<(F::Output, Waited)>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        if let Poll::Ready(output) = this.future.poll(cx) {
+            let waited = match this.timer.is_some() {
+                false => Waited::No,
+                true if Instant::now() >= *this.deadline => Waited::Late,
+                true => Waited::InTime,
+            };
+            return Poll::Ready(Some((output, waited)));
+        }
+        if this.timer.is_none() {
+            this.timer
+                .set(Some(tokio::time::sleep_until(*this.deadline)));
+        }
+        match this.timer.as_pin_mut().map(|timer| timer.poll(cx)) {
+            Some(Poll::Ready(())) => Poll::Ready(None),
+            _ => Poll::Pending,
+        }
+    }
 }
 
 /// A request on a connection, until it is answered: dropped earlier (timeout, the caller's
@@ -283,7 +351,8 @@ impl tower_service::Service<Request<Bytes>> for Client {
     }
 
     fn call(&mut self, request: Request<Bytes>) -> Self::Future {
+        let (frame, copy, timeout) = self.prepare(request);
         let client = self.clone();
-        Box::pin(async move { client.send(request).await })
+        Box::pin(async move { client.execute(frame, copy, timeout).await })
     }
 }

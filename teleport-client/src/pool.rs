@@ -98,7 +98,7 @@ impl Upstream {
     /// ejected it (requests that were in flight then), and counting them would eject it again
     /// at once, for twice as long each time.
     pub(crate) fn record_failure(&self, inner: &Inner) {
-        if self.is_ejected(inner.elapsed_ms()) {
+        if self.is_ejected(inner) {
             return;
         }
         let failures = self.failures.fetch_add(1, Relaxed) + 1;
@@ -116,8 +116,21 @@ impl Upstream {
         tracing::warn!(addr = %self.addr, ?length, "upstream ejected after {failures} failures in a row");
     }
 
-    fn is_ejected(&self, now_ms: u64) -> bool {
-        self.ejected_until_ms.load(Relaxed) > now_ms
+    /// Reads the clock only while an ejection is on record: picks look at this for every
+    /// request.
+    fn is_ejected(&self, inner: &Inner) -> bool {
+        let until = self.ejected_until_ms.load(Relaxed);
+        if until == 0 {
+            return false;
+        }
+        if until > inner.elapsed_ms() {
+            return true;
+        }
+        // Over: off the record (unless a newer ejection replaced it meanwhile).
+        let _ = self
+            .ejected_until_ms
+            .compare_exchange(until, 0, Relaxed, Relaxed);
+        false
     }
 
     fn penalty(&self) -> usize {
@@ -181,11 +194,10 @@ impl Inner {
     /// nothing else has room.
     pub(crate) fn try_pick(&self) -> Pick {
         let n = self.slots.len();
-        let now_ms = self.elapsed_ms();
         let score = |slot: &Slot| -> Option<(usize, Arc<ConnHandle>)> {
             let conn = slot.current()?;
             let load = conn.load()?;
-            if slot.upstream.is_ejected(now_ms) {
+            if slot.upstream.is_ejected(self) {
                 return None;
             }
             Some((load + slot.upstream.penalty(), conn))
@@ -211,7 +223,7 @@ impl Inner {
             any_up |= !conn.is_retired();
             let Some(load) = conn.load() else { continue };
             let key = (
-                slot.upstream.is_ejected(now_ms),
+                slot.upstream.is_ejected(self),
                 load + slot.upstream.penalty(),
             );
             if best.as_ref().is_none_or(|b| key < (b.0, b.1)) {
@@ -486,11 +498,11 @@ mod tests {
 
         // Its time up, failing again ejects it again, for twice as long.
         tokio::time::advance(EJECT_BASE).await;
-        assert!(!upstream.is_ejected(inner.elapsed_ms()));
+        assert!(!upstream.is_ejected(&inner));
         for _ in 0..4 {
             upstream.record_failure(&inner);
         }
-        assert!(!upstream.is_ejected(inner.elapsed_ms()));
+        assert!(!upstream.is_ejected(&inner));
         assert_eq!(upstream.penalty(), 4 * FAILURE_PENALTY);
         let now = inner.elapsed_ms();
         upstream.record_failure(&inner);
@@ -514,7 +526,7 @@ mod tests {
             upstream.record_failure(&inner);
         }
         assert_eq!(upstream.ejections.load(Relaxed), 0);
-        assert!(!upstream.is_ejected(inner.elapsed_ms()));
+        assert!(!upstream.is_ejected(&inner));
         assert_eq!(upstream.penalty(), 100 * FAILURE_PENALTY);
     }
 }
