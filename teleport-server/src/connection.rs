@@ -15,7 +15,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::future::{Future, poll_fn};
 use std::panic::AssertUnwindSafe;
-use std::pin::pin;
+use std::pin::{Pin, pin};
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::task::{Context, Poll};
@@ -36,7 +36,7 @@ use teleport_transport::frame::{
 use tokio::io::{AsyncRead, AsyncWrite, ReadHalf, WriteHalf};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::{AbortHandle, JoinError, JoinSet};
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 use tokio_util::sync::CancellationToken;
 
 use crate::service::{BoxError, HttpService};
@@ -224,6 +224,9 @@ where
     /// Dispatches what was read, in order, until a request finds no room or the batch is full
     /// (then it is written first).
     fn dispatch(&mut self, cx: &mut Context<'_>) {
+        // When this round took its requests up, read once for all of them: their handler
+        // timeouts count from it.
+        let mut now = None;
         while !self.writer.is_full()
             && let Some(item) = self.pending.pop_front()
         {
@@ -239,7 +242,8 @@ where
                                 request.deadline =
                                     request.deadline.map(|d| d.saturating_sub(waited));
                             }
-                            self.run_request(request, permit, cx);
+                            let started = *now.get_or_insert_with(Instant::now);
+                            self.run_request(request, permit, started, cx);
                         }
                         Admission::Shed => {
                             bump(&self.shared.counters.overloaded);
@@ -321,13 +325,20 @@ where
     /// Runs one request. Most handlers answer at once, so the first poll happens here, on the
     /// connection's task, and the answer goes straight into the batch; only a handler that must
     /// wait gets a task of its own (and a timer).
-    fn run_request(&mut self, request: Box<RequestFrame>, permit: Room, cx: &mut Context<'_>) {
+    fn run_request(
+        &mut self,
+        request: Box<RequestFrame>,
+        permit: Room,
+        started: Instant,
+        cx: &mut Context<'_>,
+    ) {
         let id = request.id;
         let shared = self.shared.clone();
         let counters = &shared.counters;
         let max_body = self.sender.params().peer_limits.max_body as usize;
         counters.in_flight.fetch_add(1, Relaxed);
-        let mut work = Box::pin(handle(shared.clone(), request, self.peer.clone(), max_body));
+        let peer = self.peer.clone();
+        let mut work = Box::pin(handle(shared.clone(), request, peer, max_body, started));
         if let Poll::Ready(frame) = work.as_mut().poll(cx) {
             drop(permit);
             counters.in_flight.fetch_sub(1, Relaxed);
@@ -440,12 +451,18 @@ async fn sleep_until(at: Option<Instant>) {
 }
 
 /// Runs the service on one request and turns the outcome into the frame that answers it.
-async fn handle<S: HttpService>(
+/// Its timeout counts from `started`, when the connection took the request up.
+///
+/// Combinators rather than an `async fn`: the future is boxed for every request, and an
+/// `async fn` would hold the request and the work twice (as its arguments, and as the values it
+/// moves them into), so every allocation and copy of it would be twice the size.
+fn handle<S: HttpService>(
     shared: Arc<Shared<S>>,
     request: Box<RequestFrame>,
     peer: Option<Peer>,
     max_body: usize,
-) -> Frame {
+    started: Instant,
+) -> impl Future<Output = Frame> + Send + 'static {
     let RequestFrame {
         id,
         deadline,
@@ -460,13 +477,14 @@ async fn handle<S: HttpService>(
         (a, b) => a.or(b),
     };
     let mut service = shared.service.clone();
+    let request = request.map(Body::from);
     // The service and its response body, under one guard and one timer: a body that panics or
     // stalls fails its request only, as a handler that does.
     let work = AssertUnwindSafe(async move {
         if let Err(error) = poll_fn(|cx| service.poll_ready(cx)).await {
             return Answer::Failed(error.into());
         }
-        let response = match service.call(request.map(Body::from)).await {
+        let response = match service.call(request).await {
             Ok(response) => response,
             Err(error) => return Answer::Failed(error.into()),
         };
@@ -485,20 +503,29 @@ async fn handle<S: HttpService>(
         }
     })
     .catch_unwind();
-    // A timeout too far away to be an instant is none.
-    let outcome = match timeout.map(|t| (t, Instant::now().checked_add(t))) {
-        Some((Duration::ZERO, _)) => None,
-        Some((_, Some(deadline))) => {
-            let mut work = pin!(work);
-            // Most handlers answer on their first poll: those need no timer.
-            match poll_fn(|cx| Poll::Ready(work.as_mut().poll(cx))).await {
-                Poll::Ready(outcome) => Some(outcome),
-                Poll::Pending => tokio::time::timeout_at(deadline, work).await.ok(),
-            }
-        }
-        Some((_, None)) | None => Some(work.await),
+    let limit = match timeout {
+        // Its deadline passed on the way: it is not run.
+        Some(Duration::ZERO) => Limit::Expired,
+        // A timeout too far away to be an instant is none.
+        Some(timeout) => started.checked_add(timeout).map_or(Limit::None, Limit::At),
+        None => Limit::None,
     };
-    let counters = &shared.counters;
+    let timed = Timed {
+        work,
+        limit,
+        timer: None,
+    };
+    timed.map(move |outcome| answer(&shared.counters, id, head, max_body, outcome))
+}
+
+/// The frame for a request's outcome: `None` when it timed out.
+fn answer(
+    counters: &Counters,
+    id: u32,
+    head: bool,
+    max_body: usize,
+    outcome: Option<std::thread::Result<Answer>>,
+) -> Frame {
     match outcome {
         None => {
             bump(&counters.timeouts);
@@ -531,6 +558,53 @@ async fn handle<S: HttpService>(
                 bodiless,
                 response,
             })
+        }
+    }
+}
+
+/// When a handler's time is up.
+#[derive(Debug, Clone, Copy)]
+enum Limit {
+    None,
+    /// Already: the handler is not run.
+    Expired,
+    At(Instant),
+}
+
+pin_project_lite::pin_project! {
+    /// A handler's work within its [`Limit`]: `None` once that passes first. Most handlers
+    /// answer on their first poll: those need no timer, so it is armed only if the work waits.
+    struct Timed<F> {
+        #[pin]
+        work: F,
+        limit: Limit,
+        #[pin]
+        timer: Option<Sleep>,
+    }
+}
+
+impl<F: Future> Future for Timed<F> {
+    type Output = Option<F::Output>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        let at = match *this.limit {
+            Limit::Expired => return Poll::Ready(None),
+            Limit::None => None,
+            Limit::At(at) => Some(at),
+        };
+        if let Poll::Ready(output) = this.work.poll(cx) {
+            return Poll::Ready(Some(output));
+        }
+        let Some(at) = at else {
+            return Poll::Pending;
+        };
+        if this.timer.is_none() {
+            this.timer.set(Some(tokio::time::sleep_until(at)));
+        }
+        match this.timer.as_pin_mut().map(|timer| timer.poll(cx)) {
+            Some(Poll::Ready(())) => Poll::Ready(None),
+            _ => Poll::Pending,
         }
     }
 }
