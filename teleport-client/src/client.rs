@@ -154,12 +154,13 @@ impl Client {
                 return Err(Error::Timeout { timeout });
             }
             let Some((picked, waited)) = within(deadline, inner.pick(&mut down)).await else {
+                // Not sent: the wait was for a connection, or for room on one.
                 return Err(if down {
                     Error::Unavailable {
                         source: inner.last_error(),
                     }
                 } else {
-                    Error::Timeout { timeout }
+                    Error::Overloaded
                 });
             };
             let conn = picked?;
@@ -201,7 +202,8 @@ impl Client {
                     frame = request_of(error.into_frame());
                     continue;
                 }
-                None => return Err(Error::Timeout { timeout }),
+                // Not sent: the connection's send queue stayed full.
+                None => return Err(Error::Overloaded),
             };
             let reply = conn.reply(id).await;
             flight.done = true;

@@ -225,7 +225,8 @@ impl ClientBuilder {
     }
 
     /// With every connection at its maximum pending: `false` (default) waits, within the
-    /// request's deadline, for a slot; `true` fails at once with [`Error::Overloaded`].
+    /// request's deadline, for a slot (and fails with [`Error::Overloaded`] if none comes);
+    /// `true` fails at once with it.
     pub fn fail_fast(&mut self, fail_fast: bool) -> &mut Self {
         self.fail_fast = fail_fast;
         self

@@ -23,9 +23,12 @@ pub enum Error {
         /// The request's timeout.
         timeout: Duration,
     },
-    /// Every connection had its maximum of requests pending and the client fails fast.
-    /// Remedy: more connections per address, a higher `max_pending`, or waiting (the default).
-    #[error("every connection is at its maximum of pending requests")]
+    /// Every connection had its maximum of requests pending (or its send queue full): at once
+    /// when the client fails fast, otherwise when the request's deadline passed while it waited
+    /// for room. Either way the request was not sent, so it is safe to send again, idempotent or
+    /// not. Remedy: more connections per address, a higher `max_pending`, or (when failing
+    /// fast) waiting, the default.
+    #[error("every connection is at its maximum of pending requests; the request was not sent")]
     Overloaded,
     /// The server answered with an error instead of a response: `code` says which
     /// (`TIMEOUT`: its handler ran out of time; `OVERLOADED`: it sheds load; `TOO_LARGE`: the
@@ -149,7 +152,8 @@ impl Error {
         matches!(self, Error::Timeout { .. }) || self.remote_code() == Some(ErrorCode::TIMEOUT)
     }
 
-    /// Load was shed: every connection full (fail-fast), or the server overloaded.
+    /// Load was shed: no room on any connection (at once with fail-fast, or within the
+    /// deadline), or the server overloaded.
     pub fn is_overloaded(&self) -> bool {
         matches!(self, Error::Overloaded) || self.remote_code() == Some(ErrorCode::OVERLOADED)
     }

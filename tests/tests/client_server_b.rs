@@ -1063,7 +1063,9 @@ async fn requests_waiting_for_room_or_a_connection_end_at_their_deadline() {
     let start = Instant::now();
     let error = client.send(request).await.unwrap_err();
     assert_eq!(start.elapsed(), Duration::from_secs(3));
-    assert!(matches!(error, Error::Timeout { .. }), "{error:?}");
+    // No room came: overloaded, not a timeout, and never sent.
+    assert!(matches!(error, Error::Overloaded), "{error:?}");
+    assert!(error.is_overloaded() && !error.is_timeout(), "{error:?}");
     assert_eq!(server.stats().requests, 1, "the waiting request was sent");
     gate.add_permits(1);
     finish(held).await.0.unwrap();
@@ -1086,6 +1088,59 @@ async fn requests_waiting_for_room_or_a_connection_end_at_their_deadline() {
         matches!(&error, Error::Unavailable { source: Some(e) } if matches!(**e, Error::Connect { .. })),
         "{error:?}"
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_request_that_never_got_into_a_full_send_queue_fails_as_overloaded() {
+    use teleport_transport::conn::ConnConfig;
+    // The server runs one request and reads nothing more meanwhile (a server-wide limit, so the
+    // client sees no per-connection one and sends all). Its socket fills, then the client's
+    // writer, then its one-frame send queue: later requests wait there for room.
+    let gate = Arc::new(Semaphore::new(0));
+    let mut config = ServerConfig::default();
+    config
+        .max_concurrent(1)
+        .overload_wait(Duration::from_secs(600));
+    let server = Server::with_config(gated(gate.clone(), Arc::default()), config);
+    let mut conn = ConnConfig::default();
+    conn.send_queue(1);
+    let client = Client::builder()
+        .addr("in-memory")
+        .timeout(Duration::from_secs(2))
+        .retry(RetryPolicy::none())
+        .conn_config(conn)
+        .connector(in_memory(server.clone()))
+        .build()
+        .unwrap();
+    client.ready(Duration::from_secs(1)).await.unwrap();
+    let body = Bytes::from(vec![b'x'; 16 << 10]);
+    let tasks: Vec<_> = (0..24)
+        .map(|i| {
+            spawn_send(
+                &client,
+                Request::post(format!("/{i}")).body(body.clone()).unwrap(),
+            )
+        })
+        .collect();
+    let (mut timed_out, mut overloaded) = (0, 0);
+    for task in tasks {
+        match finish(task).await.0.unwrap_err() {
+            // Written to the socket: it may have reached the server.
+            Error::Timeout { .. } => timed_out += 1,
+            // Never written: says so, and is safe to send again.
+            Error::Overloaded => overloaded += 1,
+            other => panic!("{other:?}"),
+        }
+    }
+    assert!(
+        timed_out >= 1 && overloaded >= 1,
+        "{timed_out} timed out, {overloaded} overloaded"
+    );
+    assert!(
+        server.stats().requests <= timed_out,
+        "an overloaded request was read by the server"
+    );
+    gate.add_permits(24);
 }
 
 // ===== unreachable upstreams =====
