@@ -10,6 +10,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{Method, Request, Response};
 use teleport_transport::conn::SendError;
+use teleport_transport::deadline::poll_deadline;
 use teleport_transport::frame::{ErrorCode, Frame, RequestFrame};
 use tokio::time::Instant;
 use tokio::time::Sleep;
@@ -146,6 +147,9 @@ impl Client {
         let mut retries = inner.config.retry.max_retries;
         let mut down = false;
         let mut first = true;
+        // Whether an earlier attempt was lost in flight (it may have run): a wait for room that
+        // runs out is then a timeout, not "never sent".
+        let mut lost = false;
         loop {
             // A request sent again (lost, refused, or handed back unsent) is sent only within
             // its deadline; the first attempt's check is the timers below.
@@ -160,7 +164,7 @@ impl Client {
                         source: inner.last_error(),
                     }
                 } else {
-                    Error::Overloaded
+                    no_room(lost, timeout)
                 });
             };
             let conn = picked?;
@@ -203,7 +207,7 @@ impl Client {
                     continue;
                 }
                 // Not sent: the connection's send queue stayed full.
-                None => return Err(Error::Overloaded),
+                None => return Err(no_room(lost, timeout)),
             };
             let reply = conn.reply(id).await;
             flight.done = true;
@@ -228,6 +232,7 @@ impl Client {
                     match &copy {
                         Some(copy) if retries > 0 && (refused || error.is_connection_lost()) => {
                             retries -= 1;
+                            lost |= error.is_connection_lost();
                             frame = Box::new(RequestFrame {
                                 id: 0,
                                 deadline: None,
@@ -242,8 +247,18 @@ impl Client {
     }
 }
 
-/// `future` within `deadline`: its output and how long it took, or `None` once the deadline
-/// passed first. The timer is armed only if the future's first poll is pending. A plain struct
+/// The error of a request whose deadline passed while it waited for room: it was never sent,
+/// unless an earlier attempt was lost in flight.
+fn no_room(lost: bool, timeout: Duration) -> Error {
+    if lost {
+        Error::Timeout { timeout }
+    } else {
+        Error::Overloaded
+    }
+}
+
+/// `future` within `deadline`: its output and whether it had to wait, or `None` once the
+/// deadline passed first. The timer is armed only if the future's first poll is pending. A plain struct
 /// rather than an `async fn`, which would hold `future` twice (its argument, and the pinned
 /// copy it polls).
 fn within<F: Future>(deadline: Instant, future: F) -> Within<F> {
@@ -281,6 +296,7 @@ impl<F: Future> Future for Within<F> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
+        let had_budget = tokio::task::coop::has_budget_remaining();
         if let Poll::Ready(output) = this.future.poll(cx) {
             let waited = match this.timer.is_some() {
                 false => Waited::No,
@@ -293,9 +309,9 @@ impl<F: Future> Future for Within<F> {
             this.timer
                 .set(Some(tokio::time::sleep_until(*this.deadline)));
         }
-        match this.timer.as_pin_mut().map(|timer| timer.poll(cx)) {
-            Some(Poll::Ready(())) => Poll::Ready(None),
-            _ => Poll::Pending,
+        match this.timer.as_pin_mut() {
+            Some(timer) => poll_deadline(had_budget, timer, cx).map(|()| None),
+            None => Poll::Pending,
         }
     }
 }

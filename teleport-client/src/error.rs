@@ -23,12 +23,13 @@ pub enum Error {
         /// The request's timeout.
         timeout: Duration,
     },
-    /// Every connection had its maximum of requests pending (or its send queue full): at once
-    /// when the client fails fast, otherwise when the request's deadline passed while it waited
-    /// for room. Either way the request was not sent, so it is safe to send again, idempotent or
-    /// not. Remedy: more connections per address, a higher `max_pending`, or (when failing
-    /// fast) waiting, the default.
-    #[error("every connection is at its maximum of pending requests; the request was not sent")]
+    /// No connection had room for the request: every one at its maximum of requests pending,
+    /// or its send queue full. At once when the client fails fast, otherwise when the request's
+    /// deadline passed while it waited for room. Either way it was never sent (a request that
+    /// had been lost in flight before gets [`Error::Timeout`] instead), so it is safe to send
+    /// again, idempotent or not. Remedy: more connections per address, a higher `max_pending`,
+    /// or (when failing fast) waiting, the default.
+    #[error("no room on any connection (pending limit or send queue); the request was not sent")]
     Overloaded,
     /// The server answered with an error instead of a response: `code` says which
     /// (`TIMEOUT`: its handler ran out of time; `OVERLOADED`: it sheds load; `TOO_LARGE`: the

@@ -23,7 +23,8 @@
 //!   jitter. On a server's goaway a connection takes nothing new and its requests finish, while
 //!   a successor connects.
 //! - **Backpressure**: with every connection at its maximum pending, `send` waits within its
-//!   deadline, or fails at once with [`Error::Overloaded`] if [`fail_fast`](ClientBuilder::fail_fast).
+//!   deadline, then fails with [`Error::Overloaded`] (the request was not sent); at once if
+//!   [`fail_fast`](ClientBuilder::fail_fast).
 //! - **Balancing**: power of two choices by pending requests over every connection to every
 //!   upstream; failures count as load, and an upstream that keeps failing is ejected for a
 //!   while (then tried again).

@@ -65,8 +65,8 @@ impl ServerConfig {
         self
     }
 
-    /// The longest a handler may run; the request's own deadline, when it carries one, is
-    /// applied too, whichever is sooner. At the limit the handler's future is dropped and the
+    /// The longest a handler may run, counted from when the connection took the request up;
+    /// the request's own deadline, when it carries one, is applied too, whichever is sooner. At the limit the handler's future is dropped and the
     /// client gets a `timeout` error. `None`: only the request's deadline. Default 60 s.
     pub fn handler_timeout(&mut self, timeout: Option<Duration>) -> &mut Self {
         self.handler_timeout = timeout;

@@ -30,6 +30,7 @@ use teleport_transport::codec::Inbound;
 use teleport_transport::conn::{
     Conn, FrameReader, FrameWriter, Parts, SendError, SendQueue, Sender,
 };
+use teleport_transport::deadline::poll_deadline;
 use teleport_transport::frame::{
     ErrorCode, ErrorFrame, Frame, FrameType, GoAwayFrame, RequestFrame, ResponseFrame,
 };
@@ -593,6 +594,7 @@ impl<F: Future> Future for Timed<F> {
             Limit::None => None,
             Limit::At(at) => Some(at),
         };
+        let had_budget = tokio::task::coop::has_budget_remaining();
         if let Poll::Ready(output) = this.work.poll(cx) {
             return Poll::Ready(Some(output));
         }
@@ -602,9 +604,9 @@ impl<F: Future> Future for Timed<F> {
         if this.timer.is_none() {
             this.timer.set(Some(tokio::time::sleep_until(at)));
         }
-        match this.timer.as_pin_mut().map(|timer| timer.poll(cx)) {
-            Some(Poll::Ready(())) => Poll::Ready(None),
-            _ => Poll::Pending,
+        match this.timer.as_pin_mut() {
+            Some(timer) => poll_deadline(had_budget, timer, cx).map(|()| None),
+            None => Poll::Pending,
         }
     }
 }

@@ -986,6 +986,34 @@ async fn handler_timeout_answers_with_a_timeout_error() {
     hang_is_cut_at_the_handler_timeout(service, "quick").await;
 }
 
+/// A handler that spends the task's whole cooperative budget on every poll (a loop over work
+/// that is always ready) is still cut at its timeout: the timer is polled past the spent budget.
+#[tokio::test]
+async fn a_handler_that_spends_its_budget_on_every_poll_is_cut_at_its_timeout() {
+    let service = tower::service_fn(|request: Request<Body>| async move {
+        if request.uri().path() == "/hang" {
+            loop {
+                tokio::task::coop::consume_budget().await;
+            }
+        }
+        text("quick")
+    });
+    let mut config = ServerConfig::default();
+    config.handler_timeout(Some(Duration::from_millis(200)));
+    let server = Server::with_config(service, config);
+    let client = in_memory(&server)
+        .timeout(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    let error = tokio::time::timeout(Duration::from_secs(10), client.send(get("/hang")))
+        .await
+        .expect("the handler ran on past its timeout")
+        .unwrap_err();
+    assert_eq!(error.remote_code(), Some(ErrorCode::TIMEOUT), "{error:?}");
+    let response = client.send(get("/quick")).await.unwrap();
+    assert_eq!(response.body(), "quick".as_bytes());
+}
+
 /// The handler timeout covers the response body too: a body that stalls is cut there, and its
 /// slot is freed.
 #[tokio::test(start_paused = true)]

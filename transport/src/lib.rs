@@ -112,6 +112,7 @@ pub mod cancel;
 pub mod codec;
 pub mod compress;
 pub mod conn;
+pub mod deadline;
 mod error;
 pub mod frame;
 pub mod handshake;
