@@ -258,9 +258,9 @@ fn no_room(lost: bool, timeout: Duration) -> Error {
 }
 
 /// `future` within `deadline`: its output and whether it had to wait, or `None` once the
-/// deadline passed first. The timer is armed only if the future's first poll is pending. A plain struct
-/// rather than an `async fn`, which would hold `future` twice (its argument, and the pinned
-/// copy it polls).
+/// deadline passed first. The timer is armed only if the future's first poll is pending. A
+/// plain struct rather than an `async fn`, which would hold `future` twice (its argument, and
+/// the pinned copy it polls).
 fn within<F: Future>(deadline: Instant, future: F) -> Within<F> {
     Within {
         future,
