@@ -51,6 +51,11 @@ pub(crate) struct ConnHandle {
     /// Set, and the connection's task woken, when a request's deadline is earlier than the
     /// connection's timer (or no timer is set): the task moves its timer up.
     rearm: AtomicBool,
+    /// Cancels that found the send queue full, for the connection's task to write itself (it
+    /// writes them before it half-closes); `owing` is set, and the task woken, while any wait.
+    /// At most one per pending request.
+    owed: Mutex<Vec<u32>>,
+    owing: AtomicBool,
     task: AtomicWaker,
 }
 
@@ -70,6 +75,8 @@ impl ConnHandle {
             retired: AtomicBool::new(false),
             drained: Notify::new(),
             rearm: AtomicBool::new(false),
+            owed: Mutex::default(),
+            owing: AtomicBool::new(false),
             task: AtomicWaker::new(),
         }
     }
@@ -163,18 +170,26 @@ impl ConnHandle {
         }
     }
 
-    /// Queues a cancel for a request the server may be running.
+    /// Queues a cancel for a request the server may be running. When the send queue is full the
+    /// connection's task takes it up instead, so it is neither lost (whichever thread or runtime
+    /// dropped the request) nor written after the connection half-closed.
     pub(crate) fn cancel(&self, id: u32) {
         match self.sender.try_send(Frame::Cancel { id }) {
             Ok(()) => {}
-            Err(teleport_transport::conn::SendError::Full(frame)) => {
-                if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-                    let sender = self.sender.clone();
-                    runtime.spawn(async move { sender.send(*frame).await });
-                }
+            Err(teleport_transport::conn::SendError::Full(_)) => {
+                self.owed.lock().unwrap_or_else(|e| e.into_inner()).push(id);
+                self.owing.store(true, SeqCst);
+                self.task.wake();
             }
             // Closed: the server drops the request with the connection.
             Err(_) => {}
+        }
+    }
+
+    /// Moves the cancels [`cancel`](Self::cancel) could not queue since the last call to `to`.
+    fn take_owed(&self, to: &mut Vec<u32>) {
+        if self.owing.load(Relaxed) && self.owing.swap(false, SeqCst) {
+            to.append(&mut self.owed.lock().unwrap_or_else(|e| e.into_inner()));
         }
     }
 
@@ -203,10 +218,11 @@ impl ConnHandle {
     }
 
     /// Ready once a request's deadline came before the connection's timer (or came with no
-    /// timer set); registers the connection's task to be woken when one does.
+    /// timer set), or a cancel is owed; registers the connection's task to be woken when one
+    /// is.
     fn poll_rearm(&self, cx: &mut Context<'_>) -> Poll<()> {
         self.task.register(cx.waker());
-        if self.rearm.load(Relaxed) {
+        if self.rearm.load(Relaxed) || self.owing.load(Relaxed) {
             Poll::Ready(())
         } else {
             Poll::Pending
@@ -389,6 +405,7 @@ impl Running<'_> {
         let mut closing = Cancelled::new(self.inner.token.clone());
         let mut items = Vec::with_capacity(INBOUND_AT_ONCE);
         let mut urgent = false;
+        let mut owed = Vec::new();
         // One timer for the connection, set at the earlier of its earliest request deadline
         // (`armed`) and its next keepalive probe.
         let timer = tokio::time::sleep_until(Instant::now());
@@ -435,6 +452,9 @@ impl Running<'_> {
                     timer.as_mut().reset(at);
                 }
             }
+            // Taken on every turn (it clears the flag that wakes this task), written below (after
+            // the expiries above, whose cancels may be among them) once the batch under way is out.
+            self.handle.take_owed(&mut owed);
             if !self.writer.is_writing() {
                 // Our side is closed: nothing more can be answered.
                 for payload in self.pongs.drain(..).filter(|_| !closed) {
@@ -449,14 +469,21 @@ impl Running<'_> {
                 // Once the server's direction has ended the queue is left as it is: its
                 // requests go out on another connection.
                 if reading && !closed {
+                    for id in owed.drain(..) {
+                        // A cancel is within any peer's limits.
+                        let _ = self.writer.push(Frame::Cancel { id });
+                    }
                     self.writer.push_queued(queue);
+                } else {
+                    owed.clear();
                 }
             }
             if !reading && closed {
                 return Ok(());
             }
             let write_now = self.writer.is_writing() || self.writer.is_full();
-            let close_now = stop && !closed && !write_now && !self.writer.has_batch();
+            let close_now =
+                stop && !closed && !write_now && !self.writer.has_batch() && owed.is_empty();
             tokio::select! {
                 biased;
                 // Resumes a write under way; otherwise writes when the batch policy says. Once

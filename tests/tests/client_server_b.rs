@@ -370,10 +370,15 @@ impl Drop for OnDrop {
     }
 }
 
-#[tokio::test(start_paused = true)]
-async fn dropping_the_request_future_drops_the_handler_on_the_server() {
-    let (started_tx, mut started) = mpsc::unbounded_channel();
-    let (dropped_tx, mut dropped) = mpsc::unbounded_channel();
+/// `/hold` never answers, and says on `started` when it runs and on `dropped` when its future
+/// is dropped; anything else answers "quick".
+fn hold_or_quick() -> (
+    impl HttpService,
+    mpsc::UnboundedReceiver<()>,
+    mpsc::UnboundedReceiver<()>,
+) {
+    let (started_tx, started) = mpsc::unbounded_channel();
+    let (dropped_tx, dropped) = mpsc::unbounded_channel();
     let service = service_fn(move |request: Request<Body>| {
         let (started_tx, dropped_tx) = (started_tx.clone(), dropped_tx.clone());
         async move {
@@ -385,6 +390,12 @@ async fn dropping_the_request_future_drops_the_handler_on_the_server() {
             Ok::<_, Infallible>(Response::new(Body::from("quick")))
         }
     });
+    (service, started, dropped)
+}
+
+#[tokio::test(start_paused = true)]
+async fn dropping_the_request_future_drops_the_handler_on_the_server() {
+    let (service, mut started, mut dropped) = hold_or_quick();
     let server = Server::new(service);
     let client = Client::builder()
         .addr("in-memory")
@@ -416,6 +427,47 @@ async fn dropping_the_request_future_drops_the_handler_on_the_server() {
     let response = client.send(get("/quick")).await.unwrap();
     assert_eq!(response.body(), "quick");
     assert_eq!(server.stats().connections, 1);
+}
+
+/// A request dropped while its connection's send queue is full still cancels its handler: the
+/// connection's task writes the cancel, even when the future is dropped on a thread outside any
+/// runtime.
+#[tokio::test(start_paused = true)]
+async fn a_request_dropped_while_the_send_queue_is_full_is_still_cancelled() {
+    use std::task::Poll;
+    use teleport_transport::conn::ConnConfig;
+    let (service, mut started, mut dropped) = hold_or_quick();
+    let server = Server::new(service);
+    let mut conn = ConnConfig::default();
+    conn.send_queue(1);
+    let client = Client::builder()
+        .addr("in-memory")
+        .conn_config(conn)
+        .connector(in_memory(server.clone()))
+        .build()
+        .unwrap();
+    let mut hold = Box::pin(client.send(get("/hold")));
+    tokio::select! {
+        result = &mut hold => panic!("the handler never answers, yet: {result:?}"),
+        _ = started.recv() => {}
+    }
+    // The connection's task does not run before this task yields: the next request, polled
+    // once, takes the queue's one slot, and the cancel finds it full.
+    let mut quick = Box::pin(client.send(get("/quick")));
+    let first = std::future::poll_fn(|cx| Poll::Ready(quick.as_mut().poll(cx).is_pending())).await;
+    assert!(first, "answered before the connection's task ran");
+    std::thread::scope(|scope| scope.spawn(move || drop(hold)).join().unwrap());
+
+    assert_eq!(quick.await.unwrap().body(), "quick");
+    tokio::time::timeout(Duration::from_secs(5), dropped.recv())
+        .await
+        .expect("the handler was not dropped")
+        .unwrap();
+    eventually("the server to count the cancel", || {
+        server.stats().cancelled == 1
+    })
+    .await;
+    assert_eq!(server.stats().timeouts, 0);
 }
 
 // ===== connection loss =====
@@ -1504,8 +1556,11 @@ fn ready_without_wait_for_ready_ends_at_its_timeout_on_a_dead_upstream() {
 /// was the connection's last, so the connection half-closes, and its cancel must go out first.
 /// The server waits for its handlers before it closes, so without the cancel the handler would
 /// run on to the request's 30 s deadline. `goaway_first`: the future is dropped once the goaway
-/// has retired the connection; else in the same turn as the goaway is read.
-async fn cancel_on_a_draining_connection(goaway_first: bool) {
+/// has retired the connection; else in the same turn as the goaway is read. `held` requests are
+/// dropped together; with more than one the connection's send queue has one slot, so the first
+/// cancel fills it and the others find it full.
+async fn cancel_on_a_draining_connection(goaway_first: bool, held: usize) {
+    use teleport_transport::conn::ConnConfig;
     let (started_tx, mut started) = mpsc::unbounded_channel();
     let (dropped_tx, mut dropped) = mpsc::unbounded_channel();
     let server = Server::new(service_fn(move |_: Request<Body>| {
@@ -1534,14 +1589,23 @@ async fn cancel_on_a_draining_connection(goaway_first: bool) {
             }
         }
     });
+    let mut conn = ConnConfig::default();
+    if held > 1 {
+        conn.send_queue(1);
+    }
     let client = Client::builder()
         .addr("in-memory")
         .retry(RetryPolicy::none())
+        .conn_config(conn)
         .connector(connector)
         .build()
         .unwrap();
-    let request = spawn_send(&client, get("/hold"));
-    started.recv().await.unwrap();
+    let requests: Vec<_> = (0..held)
+        .map(|_| spawn_send(&client, get("/hold")))
+        .collect();
+    for _ in 0..held {
+        started.recv().await.unwrap();
+    }
 
     shutdown.cancel();
     if goaway_first {
@@ -1549,18 +1613,20 @@ async fn cancel_on_a_draining_connection(goaway_first: bool) {
             client.stats().connections == 0
         })
         .await;
-        assert!(!request.is_finished());
+        assert!(requests.iter().all(|request| !request.is_finished()));
     }
     // Else the server writes its goaway and the request's task drops its future, queueing the
     // cancel, before the connection's task runs: it reads the goaway, finds the connection
     // drained, and must still write the cancel before it half-closes.
-    request.abort();
-    tokio::time::timeout(Duration::from_secs(5), dropped.recv())
-        .await
-        .expect("the handler was not dropped")
-        .unwrap();
-    eventually("the server to count the cancel", || {
-        server.stats().cancelled == 1
+    requests.iter().for_each(JoinHandle::abort);
+    for _ in 0..held {
+        tokio::time::timeout(Duration::from_secs(5), dropped.recv())
+            .await
+            .expect("a handler was not dropped")
+            .unwrap();
+    }
+    eventually("the server to count the cancels", || {
+        server.stats().cancelled == held as u64
     })
     .await;
     // The drained connection then closes cleanly.
@@ -1574,12 +1640,17 @@ async fn cancel_on_a_draining_connection(goaway_first: bool) {
 
 #[tokio::test(start_paused = true)]
 async fn a_request_dropped_after_a_goaway_is_cancelled_on_the_server() {
-    cancel_on_a_draining_connection(true).await;
+    cancel_on_a_draining_connection(true, 1).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn requests_dropped_after_a_goaway_into_a_full_send_queue_are_cancelled_before_the_close() {
+    cancel_on_a_draining_connection(true, 2).await;
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_request_dropped_as_a_goaway_arrives_is_cancelled_on_the_server() {
-    cancel_on_a_draining_connection(false).await;
+    cancel_on_a_draining_connection(false, 1).await;
 }
 
 /// A request times out on a connection retired by the server's goaway: the connection's timer
