@@ -1195,6 +1195,66 @@ async fn a_request_that_never_got_into_a_full_send_queue_fails_as_overloaded() {
     gate.add_permits(24);
 }
 
+/// A GET lost with its connection is sent again; when its deadline then passes while it waits
+/// for room (the other connection is full, the lost one is not coming back), it fails as a
+/// timeout, not as overloaded: its first attempt may have run.
+#[tokio::test(start_paused = true)]
+async fn a_retry_that_runs_out_waiting_for_room_after_a_loss_is_a_timeout() {
+    let (ran_tx, mut ran) = mpsc::unbounded_channel::<usize>();
+    let serving: Arc<std::sync::Mutex<Vec<JoinHandle<()>>>> = Arc::default();
+    // Two connections, each with a server that knows which it is; no third.
+    let connector = {
+        let serving = serving.clone();
+        move |_addr: &str| {
+            let (serving, ran_tx) = (serving.clone(), ran_tx.clone());
+            async move {
+                let mut serving = serving.lock().unwrap();
+                let index = serving.len();
+                if index == 2 {
+                    return Err(std::io::Error::from(std::io::ErrorKind::ConnectionRefused));
+                }
+                let server = Server::new(service_fn(move |_: Request<Body>| {
+                    let _ = ran_tx.send(index);
+                    std::future::pending::<Result<Response<Body>, Infallible>>()
+                }));
+                let (client_half, server_half) = tokio::io::duplex(64 << 10);
+                serving.push(tokio::spawn(async move {
+                    let _ = server
+                        .serve_connection(server_half, CancellationToken::new())
+                        .await;
+                }));
+                Ok::<BoxIo, std::io::Error>(Box::new(client_half))
+            }
+        }
+    };
+    let client = Client::builder()
+        .addr("in-memory")
+        .conns_per_addr(2)
+        .max_pending(1)
+        .timeout(Duration::from_secs(2))
+        .retry(RetryPolicy::idempotent(1))
+        .connector(connector)
+        .build()
+        .unwrap();
+    eventually("both connections", || client.stats().connections == 2).await;
+    // Holds its connection's one slot past the other request's deadline.
+    let mut request = get("/held");
+    request
+        .extensions_mut()
+        .insert(Timeout(Duration::from_secs(60)));
+    let held = spawn_send(&client, request);
+    let _ = ran.recv().await.unwrap();
+    let lost = spawn_send(&client, get("/lost"));
+    let index = ran.recv().await.unwrap();
+    serving.lock().unwrap()[index].abort();
+
+    let (result, _) = finish(lost).await;
+    assert!(matches!(result, Err(Error::Timeout { .. })), "{result:?}");
+    // It ran once: the retry never got room.
+    assert!(ran.try_recv().is_err());
+    held.abort();
+}
+
 // ===== unreachable upstreams =====
 
 #[tokio::test(start_paused = true)]
