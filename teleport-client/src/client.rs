@@ -212,9 +212,9 @@ impl Client {
             let reply = conn.reply(id).await;
             flight.done = true;
             match reply {
-                Reply::Response(response) => {
+                Reply::Response(frame) => {
                     conn.upstream.record_success();
-                    return Ok(response);
+                    return Ok(frame.response);
                 }
                 Reply::TimedOut => {
                     // The connection's timer cancelled it on the server and counted the

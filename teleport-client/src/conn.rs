@@ -8,13 +8,11 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use bytes::Bytes;
 use futures_util::task::AtomicWaker;
-use http::Response;
 use teleport_transport::cancel::Cancelled;
 use teleport_transport::codec::Inbound;
 use teleport_transport::conn::{FrameReader, FrameWriter, SendQueue, Sender};
-use teleport_transport::frame::{ErrorCode, Frame, RequestFrame};
+use teleport_transport::frame::{ErrorCode, Frame, RequestFrame, ResponseFrame};
 use tokio::io::{AsyncWrite, ReadHalf, WriteHalf};
 use tokio::sync::{Notify, oneshot};
 use tokio::time::Instant;
@@ -26,8 +24,9 @@ use crate::pool::{Inner, Upstream};
 
 /// How a pending request ended on this connection.
 pub(crate) enum Reply {
-    /// The server's response.
-    Response(Response<Bytes>),
+    /// The server's response, still in its frame's box: a `Reply` is moved through the
+    /// request's answer slot, and a box is cheaper to move than a response.
+    Response(Box<ResponseFrame>),
     /// An error frame, a rejected response, or the connection's loss.
     Failed(Error),
     /// The request never reached the socket: send it on another connection.
@@ -279,7 +278,7 @@ impl ConnHandle {
     fn on_inbound(&self, item: Inbound, inner: &Inner) -> bool {
         match item {
             Inbound::Frame(Frame::Response(response)) => {
-                self.complete(response.id, Reply::Response(response.response), inner);
+                self.complete(response.id, Reply::Response(response), inner);
             }
             Inbound::Frame(Frame::Error(error)) => {
                 let code = error.code;
