@@ -18,11 +18,10 @@ use std::panic::AssertUnwindSafe;
 use std::pin::{Pin, pin};
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use futures_util::FutureExt;
 use http::{Method, Response, StatusCode};
 use teleport_transport::ProtocolError;
 use teleport_transport::cancel::Cancelled;
@@ -454,9 +453,10 @@ async fn sleep_until(at: Option<Instant>) {
 /// Runs the service on one request and turns the outcome into the frame that answers it.
 /// Its timeout counts from `started`, when the connection took the request up.
 ///
-/// Combinators rather than an `async fn`: the future is boxed for every request, and an
-/// `async fn` would hold the request and the work twice (as its arguments, and as the values it
-/// moves them into), so every allocation and copy of it would be twice the size.
+/// A plain fn returning a [`Handling`] rather than an `async fn`: the future is boxed for every
+/// request, and an `async fn` would hold the request and the work twice (as its arguments, and
+/// as the values it moves them into), so every allocation and copy of it would be twice the
+/// size.
 fn handle<S: HttpService>(
     shared: Arc<Shared<S>>,
     request: Box<RequestFrame>,
@@ -481,7 +481,7 @@ fn handle<S: HttpService>(
     let request = request.map(Body::from);
     // The service and its response body, under one guard and one timer: a body that panics or
     // stalls fails its request only, as a handler that does.
-    let work = AssertUnwindSafe(async move {
+    let work = async move {
         if let Err(error) = poll_fn(|cx| service.poll_ready(cx)).await {
             return Answer::Failed(error.into());
         }
@@ -502,8 +502,7 @@ fn handle<S: HttpService>(
             Err(BodyError::TooLarge) => Answer::TooLarge,
             Err(BodyError::Failed(error)) => Answer::BodyFailed(error),
         }
-    })
-    .catch_unwind();
+    };
     let limit = match timeout {
         // Its deadline passed on the way: it is not run.
         Some(Duration::ZERO) => Limit::Expired,
@@ -511,12 +510,15 @@ fn handle<S: HttpService>(
         Some(timeout) => started.checked_add(timeout).map_or(Limit::None, Limit::At),
         None => Limit::None,
     };
-    let timed = Timed {
+    Handling {
         work,
         limit,
         timer: None,
-    };
-    timed.map(move |outcome| answer(&shared.counters, id, head, max_body, outcome))
+        shared,
+        id,
+        head,
+        max_body,
+    }
 }
 
 /// The frame for a request's outcome: `None` when it timed out.
@@ -573,41 +575,61 @@ enum Limit {
 }
 
 pin_project_lite::pin_project! {
-    /// A handler's work within its [`Limit`]: `None` once that passes first. Most handlers
-    /// answer on their first poll: those need no timer, so it is armed only if the work waits.
-    struct Timed<F> {
+    /// A handler's work, under a panic guard and within its [`Limit`], and the frame that
+    /// answers its request. Most handlers answer on their first poll: those need no timer, so
+    /// it is armed only if the work waits. One struct rather than a stack of combinators, each
+    /// of which would take the work by value (a move of the whole future per layer).
+    struct Handling<F, S> {
         #[pin]
         work: F,
         limit: Limit,
         #[pin]
         timer: Option<Sleep>,
+        shared: Arc<Shared<S>>,
+        id: u32,
+        head: bool,
+        max_body: usize,
     }
 }
 
-impl<F: Future> Future for Timed<F> {
-    type Output = Option<F::Output>;
+impl<F: Future<Output = Answer>, S> Future for Handling<F, S> {
+    type Output = Frame;
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Frame> {
         let mut this = self.project();
-        let at = match *this.limit {
-            Limit::Expired => return Poll::Ready(None),
-            Limit::None => None,
-            Limit::At(at) => Some(at),
+        let outcome = 'outcome: {
+            let at = match *this.limit {
+                Limit::Expired => break 'outcome None,
+                Limit::None => None,
+                Limit::At(at) => Some(at),
+            };
+            let had_budget = tokio::task::coop::has_budget_remaining();
+            let work = this.work.as_mut();
+            match std::panic::catch_unwind(AssertUnwindSafe(|| work.poll(cx))) {
+                Ok(Poll::Ready(answer)) => break 'outcome Some(Ok(answer)),
+                Err(panic) => break 'outcome Some(Err(panic)),
+                Ok(Poll::Pending) => {}
+            }
+            let Some(at) = at else {
+                return Poll::Pending;
+            };
+            if this.timer.is_none() {
+                this.timer.set(Some(tokio::time::sleep_until(at)));
+            }
+            match this.timer.as_pin_mut() {
+                Some(timer) => ready!(poll_deadline(had_budget, timer, cx)),
+                None => return Poll::Pending,
+            }
+            None
         };
-        let had_budget = tokio::task::coop::has_budget_remaining();
-        if let Poll::Ready(output) = this.work.poll(cx) {
-            return Poll::Ready(Some(output));
-        }
-        let Some(at) = at else {
-            return Poll::Pending;
-        };
-        if this.timer.is_none() {
-            this.timer.set(Some(tokio::time::sleep_until(at)));
-        }
-        match this.timer.as_pin_mut() {
-            Some(timer) => poll_deadline(had_budget, timer, cx).map(|()| None),
-            None => Poll::Pending,
-        }
+        let counters = &this.shared.counters;
+        Poll::Ready(answer(
+            counters,
+            *this.id,
+            *this.head,
+            *this.max_body,
+            outcome,
+        ))
     }
 }
 
