@@ -155,7 +155,8 @@ impl Client {
             // its deadline; the first attempt's check is the timers below.
             let fresh = std::mem::take(&mut first);
             if !fresh && Instant::now() >= deadline {
-                return Err(Error::Timeout { timeout });
+                // No attempt ran (unless one was lost): as a wait for room that ran out.
+                return Err(no_room(lost, timeout));
             }
             let Some((picked, waited)) = within(deadline, inner.pick(&mut down)).await else {
                 // Not sent: the wait was for a connection, or for room on one.
@@ -167,7 +168,12 @@ impl Client {
                     no_room(lost, timeout)
                 });
             };
-            let conn = picked?;
+            let conn = match picked {
+                Ok(conn) => conn,
+                // Failing fast: a retry after a loss is not "never sent".
+                Err(Error::Overloaded) => return Err(no_room(lost, timeout)),
+                Err(error) => return Err(error),
+            };
             down = false;
             let Some(id) = conn.register(deadline) else {
                 // Filled or retired since the pick.
@@ -189,7 +195,16 @@ impl Client {
                 sent: false,
                 done: false,
             };
-            let late = match within(deadline, conn.sender.send(Frame::Request(frame))).await {
+            let queued = if inner.config.fail_fast {
+                match conn.sender.try_send(Frame::Request(frame)) {
+                    // Failing fast: no wait for room in the queue either.
+                    Err(SendError::Full(_)) => return Err(no_room(lost, timeout)),
+                    result => Some((result, Waited::No)),
+                }
+            } else {
+                within(deadline, conn.sender.send(Frame::Request(frame))).await
+            };
+            let late = match queued {
                 Some((Ok(()), waited)) => {
                     flight.sent = true;
                     waited == Waited::Late

@@ -224,9 +224,9 @@ impl ClientBuilder {
         self
     }
 
-    /// With every connection at its maximum pending: `false` (default) waits, within the
-    /// request's deadline, for a slot (and fails with [`Error::Overloaded`] if none comes);
-    /// `true` fails at once with it.
+    /// With every connection at its maximum pending, or the picked connection's send queue
+    /// full: `false` (default) waits, within the request's deadline, for room (and fails with
+    /// [`Error::Overloaded`] if none comes); `true` fails at once with it.
     pub fn fail_fast(&mut self, fail_fast: bool) -> &mut Self {
         self.fail_fast = fail_fast;
         self

@@ -12,7 +12,7 @@ use futures_util::task::AtomicWaker;
 use teleport_transport::cancel::Cancelled;
 use teleport_transport::codec::Inbound;
 use teleport_transport::conn::{FrameReader, FrameWriter, SendQueue, Sender};
-use teleport_transport::frame::{ErrorCode, Frame, RequestFrame, ResponseFrame};
+use teleport_transport::frame::{ErrorCode, Frame, FrameType, RequestFrame, ResponseFrame};
 use tokio::io::{AsyncWrite, ReadHalf, WriteHalf};
 use tokio::sync::{Notify, oneshot};
 use tokio::time::Instant;
@@ -106,7 +106,7 @@ impl ConnHandle {
             return None;
         }
         if self.pending_count.fetch_add(1, SeqCst) >= self.max_pending {
-            self.pending_count.fetch_sub(1, SeqCst);
+            self.uncount();
             return None;
         }
         let mut table = self.table();
@@ -114,10 +114,7 @@ impl ConnHandle {
         // request in the table, so none registered here is left unanswered.
         if self.retired.load(SeqCst) {
             drop(table);
-            // The connection's task may have seen this count and waited for it.
-            if self.pending_count.fetch_sub(1, SeqCst) == 1 {
-                self.drained.notify_one();
-            }
+            self.uncount();
             return None;
         }
         let (id, earliest) = table.insert(deadline);
@@ -127,6 +124,15 @@ impl ConnHandle {
             self.task.wake();
         }
         Some(id)
+    }
+
+    /// Takes back a count `register` took for a request it then turned away. A retired
+    /// connection's task may have seen that count and waited for it: it is told when the count
+    /// comes back to none.
+    fn uncount(&self) {
+        if self.pending_count.fetch_sub(1, SeqCst) == 1 && self.retired.load(SeqCst) {
+            self.drained.notify_one();
+        }
     }
 
     /// The answer to a registered request.
@@ -185,11 +191,14 @@ impl ConnHandle {
         }
     }
 
-    /// Moves the cancels [`cancel`](Self::cancel) could not queue since the last call to `to`.
-    fn take_owed(&self, to: &mut Vec<u32>) {
-        if self.owing.load(Relaxed) && self.owing.swap(false, SeqCst) {
+    /// Moves the cancels [`cancel`](Self::cancel) could not queue since the last call to `to`;
+    /// true if there were any.
+    fn take_owed(&self, to: &mut Vec<u32>) -> bool {
+        let owing = self.owing.load(Relaxed) && self.owing.swap(false, SeqCst);
+        if owing {
             to.append(&mut self.owed.lock().unwrap_or_else(|e| e.into_inner()));
         }
+        owing
     }
 
     /// Answers the requests whose deadline has passed with [`Reply::TimedOut`], cancels them on
@@ -295,7 +304,21 @@ impl ConnHandle {
                     self.upstream.record_failure(inner);
                 }
             }
-            Inbound::Rejected { id, error, .. } => {
+            // A goaway the client cannot read is still one.
+            Inbound::Rejected {
+                ty: FrameType::GoAway,
+                error,
+                ..
+            } => {
+                tracing::debug!(addr = %self.upstream.addr, %error, "unreadable goaway from a server");
+                self.retire();
+                return true;
+            }
+            Inbound::Rejected {
+                id,
+                ty: FrameType::Response | FrameType::Error,
+                error,
+            } => {
                 let failed = if error.is_too_large() {
                     Error::ResponseTooLarge(error)
                 } else {
@@ -311,6 +334,10 @@ impl ConnHandle {
             Inbound::Frame(Frame::Pong { .. }) => {}
             Inbound::Frame(frame) => {
                 tracing::debug!(id = frame.id(), ty = ?frame.frame_type(), "unexpected frame from a server; ignored");
+            }
+            // Not an answer: no request's business.
+            Inbound::Rejected { id, ty, error } => {
+                tracing::debug!(id, ?ty, %error, "unreadable frame from a server; ignored");
             }
         }
         false
@@ -366,7 +393,9 @@ struct AnswerAllOnDrop<'a>(&'a ConnHandle, &'a Inner);
 
 impl Drop for AnswerAllOnDrop<'_> {
     fn drop(&mut self) {
-        if self.0.pending() > 0 {
+        // Normally the task retired it on its way out. Otherwise (dropped mid-way) the handle
+        // would still take requests into a queue no one reads.
+        if !self.0.is_retired() || self.0.pending() > 0 {
             let error = io::Error::other("the connection's task ended abruptly");
             let error = Arc::new(teleport_transport::Error::Read(error));
             self.0.fail_all(Vec::new(), &error, self.1);
@@ -405,6 +434,8 @@ impl Running<'_> {
         let mut items = Vec::with_capacity(INBOUND_AT_ONCE);
         let mut urgent = false;
         let mut owed = Vec::new();
+        // Queued frames still to go into a batch before the owed cancels may.
+        let mut owed_behind = 0;
         // One timer for the connection, set at the earlier of its earliest request deadline
         // (`armed`) and its next keepalive probe.
         let timer = tokio::time::sleep_until(Instant::now());
@@ -452,8 +483,12 @@ impl Running<'_> {
                 }
             }
             // Taken on every turn (it clears the flag that wakes this task), written below (after
-            // the expiries above, whose cancels may be among them) once the batch under way is out.
-            self.handle.take_owed(&mut owed);
+            // the expiries above, whose cancels may be among them) once the batch under way is
+            // out and the frames queued before them are in a batch: a cancel may be for a
+            // request still in the queue, and one written ahead of its request is ignored.
+            if self.handle.take_owed(&mut owed) {
+                owed_behind = queue.len();
+            }
             if !self.writer.is_writing() {
                 // Our side is closed: nothing more can be answered.
                 for payload in self.pongs.drain(..).filter(|_| !closed) {
@@ -468,11 +503,14 @@ impl Running<'_> {
                 // Once the server's direction has ended the queue is left as it is: its
                 // requests go out on another connection.
                 if reading && !closed {
-                    for id in owed.drain(..) {
-                        // A cancel is within any peer's limits.
-                        let _ = self.writer.push(Frame::Cancel { id });
+                    let taken = self.writer.push_queued(queue);
+                    owed_behind = owed_behind.saturating_sub(taken);
+                    if owed_behind == 0 {
+                        for id in owed.drain(..) {
+                            // A cancel is within any peer's limits.
+                            let _ = self.writer.push(Frame::Cancel { id });
+                        }
                     }
-                    self.writer.push_queued(queue);
                 } else {
                     owed.clear();
                 }
@@ -481,8 +519,12 @@ impl Running<'_> {
                 return Ok(());
             }
             let write_now = self.writer.is_writing() || self.writer.is_full();
-            let close_now =
-                stop && !closed && !write_now && !self.writer.has_batch() && owed.is_empty();
+            let close_now = stop
+                && !closed
+                && !write_now
+                && !self.writer.has_batch()
+                && owed.is_empty()
+                && queue.is_empty();
             tokio::select! {
                 biased;
                 // Resumes a write under way; otherwise writes when the batch policy says. Once

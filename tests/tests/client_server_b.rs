@@ -359,6 +359,38 @@ fn a_request_ends_when_its_connections_runtime_shuts_down() {
     assert!(error.is_connection_lost(), "{error:?}");
 }
 
+/// The runtime that runs the client's connections shuts down while none has a request: later
+/// requests, from another runtime, find no connection up (and fail as unavailable at their
+/// deadline), rather than one that takes them into a queue no one reads.
+#[test]
+fn after_its_connections_runtime_shuts_down_a_client_has_no_connection() {
+    let home = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let server = Server::new(silent());
+    let client = home.block_on(async {
+        let client = Client::builder()
+            .addr("in-memory")
+            .timeout(Duration::from_millis(300))
+            .connector(in_memory(server.clone()))
+            .build()
+            .unwrap();
+        client.ready(Duration::from_secs(10)).await.unwrap();
+        client
+    });
+    drop(home);
+    assert_eq!(client.stats().connections, 0);
+    let caller = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let error = caller.block_on(client.send(get("/never"))).unwrap_err();
+    assert!(error.is_unavailable(), "{error:?}");
+    assert_eq!(server.stats().requests, 0);
+}
+
 // ===== cancellation =====
 
 /// Sends on its channel when dropped.
@@ -468,6 +500,42 @@ async fn a_request_dropped_while_the_send_queue_is_full_is_still_cancelled() {
     })
     .await;
     assert_eq!(server.stats().timeouts, 0);
+}
+
+/// A request dropped while it is still in its connection's full send queue: its cancel must
+/// follow it onto the wire (the server ignores a cancel for an id it has not seen, and would
+/// then run the request to its deadline).
+#[tokio::test(start_paused = true)]
+async fn a_request_dropped_while_still_in_a_full_send_queue_is_cancelled_behind_it() {
+    use std::task::Poll;
+    use teleport_transport::conn::ConnConfig;
+    let (service, mut started, mut dropped) = hold_or_quick();
+    let server = Server::new(service);
+    let mut conn = ConnConfig::default();
+    conn.send_queue(1);
+    let client = Client::builder()
+        .addr("in-memory")
+        .conn_config(conn)
+        .connector(in_memory(server.clone()))
+        .build()
+        .unwrap();
+    client.ready(Duration::from_secs(1)).await.unwrap();
+    // Polled once, the request takes the queue's one slot; dropped before the connection's task
+    // runs, its cancel finds the queue full, with the request still in it.
+    let mut hold = Box::pin(client.send(get("/hold")));
+    let first = std::future::poll_fn(|cx| Poll::Ready(hold.as_mut().poll(cx).is_pending())).await;
+    assert!(first);
+    drop(hold);
+
+    started.recv().await.unwrap();
+    tokio::time::timeout(Duration::from_secs(5), dropped.recv())
+        .await
+        .expect("the handler was not dropped")
+        .unwrap();
+    eventually("the server to count the cancel", || {
+        server.stats().cancelled == 1
+    })
+    .await;
 }
 
 // ===== connection loss =====
@@ -1193,6 +1261,41 @@ async fn a_request_that_never_got_into_a_full_send_queue_fails_as_overloaded() {
         "an overloaded request was read by the server"
     );
     gate.add_permits(24);
+}
+
+/// Failing fast covers a full send queue too: the request fails at once as overloaded.
+#[tokio::test(start_paused = true)]
+async fn failing_fast_a_request_that_finds_the_send_queue_full_is_overloaded_at_once() {
+    use std::task::Poll;
+    use teleport_transport::conn::ConnConfig;
+    let (service, _started, _dropped) = hold_or_quick();
+    let server = Server::new(service);
+    let mut conn = ConnConfig::default();
+    conn.send_queue(1);
+    let client = Client::builder()
+        .addr("in-memory")
+        .fail_fast(true)
+        .conn_config(conn)
+        .connector(in_memory(server.clone()))
+        .build()
+        .unwrap();
+    client.ready(Duration::from_secs(1)).await.unwrap();
+    // Polled once, before the connection's task runs: the first takes the queue's one slot.
+    let mut first = Box::pin(client.send(get("/quick")));
+    let mut second = Box::pin(client.send(get("/quick")));
+    let polls = std::future::poll_fn(|cx| {
+        Poll::Ready((
+            first.as_mut().poll(cx).is_pending(),
+            second.as_mut().poll(cx),
+        ))
+    })
+    .await;
+    match polls {
+        (true, Poll::Ready(Err(Error::Overloaded))) => {}
+        (_, other) => panic!("{other:?}"),
+    }
+    assert_eq!(first.await.unwrap().body(), "quick");
+    assert_eq!(server.stats().requests, 1);
 }
 
 /// A GET lost with its connection is sent again; when its deadline then passes while it waits

@@ -1050,6 +1050,11 @@ impl SendQueue {
         self.taken.is_empty() && self.rx.is_empty()
     }
 
+    /// Frames waiting now.
+    pub fn len(&self) -> usize {
+        self.taken.len() + self.rx.len()
+    }
+
     async fn next(&mut self) -> Option<Checked> {
         if let Some(checked) = self.taken.pop() {
             return Some(checked);
@@ -1084,7 +1089,7 @@ impl SendQueue {
 impl fmt::Debug for SendQueue {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SendQueue")
-            .field("waiting", &(self.taken.len() + self.rx.len()))
+            .field("waiting", &self.len())
             .finish()
     }
 }
