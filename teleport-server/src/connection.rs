@@ -92,6 +92,7 @@ where
         head_since: None,
         permit: None,
         urgent: false,
+        deferred: Vec::new(),
         shutdown,
         peer: peer.filter(|_| shared.config.peer_extension),
         shared,
@@ -132,6 +133,9 @@ struct Connection<S, IO> {
     head_since: Option<Instant>,
     /// A server-wide permit acquired for the request waiting for room.
     permit: Option<OwnedSemaphorePermit>,
+    /// Frames to push once the batch being written is out (frames go into a batch only between
+    /// writes): an answer for a handler task reaped meanwhile.
+    deferred: Vec<Frame>,
     /// A pong is in the batch: write without the batch delay, so probes measure the link.
     urgent: bool,
     shutdown: CancellationToken,
@@ -167,6 +171,9 @@ where
         loop {
             // Frames go into the batch only between writes.
             if !self.writer.is_writing() {
+                for frame in std::mem::take(&mut self.deferred) {
+                    self.push(frame);
+                }
                 if self.shutdown_seen && !self.going_away {
                     self.go_away();
                 }
@@ -185,6 +192,7 @@ where
                 && self.tasks.is_empty()
                 && !self.writer.has_batch()
                 && self.queue.is_empty()
+                && self.deferred.is_empty()
             {
                 break;
             }
@@ -350,8 +358,11 @@ where
         // cancel, or dropped with the connection).
         let running = Running(counters.clone());
         let task = self.tasks.spawn(async move {
-            let _held = (permit, running);
+            let held = (permit, running);
             let frame = work.await;
+            // The handler is done: its slot is free while its answer waits for room in the
+            // queue (a client that reads slowly holds up answers, not server-wide permits).
+            drop(held);
             send(&sender, frame, &shared.counters).await;
             id
         });
@@ -359,9 +370,13 @@ where
         self.in_flight.insert(id, task);
     }
 
-    /// Puts a frame in the batch; one the client's limits refuse becomes an error for its
-    /// request instead.
+    /// Puts a frame in the batch, or keeps it for the next one while a batch is being written;
+    /// one the client's limits refuse becomes an error for its request instead.
     fn push(&mut self, frame: Frame) {
+        if self.writer.is_writing() {
+            self.deferred.push(frame);
+            return;
+        }
         if let Err(refused) = self.writer.push(frame) {
             bump(&self.shared.counters.rejected);
             let message = match &refused {
@@ -660,7 +675,21 @@ where
     let mut first: Option<Bytes> = None;
     let mut rest = BytesMut::new();
     let mut total = 0usize;
-    while let Some(frame) = poll_fn(|cx| body.as_mut().poll_frame(cx)).await {
+    let mut more = false;
+    loop {
+        // A body that is always ready (empty or trailer frames without end) yields now and
+        // then, so its timer can fire. Not for the first frame, nor past a last one it says is
+        // last: a one-frame body, the usual case, costs the connection's task none of its
+        // budget.
+        if std::mem::replace(&mut more, true) {
+            if body.is_end_stream() {
+                break;
+            }
+            tokio::task::coop::consume_budget().await;
+        }
+        let Some(frame) = poll_fn(|cx| body.as_mut().poll_frame(cx)).await else {
+            break;
+        };
         let frame = frame.map_err(|e| BodyError::Failed(e.into()))?;
         let Ok(mut data) = frame.into_data() else {
             continue;

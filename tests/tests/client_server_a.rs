@@ -832,6 +832,124 @@ async fn panicking_handler_fails_only_its_request() {
     finish(client, running).await;
 }
 
+/// Panics when dropped.
+struct PanicOnDrop;
+
+impl Drop for PanicOnDrop {
+    fn drop(&mut self) {
+        panic!("a handler's state panics when dropped, on purpose");
+    }
+}
+
+/// An I/O whose writes stay pending while `stalled` is set (a client that stops reading).
+struct Stalling {
+    io: tokio::io::DuplexStream,
+    stalled: Arc<std::sync::Mutex<(bool, Option<std::task::Waker>)>>,
+}
+
+impl tokio::io::AsyncRead for Stalling {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for Stalling {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        {
+            let mut stalled = self.stalled.lock().unwrap();
+            if stalled.0 {
+                stalled.1 = Some(cx.waker().clone());
+                return std::task::Poll::Pending;
+            }
+        }
+        std::pin::Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+/// A handler task that panics outside the handler's guard (its state panics when dropped at
+/// the handler timeout) while the connection is writing a batch the client does not read: its
+/// request gets an internal error once the write goes on, and the connection survives.
+#[tokio::test(start_paused = true)]
+async fn a_handler_task_panicking_during_a_stalled_write_fails_only_its_request() {
+    let service = tower::service_fn(|request: Request<Body>| async move {
+        if request.uri().path() == "/bomb" {
+            let _bomb = PanicOnDrop;
+            std::future::pending::<()>().await;
+        }
+        text("quick")
+    });
+    let mut config = ServerConfig::default();
+    config.handler_timeout(Some(Duration::from_secs(1)));
+    let server = Server::with_config(service, config);
+    let stalled = Arc::new(std::sync::Mutex::new((false, None::<std::task::Waker>)));
+    let client = {
+        let (server, stalled) = (server.clone(), stalled.clone());
+        Client::builder()
+            .addr("in-memory:1")
+            .timeout(Duration::from_secs(60))
+            .connector(move |_addr: &str| {
+                let (client_io, io) = tokio::io::duplex(256 << 10);
+                let (server, stalled) = (server.clone(), stalled.clone());
+                tokio::spawn(async move {
+                    let io = Stalling { io, stalled };
+                    let _ = server.serve_connection(io, CancellationToken::new()).await;
+                });
+                async move { Ok(Box::new(client_io) as BoxIo) }
+            })
+            .build()
+            .unwrap()
+    };
+    client.ready(SOON).await.unwrap();
+    stalled.lock().unwrap().0 = true;
+    let bomb = tokio::spawn({
+        let client = client.clone();
+        async move { client.send(get("/bomb")).await }
+    });
+    let quick = tokio::spawn({
+        let client = client.clone();
+        async move { client.send(get("/quick")).await }
+    });
+    // Past the handler timeout: the bomb's task has panicked, with the quick answer's batch
+    // still being written.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(server.stats().failures, 1);
+    let waker = {
+        let mut stalled = stalled.lock().unwrap();
+        stalled.0 = false;
+        stalled.1.take()
+    };
+    waker.into_iter().for_each(std::task::Waker::wake);
+
+    let error = bomb.await.unwrap().unwrap_err();
+    assert_eq!(error.remote_code(), Some(ErrorCode::INTERNAL), "{error:?}");
+    assert_eq!(quick.await.unwrap().unwrap().body(), "quick".as_bytes());
+    let response = client.send(get("/after")).await.unwrap();
+    assert_eq!(response.body(), "quick".as_bytes());
+    assert_eq!(server.stats().connections, 1);
+}
+
 /// A response body for the failure tests: one chunk, then what `then` says.
 struct Trouble {
     sent: bool,
@@ -843,6 +961,8 @@ enum Then {
     End,
     Panic,
     Stall,
+    /// Empty frames, always ready, without end.
+    Spin,
 }
 
 impl Trouble {
@@ -870,6 +990,7 @@ impl http_body::Body for Trouble {
             Then::Panic => panic!("response body panics on purpose"),
             // Never woken: the body is stuck for good.
             Then::Stall => Poll::Pending,
+            Then::Spin => Poll::Ready(Some(Ok(http_body::Frame::data(Bytes::new())))),
         }
     }
 }
@@ -998,6 +1119,26 @@ async fn a_handler_that_spends_its_budget_on_every_poll_is_cut_at_its_timeout() 
         }
         text("quick")
     });
+    busy_hang_is_cut_at_a_200ms_timeout(service, "quick").await;
+}
+
+/// A response body that is always ready and never ends (empty frames) is cut at the handler
+/// timeout too: reading it yields now and then. Two workers, so that a connection task stuck
+/// on it cannot stop the test's own timer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_response_body_that_is_always_ready_is_cut_at_the_handler_timeout() {
+    let service = tower::service_fn(|request: Request<Body>| async move {
+        match request.uri().path() {
+            "/hang" => Trouble::response(Then::Spin),
+            _ => Trouble::response(Then::End),
+        }
+    });
+    busy_hang_is_cut_at_a_200ms_timeout(service, "partial").await;
+}
+
+/// Sends `GET /hang` to `service` behind a 200 ms handler timeout (on the real clock: the hang
+/// keeps the runtime busy, so a paused clock would never move), then `GET /quick`.
+async fn busy_hang_is_cut_at_a_200ms_timeout<S: HttpService>(service: S, quick: &str) {
     let mut config = ServerConfig::default();
     config.handler_timeout(Some(Duration::from_millis(200)));
     let server = Server::with_config(service, config);
@@ -1011,7 +1152,7 @@ async fn a_handler_that_spends_its_budget_on_every_poll_is_cut_at_its_timeout() 
         .unwrap_err();
     assert_eq!(error.remote_code(), Some(ErrorCode::TIMEOUT), "{error:?}");
     let response = client.send(get("/quick")).await.unwrap();
-    assert_eq!(response.body(), "quick".as_bytes());
+    assert_eq!(response.body(), quick.as_bytes());
 }
 
 /// The handler timeout covers the response body too: a body that stalls is cut there, and its
