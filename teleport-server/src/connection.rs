@@ -90,6 +90,7 @@ where
         shutdown_seen: false,
         full_since: None,
         head_since: None,
+        backlog_since: None,
         permit: None,
         urgent: false,
         deferred: Vec::new(),
@@ -129,8 +130,13 @@ struct Connection<S, IO> {
     shutdown_seen: bool,
     /// Since when the connection has been full without a break; past `overload_wait` it sheds.
     full_since: Option<Instant>,
-    /// Since when the first pending request has waited for room (counted against its deadline).
+    /// Since when the first pending request has waited for room; set while it is counted and
+    /// waiting.
     head_since: Option<Instant>,
+    /// Since when the requests read and not yet dispatched have waited: from the first wait for
+    /// room until they are all dispatched (reading stops meanwhile, so every one of them was
+    /// read before it). Counted against the deadline of each.
+    backlog_since: Option<Instant>,
     /// A server-wide permit acquired for the request waiting for room.
     permit: Option<OwnedSemaphorePermit>,
     /// Frames to push once the batch being written is out (frames go into a batch only between
@@ -291,6 +297,7 @@ where
         // that finds no room waits `overload_wait` again before it is shed.
         if self.pending.is_empty() {
             self.full_since = None;
+            self.backlog_since = None;
         }
     }
 
@@ -309,15 +316,14 @@ where
             };
             if let Some(permit) = permit {
                 self.full_since = None;
-                let waited = self
-                    .head_since
-                    .take()
-                    .map_or(Duration::ZERO, |at| at.elapsed());
+                self.head_since = None;
+                let waited = self.backlog_since.map_or(Duration::ZERO, |at| at.elapsed());
                 return Admission::Run(permit, waited);
             }
         }
         let now = Instant::now();
         self.head_since.get_or_insert(now);
+        self.backlog_since.get_or_insert(now);
         let since = *self.full_since.get_or_insert(now);
         // A wait too long to be an instant never sheds.
         if since

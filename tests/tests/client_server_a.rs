@@ -1217,6 +1217,79 @@ async fn a_handler_timeout_of_duration_max_means_none() {
     assert_eq!(server.stats().connections, 1);
 }
 
+/// Requests read together wait for room together: one that waited behind another request's
+/// wait has that wait taken off its deadline too, and is timed out when its client's deadline
+/// passes, not that much later. (The peer here never cancels, as a client whose cancel is
+/// lost.)
+#[tokio::test(start_paused = true)]
+async fn a_request_waiting_behind_a_waiting_request_keeps_its_deadline() {
+    use teleport_transport::codec::Inbound;
+    use teleport_transport::conn::Conn;
+    use teleport_transport::frame::{Frame, RequestFrame};
+    let service = tower::service_fn(|request: Request<Body>| async move {
+        match request.uri().path() {
+            "/slow" => tokio::time::sleep(Duration::from_millis(600)).await,
+            "/hang" => std::future::pending::<()>().await,
+            _ => {}
+        }
+        text("done")
+    });
+    let mut config = ServerConfig::default();
+    config
+        .max_concurrent_per_conn(1)
+        .overload_wait(Duration::from_secs(60));
+    let server = Server::with_config(service, config);
+    let (client_io, server_io) = tokio::io::duplex(64 << 10);
+    tokio::spawn({
+        let server = server.clone();
+        async move {
+            server
+                .serve_connection(server_io, CancellationToken::new())
+                .await
+        }
+    });
+    let conn = Conn::connect(client_io, &ConnConfig::default())
+        .await
+        .expect("handshake");
+    let mut parts = conn.into_parts();
+    let start = tokio::time::Instant::now();
+    // In one batch: the first runs; the second waits 600 ms for room, the third 1.2 s.
+    for (id, path, deadline) in [
+        (1, "/slow", 10_000),
+        (2, "/slow", 10_000),
+        (3, "/hang", 1_500),
+    ] {
+        let request = Frame::Request(Box::new(RequestFrame {
+            id,
+            deadline: Some(Duration::from_millis(deadline)),
+            request: get(path),
+        }));
+        parts.writer.push(request).expect("within the limits");
+    }
+    parts
+        .writer
+        .flush_due(true)
+        .await
+        .expect("requests written");
+    let mut timed_out = None;
+    while timed_out.is_none() {
+        let item = timeout(SOON, parts.reader.next())
+            .await
+            .expect("no answer")
+            .expect("the connection failed");
+        match item {
+            Some(Inbound::Frame(Frame::Response(response))) => assert!(response.id < 3),
+            Some(Inbound::Frame(Frame::Error(error))) => {
+                assert_eq!((error.id, error.code), (3, ErrorCode::TIMEOUT), "{error:?}");
+                timed_out = Some(start.elapsed());
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    // It ran from 1.2 s with the 300 ms its deadline had left.
+    assert_eq!(timed_out, Some(Duration::from_millis(1_500)));
+}
+
 /// A connection that sheds a request, then idles, starts its overload wait afresh the next
 /// time it finds the server full: backpressure first again, not an at-once overload error.
 #[tokio::test(start_paused = true)]
