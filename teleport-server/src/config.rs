@@ -43,8 +43,9 @@ impl ServerConfig {
     }
 
     /// Requests one connection may have running at once, announced to clients in the
-    /// handshake. At the limit the connection stops reading, so the client's writes back up
-    /// through TCP. Default 1024, at least 1.
+    /// handshake. At the limit the connection reads on only up to 64 frames (for the cancels
+    /// and pings among them) and then stops, so the client's writes back up through TCP.
+    /// Default 1024, at least 1.
     pub fn max_concurrent_per_conn(&mut self, max: usize) -> &mut Self {
         self.max_concurrent_per_conn = max.max(1);
         self.sync_conn();
@@ -58,8 +59,8 @@ impl ServerConfig {
         self
     }
 
-    /// How long a full connection stops reading before it answers new requests with an
-    /// `overloaded` error instead of running them. Default 1 s.
+    /// How long a request waits for room on a full connection before it, and those behind it,
+    /// are answered with an `overloaded` error instead of running. Default 1 s.
     pub fn overload_wait(&mut self, wait: Duration) -> &mut Self {
         self.overload_wait = wait;
         self

@@ -8,7 +8,8 @@
 //! ```text
 //!  read ─▶ dispatch: room? ──yes──▶ first poll of the handler ──ready──▶ batch ─▶ write
 //!                     │                   │ pending: a task of its own ─▶ sender ─▶ queue ─┘
-//!                     │ no: stop reading (TCP backs up)
+//!                     │ no: wait; read on only up to 64 frames, for the cancels and pings
+//!                     │     among them; then TCP backs up
 //!                     └─ still full after overload_wait: answer `overloaded` without running
 //! ```
 
@@ -116,9 +117,9 @@ struct Connection<S, IO> {
     /// Answers from handlers in tasks of their own.
     queue: SendQueue,
     sender: Sender,
-    /// Read and not yet dispatched: while the connection is full, the first is a request
-    /// waiting for room.
-    pending: VecDeque<Inbound>,
+    /// Read and not yet dispatched, each with when it was read if that was while the first was
+    /// waiting for room (`None`: before; see `backlog_since`).
+    pending: VecDeque<(Inbound, Option<Instant>)>,
     /// The handlers running in tasks of their own; each returns its request id.
     tasks: JoinSet<u32>,
     /// For cancel frames: the handler of each request id.
@@ -134,8 +135,8 @@ struct Connection<S, IO> {
     /// waiting.
     head_since: Option<Instant>,
     /// Since when the requests read and not yet dispatched have waited: from the first wait for
-    /// room until they are all dispatched (reading stops meanwhile, so every one of them was
-    /// read before it). Counted against the deadline of each.
+    /// room until they are all dispatched. Counted against the deadline of each read before it
+    /// (the rest count from when they were read).
     backlog_since: Option<Instant>,
     /// A server-wide permit acquired for the request waiting for room.
     permit: Option<OwnedSemaphorePermit>,
@@ -155,7 +156,7 @@ type Room = Option<OwnedSemaphorePermit>;
 
 /// What a request waiting for room gets.
 enum Admission {
-    Run(Room, Duration),
+    Run(Room),
     Wait,
     Shed,
 }
@@ -222,11 +223,15 @@ where
                 _ = self.queue.ready(), if !self.tasks.is_empty() || !self.queue.is_empty() => {}
                 permit = acquire(global), if waiting && self.permit.is_none() => self.permit = permit,
                 () = sleep_until(shed_at), if waiting => {}
-                n = self.reader.next_many(&mut read, INBOUND_AT_ONCE), if reading && !waiting => {
+                // While a request waits for room, read on up to a bound, so that the cancels and
+                // pings behind it are seen (a cancel may free the room; a ping unanswered would
+                // close a connection that is only full); past it, the client's frames back up.
+                n = self.reader.next_many(&mut read, INBOUND_AT_ONCE - self.pending.len()), if reading && self.pending.len() < INBOUND_AT_ONCE => {
                     if n? == 0 {
                         reading = false;
                     }
-                    self.pending.extend(read.drain(..));
+                    let read_at = waiting.then(Instant::now);
+                    self.pending.extend(read.drain(..).map(|item| (item, read_at)));
                 }
                 // Nothing else to do now: write what the batch holds, when the policy says.
                 written = self.writer.flush_due(false), if self.writer.has_batch() => written?,
@@ -242,7 +247,7 @@ where
         // timeouts count from it.
         let mut now = None;
         while !self.writer.is_full()
-            && let Some(item) = self.pending.pop_front()
+            && let Some((item, read_at)) = self.pending.pop_front()
         {
             match item {
                 Inbound::Frame(Frame::Request(mut request)) => {
@@ -251,8 +256,9 @@ where
                         self.last_id = request.id;
                     }
                     match self.admit() {
-                        Admission::Run(permit, waited) => {
-                            if !waited.is_zero() {
+                        Admission::Run(permit) => {
+                            if let Some(since) = read_at.or(self.backlog_since) {
+                                let waited = since.elapsed();
                                 request.deadline =
                                     request.deadline.map(|d| d.saturating_sub(waited));
                             }
@@ -265,7 +271,8 @@ where
                         }
                         Admission::Wait => {
                             self.pending
-                                .push_front(Inbound::Frame(Frame::Request(request)));
+                                .push_front((Inbound::Frame(Frame::Request(request)), read_at));
+                            self.take_up_controls();
                             return;
                         }
                     }
@@ -301,9 +308,44 @@ where
         }
     }
 
-    /// Room for the first pending request: run it, or wait reading nothing meanwhile (the
-    /// client's frames back up in the socket), or shed it once the connection has been full
-    /// for `overload_wait`.
+    /// While the first pending request waits for room, takes up the cancels and pings read
+    /// behind it, out of turn: a cancel may free the room it waits for (or be for a request
+    /// still waiting here, which then never runs), and a ping left unanswered would have the
+    /// client close a connection that is only full.
+    fn take_up_controls(&mut self) {
+        let mut i = 1;
+        while i < self.pending.len() {
+            match self.pending[i].0 {
+                Inbound::Frame(Frame::Cancel { id }) => {
+                    self.pending.remove(i);
+                    if let Some(handler) = self.in_flight.remove(&id) {
+                        handler.abort();
+                    } else if let Some(at) = self.pending.iter().position(
+                        |(item, _)| matches!(item, Inbound::Frame(Frame::Request(r)) if r.id == id),
+                    ) {
+                        self.pending.remove(at);
+                        bump(&self.shared.counters.cancelled);
+                        if at == 0 {
+                            // The request that waited: the next one waits afresh.
+                            self.head_since = None;
+                            return;
+                        }
+                        i -= usize::from(at < i);
+                    }
+                }
+                Inbound::Frame(Frame::Ping { payload }) => {
+                    self.pending.remove(i);
+                    self.push(Frame::Pong { payload });
+                    self.urgent = true;
+                }
+                _ => i += 1,
+            }
+        }
+    }
+
+    /// Room for the first pending request: run it, or wait (reading on only up to
+    /// [`INBOUND_AT_ONCE`] frames, then the client's frames back up in the socket), or shed it
+    /// once the connection has been full for `overload_wait`.
     fn admit(&mut self) -> Admission {
         if self.tasks.len() < self.shared.config.max_concurrent_per_conn {
             let permit = match &self.shared.global {
@@ -317,8 +359,7 @@ where
             if let Some(permit) = permit {
                 self.full_since = None;
                 self.head_since = None;
-                let waited = self.backlog_since.map_or(Duration::ZERO, |at| at.elapsed());
-                return Admission::Run(permit, waited);
+                return Admission::Run(permit);
             }
         }
         let now = Instant::now();

@@ -12,7 +12,8 @@
 //!
 //! What a service can rely on:
 //! - **Limits**: a per-connection limit (announced to the client) and an optional server-wide
-//!   one. At the limit a connection stops reading, so the client's writes back up through TCP;
+//!   one. At the limit a connection reads on only up to 64 frames, answering the pings and
+//!   taking up the cancels among them, then stops, so the client's writes back up through TCP;
 //!   still full after [`overload_wait`](ServerConfig::overload_wait), it answers new requests
 //!   with an `overloaded` error instead of running them. Memory stays bounded either way.
 //! - **Timeouts and cancellation**: a handler runs at most [`handler_timeout`](ServerConfig::handler_timeout)

@@ -1052,6 +1052,110 @@ async fn a_request_sent_into_the_room_a_cancel_frees_is_not_shed() {
     assert_eq!(gauge.peak.load(SeqCst), 2);
 }
 
+/// A server full server-wide: a request waits on a connection for room its own client's
+/// cancel frees. The server reads on while the request waits, takes the cancel up, and runs
+/// the request, long before its overload wait would shed it.
+#[tokio::test(start_paused = true)]
+async fn a_cancel_read_behind_a_waiting_request_frees_its_room() {
+    let (service, mut started, mut dropped) = hold_or_quick();
+    let mut config = ServerConfig::default();
+    config
+        .max_concurrent(1)
+        .overload_wait(Duration::from_secs(60));
+    let server = Server::with_config(service, config);
+    let client = Client::builder()
+        .addr("in-memory")
+        .connector(in_memory(server.clone()))
+        .build()
+        .unwrap();
+    let hold = spawn_send(&client, get("/hold"));
+    started.recv().await.unwrap();
+    let start = Instant::now();
+    let quick = spawn_send(&client, get("/quick"));
+    eventually("the second request waiting for room", || {
+        server.stats().requests == 2
+    })
+    .await;
+    hold.abort();
+    dropped.recv().await.unwrap();
+    let (result, ended) = finish(quick).await;
+    assert_eq!(result.unwrap().body(), "quick");
+    assert!(
+        ended - start < Duration::from_secs(1),
+        "{:?}",
+        ended - start
+    );
+    let stats = server.stats();
+    assert_eq!((stats.cancelled, stats.overloaded), (1, 0), "{stats:?}");
+}
+
+/// A request given up while it waits for room on a full server never runs: its cancel, read
+/// behind it, takes it out of the line.
+#[tokio::test(start_paused = true)]
+async fn a_request_cancelled_while_it_waits_for_room_never_runs() {
+    let (service, mut started, mut dropped) = hold_or_quick();
+    let mut config = ServerConfig::default();
+    config
+        .max_concurrent(1)
+        .overload_wait(Duration::from_secs(60));
+    let server = Server::with_config(service, config);
+    let client = Client::builder()
+        .addr("in-memory")
+        .connector(in_memory(server.clone()))
+        .build()
+        .unwrap();
+    let first = spawn_send(&client, get("/hold"));
+    started.recv().await.unwrap();
+    let waiting = spawn_send(&client, get("/hold"));
+    eventually("the second request waiting for room", || {
+        server.stats().requests == 2
+    })
+    .await;
+    waiting.abort();
+    eventually("the server to count the cancel", || {
+        server.stats().cancelled == 1
+    })
+    .await;
+    first.abort();
+    dropped.recv().await.unwrap();
+    let response = client.send(get("/quick")).await.unwrap();
+    assert_eq!(response.body(), "quick");
+    // Only the first ever ran.
+    assert!(started.try_recv().is_err());
+    let stats = server.stats();
+    assert_eq!((stats.cancelled, stats.overloaded), (2, 0), "{stats:?}");
+}
+
+/// A connection full server-wide for longer than its client's keepalive allows a silence: the
+/// server answers the client's pings read behind the waiting request, so the connection, and
+/// the requests on it, live on.
+#[tokio::test(start_paused = true)]
+async fn a_full_connection_answers_pings_and_lives_on() {
+    let (service, mut started, _dropped) = hold_or_quick();
+    let mut config = ServerConfig::default();
+    config
+        .max_concurrent(1)
+        .overload_wait(Duration::from_secs(60));
+    let server = Server::with_config(service, config);
+    let client = Client::builder()
+        .addr("in-memory")
+        .keepalive(Some(Duration::from_secs(1)))
+        .timeout(Duration::from_secs(30))
+        .connector(in_memory(server.clone()))
+        .build()
+        .unwrap();
+    let hold = spawn_send(&client, get("/hold"));
+    started.recv().await.unwrap();
+    let quick = spawn_send(&client, get("/quick"));
+    // Ten keepalive periods.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert!(!hold.is_finished() && !quick.is_finished());
+    assert_eq!(client.stats().connections, 1);
+    assert_eq!(server.stats().connection_errors, 0);
+    hold.abort();
+    assert_eq!(finish(quick).await.0.unwrap().body(), "quick");
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_full_server_stops_reading_then_sheds_with_overloaded() {
     let overload_wait = Duration::from_secs(1);
@@ -1213,9 +1317,10 @@ async fn requests_waiting_for_room_or_a_connection_end_at_their_deadline() {
 #[tokio::test(start_paused = true)]
 async fn a_request_that_never_got_into_a_full_send_queue_fails_as_overloaded() {
     use teleport_transport::conn::ConnConfig;
-    // The server runs one request and reads nothing more meanwhile (a server-wide limit, so the
-    // client sees no per-connection one and sends all). Its socket fills, then the client's
-    // writer, then its one-frame send queue: later requests wait there for room.
+    // The server runs one request and reads on only up to 64 frames meanwhile (a server-wide
+    // limit, so the client sees no per-connection one and sends all). Its socket fills, then
+    // the client's writer, then its one-frame send queue: later requests wait there for room.
+    const REQUESTS: usize = 100;
     let gate = Arc::new(Semaphore::new(0));
     let mut config = ServerConfig::default();
     config
@@ -1234,7 +1339,7 @@ async fn a_request_that_never_got_into_a_full_send_queue_fails_as_overloaded() {
         .unwrap();
     client.ready(Duration::from_secs(1)).await.unwrap();
     let body = Bytes::from(vec![b'x'; 16 << 10]);
-    let tasks: Vec<_> = (0..24)
+    let tasks: Vec<_> = (0..REQUESTS)
         .map(|i| {
             spawn_send(
                 &client,
@@ -1260,7 +1365,7 @@ async fn a_request_that_never_got_into_a_full_send_queue_fails_as_overloaded() {
         server.stats().requests <= timed_out,
         "an overloaded request was read by the server"
     );
-    gate.add_permits(24);
+    gate.add_permits(REQUESTS);
 }
 
 /// Failing fast covers a full send queue too: the request fails at once as overloaded.
