@@ -149,7 +149,7 @@ impl ConnHandle {
                 if let Some(waker) = waker {
                     waker.wake();
                 }
-                inner.capacity_freed();
+                inner.capacity_freed(1);
                 true
             }
             // A request that gave up meanwhile drops the reply.
@@ -169,7 +169,7 @@ impl ConnHandle {
             self.cancel(id);
         }
         self.pending_count.fetch_sub(1, SeqCst);
-        inner.capacity_freed();
+        inner.capacity_freed(1);
         if self.is_retired() && self.pending() == 0 {
             self.drained.notify_one();
         }
@@ -220,7 +220,7 @@ impl ConnHandle {
                 self.upstream.record_failure(inner);
             }
             wake.into_iter().for_each(Waker::wake);
-            inner.capacity_freed();
+            inner.capacity_freed(ids.len());
         }
         next
     }
@@ -279,7 +279,7 @@ impl ConnHandle {
             failed
         };
         wake.into_iter().for_each(Waker::wake);
-        inner.capacity_freed();
+        inner.capacity_freed(failed);
         failed
     }
 

@@ -38,8 +38,13 @@ pub(crate) struct Inner {
     pub(crate) config: ClientBuilder,
     slots: Vec<Slot>,
     pub(crate) upstreams: Vec<Arc<Upstream>>,
-    /// Wakes requests waiting for room or for a connection.
+    /// Wakes everyone waiting for a connection or for room (a connection came up, or an
+    /// attempt failed), and [`connected`](Self::connected).
     changed: Notify,
+    /// Wakes requests waiting for room, one per request slot freed: waking them all at every
+    /// completion would cost each completion a pick by every waiting request.
+    room: Notify,
+    /// Requests waiting for room or for a connection.
     waiters: AtomicUsize,
     /// Cancelled when the last client handle is dropped.
     pub(crate) token: CancellationToken,
@@ -164,6 +169,7 @@ impl Inner {
             slots,
             upstreams,
             changed: Notify::new(),
+            room: Notify::new(),
             waiters: AtomicUsize::new(0),
             token: CancellationToken::new(),
             started: Instant::now(),
@@ -174,10 +180,13 @@ impl Inner {
         self.started.elapsed().as_millis() as u64
     }
 
-    /// A request finished or gave up: wake those waiting for room.
-    pub(crate) fn capacity_freed(&self) {
-        if self.waiters.load(SeqCst) > 0 {
-            self.changed.notify_waiters();
+    /// `freed` requests finished or gave up: wake as many of those waiting for room. A woken
+    /// request that finds the room taken (by one that did not wait) waits again, and the
+    /// completion of the one that took it wakes a request in turn.
+    pub(crate) fn capacity_freed(&self, freed: usize) {
+        let waiters = self.waiters.load(SeqCst);
+        for _ in 0..freed.min(waiters) {
+            self.room.notify_one();
         }
     }
 
@@ -249,9 +258,13 @@ impl Inner {
             // wakes us; uncounted when done, or dropped (the request's deadline passed).
             self.waiters.fetch_add(1, SeqCst);
             let _waiting = Uncount(&self.waiters);
-            let notified = self.changed.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
+            // A notification for room that this request does not take up (it gives up, or
+            // returns woken by the other) passes to the next waiting request when dropped.
+            let changed = self.changed.notified();
+            let room = self.room.notified();
+            tokio::pin!(changed, room);
+            changed.as_mut().enable();
+            room.as_mut().enable();
             let pick = self.try_pick();
             let result = match pick {
                 Pick::Conn(conn) => Some(Ok(conn)),
@@ -274,7 +287,10 @@ impl Inner {
             if let Some(result) = result {
                 return result;
             }
-            notified.await;
+            tokio::select! {
+                () = changed => {}
+                () = room => {}
+            }
         }
     }
 

@@ -1314,6 +1314,49 @@ async fn requests_waiting_for_room_or_a_connection_end_at_their_deadline() {
     );
 }
 
+/// Hundreds of requests wait for room on two connections of 2 slots each, and a third of them
+/// give up while they wait: each freed slot wakes one waiting request, and every request that
+/// stayed gets its answer, with never more than the 4 slots' worth running.
+#[tokio::test(start_paused = true)]
+async fn every_request_waiting_for_room_gets_it_in_turn() {
+    const REQUESTS: usize = 300;
+    let gate = Arc::new(Semaphore::new(0));
+    let gauge = Arc::new(Gauge::default());
+    let server = Server::new(gated(gate.clone(), gauge.clone()));
+    let client = Client::builder()
+        .addr("in-memory")
+        .conns_per_addr(2)
+        .max_pending(2)
+        .timeout(Duration::from_secs(600))
+        .connector(in_memory(server.clone()))
+        .build()
+        .unwrap();
+    eventually("both connections", || client.stats().connections == 2).await;
+    let tasks: Vec<_> = (0..REQUESTS)
+        .map(|i| spawn_send(&client, get(&format!("/{i}"))))
+        .collect();
+    eventually("4 requests running", || gauge.now.load(SeqCst) == 4).await;
+    for task in tasks.iter().skip(10).step_by(3) {
+        task.abort();
+    }
+    // Every handler may answer now; each answer frees one slot.
+    gate.add_permits(REQUESTS);
+    let mut answered = 0;
+    for (i, task) in tasks.into_iter().enumerate() {
+        match tokio::time::timeout(Duration::from_secs(10), task).await {
+            Ok(Ok((result, _))) => {
+                assert_eq!(result.unwrap().body(), &format!("/{i}"));
+                answered += 1;
+            }
+            Ok(Err(error)) if error.is_cancelled() => {}
+            other => panic!("request {i}: {other:?}"),
+        }
+    }
+    assert_eq!(answered, REQUESTS - (REQUESTS - 10).div_ceil(3));
+    assert_eq!(gauge.peak.load(SeqCst), 4);
+    assert_eq!(client.stats().pending, 0);
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_request_that_never_got_into_a_full_send_queue_fails_as_overloaded() {
     use teleport_transport::conn::ConnConfig;
