@@ -175,7 +175,7 @@ impl Client {
                 Err(error) => return Err(error),
             };
             down = false;
-            let Some(id) = conn.register(deadline) else {
+            let Some(id) = conn.register(deadline, inner) else {
                 // Filled or retired since the pick.
                 continue;
             };

@@ -101,12 +101,12 @@ impl ConnHandle {
     /// Reserves a request id, answered through [`reply`](Self::reply) by `deadline` at the
     /// latest (then with [`Reply::TimedOut`]); `None` when the connection is full or retired
     /// (pick another).
-    pub(crate) fn register(&self, deadline: Instant) -> Option<u32> {
+    pub(crate) fn register(&self, deadline: Instant, inner: &Inner) -> Option<u32> {
         if self.retired.load(SeqCst) {
             return None;
         }
         if self.pending_count.fetch_add(1, SeqCst) >= self.max_pending {
-            self.uncount();
+            self.uncount(inner);
             return None;
         }
         let mut table = self.table();
@@ -114,7 +114,7 @@ impl ConnHandle {
         // request in the table, so none registered here is left unanswered.
         if self.retired.load(SeqCst) {
             drop(table);
-            self.uncount();
+            self.uncount(inner);
             return None;
         }
         let (id, earliest) = table.insert(deadline);
@@ -126,11 +126,16 @@ impl ConnHandle {
         Some(id)
     }
 
-    /// Takes back a count `register` took for a request it then turned away. A retired
-    /// connection's task may have seen that count and waited for it: it is told when the count
-    /// comes back to none.
-    fn uncount(&self) {
-        if self.pending_count.fetch_sub(1, SeqCst) == 1 && self.retired.load(SeqCst) {
+    /// Takes back a count `register` took for a request it then turned away. Others may have
+    /// seen that count: a request woken for room freed meanwhile, which found none and waits
+    /// again (another is woken if there is room now), and a retired connection's task waiting
+    /// for its last request (told when the count comes back to none).
+    fn uncount(&self, inner: &Inner) {
+        let left = self.pending_count.fetch_sub(1, SeqCst) - 1;
+        if left < self.max_pending {
+            inner.capacity_freed(1);
+        }
+        if left == 0 && self.retired.load(SeqCst) {
             self.drained.notify_one();
         }
     }
@@ -433,9 +438,11 @@ impl Running<'_> {
         let mut closing = Cancelled::new(self.inner.token.clone());
         let mut items = Vec::with_capacity(INBOUND_AT_ONCE);
         let mut urgent = false;
-        let mut owed = Vec::new();
-        // Queued frames still to go into a batch before the owed cancels may.
-        let mut owed_behind = 0;
+        // Cancels owed, each with how many frames must have gone from the queue into batches
+        // (counting from the start, in `taken`) before it may: those queued before it.
+        let mut owed: Vec<(u64, u32)> = Vec::new();
+        let mut owed_new = Vec::new();
+        let mut taken: u64 = 0;
         // One timer for the connection, set at the earlier of its earliest request deadline
         // (`armed`) and its next keepalive probe.
         let timer = tokio::time::sleep_until(Instant::now());
@@ -486,8 +493,9 @@ impl Running<'_> {
             // the expiries above, whose cancels may be among them) once the batch under way is
             // out and the frames queued before them are in a batch: a cancel may be for a
             // request still in the queue, and one written ahead of its request is ignored.
-            if self.handle.take_owed(&mut owed) {
-                owed_behind = queue.len();
+            if self.handle.take_owed(&mut owed_new) {
+                let after = taken + queue.len() as u64;
+                owed.extend(owed_new.drain(..).map(|id| (after, id)));
             }
             if !self.writer.is_writing() {
                 // Our side is closed: nothing more can be answered.
@@ -503,13 +511,14 @@ impl Running<'_> {
                 // Once the server's direction has ended the queue is left as it is: its
                 // requests go out on another connection.
                 if reading && !closed {
-                    let taken = self.writer.push_queued(queue);
-                    owed_behind = owed_behind.saturating_sub(taken);
-                    if owed_behind == 0 {
-                        for id in owed.drain(..) {
-                            // A cancel is within any peer's limits.
-                            let _ = self.writer.push(Frame::Cancel { id });
-                        }
+                    taken += self.writer.push_queued(queue) as u64;
+                    let due = owed
+                        .iter()
+                        .take_while(|&&(after, _)| after <= taken)
+                        .count();
+                    for (_, id) in owed.drain(..due) {
+                        // A cancel is within any peer's limits.
+                        let _ = self.writer.push(Frame::Cancel { id });
                     }
                 } else {
                     owed.clear();
@@ -524,7 +533,8 @@ impl Running<'_> {
                 && !write_now
                 && !self.writer.has_batch()
                 && owed.is_empty()
-                && queue.is_empty();
+                // Once the server's direction has ended, what is queued goes elsewhere.
+                && (queue.is_empty() || !reading);
             tokio::select! {
                 biased;
                 // Resumes a write under way; otherwise writes when the batch policy says. Once

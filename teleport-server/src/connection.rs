@@ -90,7 +90,7 @@ where
         going_away: false,
         shutdown_seen: false,
         full_since: None,
-        head_since: None,
+        head_waiting: false,
         backlog_since: None,
         permit: None,
         urgent: false,
@@ -131,9 +131,8 @@ struct Connection<S, IO> {
     shutdown_seen: bool,
     /// Since when the connection has been full without a break; past `overload_wait` it sheds.
     full_since: Option<Instant>,
-    /// Since when the first pending request has waited for room; set while it is counted and
-    /// waiting.
-    head_since: Option<Instant>,
+    /// The first pending request waits for room (it is counted already).
+    head_waiting: bool,
     /// Since when the requests read and not yet dispatched have waited: from the first wait for
     /// room until they are all dispatched. Counted against the deadline of each read before it
     /// (the rest count from when they were read).
@@ -226,11 +225,11 @@ where
                 // While a request waits for room, read on up to a bound, so that the cancels and
                 // pings behind it are seen (a cancel may free the room; a ping unanswered would
                 // close a connection that is only full); past it, the client's frames back up.
-                n = self.reader.next_many(&mut read, INBOUND_AT_ONCE - self.pending.len()), if reading && self.pending.len() < INBOUND_AT_ONCE => {
+                n = self.reader.next_many(&mut read, INBOUND_AT_ONCE.saturating_sub(self.pending.len())), if reading && self.pending.len() < INBOUND_AT_ONCE => {
                     if n? == 0 {
                         reading = false;
                     }
-                    let read_at = waiting.then(Instant::now);
+                    let read_at = self.head_waiting.then(Instant::now);
                     self.pending.extend(read.drain(..).map(|item| (item, read_at)));
                 }
                 // Nothing else to do now: write what the batch holds, when the policy says.
@@ -251,18 +250,18 @@ where
         {
             match item {
                 Inbound::Frame(Frame::Request(mut request)) => {
-                    if self.head_since.is_none() {
+                    if !self.head_waiting {
                         bump(&self.shared.counters.requests);
                         self.last_id = request.id;
                     }
                     match self.admit() {
                         Admission::Run(permit) => {
+                            let started = *now.get_or_insert_with(Instant::now);
                             if let Some(since) = read_at.or(self.backlog_since) {
-                                let waited = since.elapsed();
+                                let waited = started.saturating_duration_since(since);
                                 request.deadline =
                                     request.deadline.map(|d| d.saturating_sub(waited));
                             }
-                            let started = *now.get_or_insert_with(Instant::now);
                             self.run_request(request, permit, started, cx);
                         }
                         Admission::Shed => {
@@ -272,7 +271,9 @@ where
                         Admission::Wait => {
                             self.pending
                                 .push_front((Inbound::Frame(Frame::Request(request)), read_at));
-                            self.take_up_controls();
+                            if self.take_up_controls() {
+                                continue;
+                            }
                             return;
                         }
                     }
@@ -312,7 +313,11 @@ where
     /// behind it, out of turn: a cancel may free the room it waits for (or be for a request
     /// still waiting here, which then never runs), and a ping left unanswered would have the
     /// client close a connection that is only full.
-    fn take_up_controls(&mut self) {
+    ///
+    /// True when the request that waited was cancelled (and is gone): dispatch goes on with
+    /// the next.
+    fn take_up_controls(&mut self) -> bool {
+        let mut head_gone = false;
         let mut i = 1;
         while i < self.pending.len() {
             match self.pending[i].0 {
@@ -320,17 +325,21 @@ where
                     self.pending.remove(i);
                     if let Some(handler) = self.in_flight.remove(&id) {
                         handler.abort();
-                    } else if let Some(at) = self.pending.iter().position(
+                    } else if let Some(at) = self.pending.range(..i).position(
+                        // Read before its cancel, as dispatch in turn would see it (a cancel
+                        // ahead of its request is ignored).
                         |(item, _)| matches!(item, Inbound::Frame(Frame::Request(r)) if r.id == id),
                     ) {
                         self.pending.remove(at);
-                        bump(&self.shared.counters.cancelled);
                         if at == 0 {
-                            // The request that waited: the next one waits afresh.
-                            self.head_since = None;
-                            return;
+                            // The request that waited (counted when it first found no room).
+                            self.head_waiting = false;
+                            head_gone = true;
+                        } else {
+                            bump(&self.shared.counters.requests);
                         }
-                        i -= usize::from(at < i);
+                        bump(&self.shared.counters.cancelled);
+                        i -= 1;
                     }
                 }
                 Inbound::Frame(Frame::Ping { payload }) => {
@@ -341,6 +350,7 @@ where
                 _ => i += 1,
             }
         }
+        head_gone
     }
 
     /// Room for the first pending request: run it, or wait (reading on only up to
@@ -358,12 +368,12 @@ where
             };
             if let Some(permit) = permit {
                 self.full_since = None;
-                self.head_since = None;
+                self.head_waiting = false;
                 return Admission::Run(permit);
             }
         }
         let now = Instant::now();
-        self.head_since.get_or_insert(now);
+        self.head_waiting = true;
         self.backlog_since.get_or_insert(now);
         let since = *self.full_since.get_or_insert(now);
         // A wait too long to be an instant never sheds.
@@ -371,7 +381,7 @@ where
             .checked_add(self.shared.config.overload_wait)
             .is_some_and(|shed_at| now >= shed_at)
         {
-            self.head_since = None;
+            self.head_waiting = false;
             return Admission::Shed;
         }
         Admission::Wait
@@ -407,8 +417,9 @@ where
         let task = self.tasks.spawn(async move {
             let held = (permit, running);
             let frame = work.await;
-            // The handler is done: its slot is free while its answer waits for room in the
-            // queue (a client that reads slowly holds up answers, not server-wide permits).
+            // The handler is done: its server-wide permit (and its place in the in-flight
+            // count) is free while its answer waits for room in the queue, so a client that
+            // reads slowly holds up its own connection, not the others.
             drop(held);
             send(&sender, frame, &shared.counters).await;
             id

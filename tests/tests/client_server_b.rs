@@ -391,6 +391,83 @@ fn after_its_connections_runtime_shuts_down_a_client_has_no_connection() {
     assert_eq!(server.stats().requests, 0);
 }
 
+/// The server ends its direction while the client's writer is held up and more requests wait
+/// in the connection's queue: once the write is out the client half-closes, and the queued
+/// requests, never sent, go out on the next connection.
+#[tokio::test(start_paused = true)]
+async fn requests_still_queued_when_the_server_ends_its_direction_go_out_elsewhere() {
+    use teleport_transport::conn::{Conn, ConnConfig};
+    const REQUESTS: usize = 16;
+    let end = Arc::new(Notify::new());
+    let server = Server::new(echo());
+    let opened = Arc::new(AtomicUsize::new(0));
+    let connector = {
+        let (end, server, opened) = (end.clone(), server.clone(), opened.clone());
+        move |_addr: &str| {
+            let (end, server) = (end.clone(), server.clone());
+            let first = opened.fetch_add(1, SeqCst) == 0;
+            async move {
+                let (client_half, server_half) = tokio::io::duplex(64 << 10);
+                if first {
+                    // Reads nothing until told; then ends its direction and reads what is left.
+                    tokio::spawn(async move {
+                        let conn = Conn::accept(server_half, &ConnConfig::default())
+                            .await
+                            .unwrap();
+                        let mut parts = conn.into_parts();
+                        end.notified().await;
+                        parts.writer.shutdown().await.unwrap();
+                        while let Ok(Some(_)) = parts.reader.next().await {}
+                    });
+                } else {
+                    tokio::spawn(async move {
+                        let _ = server
+                            .serve_connection(server_half, CancellationToken::new())
+                            .await;
+                    });
+                }
+                Ok::<BoxIo, std::io::Error>(Box::new(client_half))
+            }
+        }
+    };
+    let client = Client::builder()
+        .addr("in-memory")
+        .timeout(Duration::from_secs(30))
+        .retry(RetryPolicy::none())
+        .connector(connector)
+        .build()
+        .unwrap();
+    client.ready(Duration::from_secs(1)).await.unwrap();
+    let body = Bytes::from(vec![b'x'; 64 << 10]);
+    let tasks: Vec<_> = (0..REQUESTS)
+        .map(|i| {
+            spawn_send(
+                &client,
+                Request::post(format!("/{i}")).body(body.clone()).unwrap(),
+            )
+        })
+        .collect();
+    // The first batch fills the socket; the rest wait in the queue.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    end.notify_one();
+    let start = Instant::now();
+    let (mut answered, mut lost) = (0, 0);
+    for task in tasks {
+        let (result, ended) = finish(task).await;
+        assert!(ended - start < Duration::from_secs(1), "{result:?}");
+        match result {
+            Ok(response) => {
+                assert!(response.body().starts_with(b"POST /"));
+                answered += 1;
+            }
+            // In the batch the server never answered.
+            Err(error) if error.is_connection_lost() => lost += 1,
+            Err(error) => panic!("{error:?}"),
+        }
+    }
+    assert!(answered > 0 && lost > 0, "{answered} answered, {lost} lost");
+}
+
 // ===== cancellation =====
 
 /// Sends on its channel when dropped.
@@ -1124,6 +1201,48 @@ async fn a_request_cancelled_while_it_waits_for_room_never_runs() {
     assert!(started.try_recv().is_err());
     let stats = server.stats();
     assert_eq!((stats.cancelled, stats.overloaded), (2, 0), "{stats:?}");
+}
+
+/// The request that waited for room is cancelled while it waits, which empties the line: a
+/// request read long after starts afresh, with none of that wait charged to its deadline.
+#[tokio::test(start_paused = true)]
+async fn after_the_waiting_request_is_cancelled_the_next_one_starts_afresh() {
+    let (service, mut started, mut dropped) = hold_or_quick();
+    let mut config = ServerConfig::default();
+    config
+        .max_concurrent(1)
+        .overload_wait(Duration::from_secs(60));
+    let server = Server::with_config(service, config);
+    let client = Client::builder()
+        .addr("in-memory")
+        .connector(in_memory(server.clone()))
+        .build()
+        .unwrap();
+    let first = spawn_send(&client, get("/hold"));
+    started.recv().await.unwrap();
+    let waiting = spawn_send(&client, get("/quick"));
+    eventually("the second request waiting for room", || {
+        server.stats().requests == 2
+    })
+    .await;
+    waiting.abort();
+    eventually("the server to count the cancel", || {
+        server.stats().cancelled == 1
+    })
+    .await;
+    // Nothing else reaches the connection before the next request, which waits for room in
+    // turn, 100 ms; its 2 s deadline must not be charged the 5 s before it.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let mut request = get("/quick");
+    request
+        .extensions_mut()
+        .insert(Timeout(Duration::from_secs(2)));
+    let next = spawn_send(&client, request);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    first.abort();
+    dropped.recv().await.unwrap();
+    assert_eq!(finish(next).await.0.unwrap().body(), "quick");
+    assert_eq!(server.stats().timeouts, 0);
 }
 
 /// A connection full server-wide for longer than its client's keepalive allows a silence: the
