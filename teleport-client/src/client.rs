@@ -17,7 +17,7 @@ use tokio::time::Sleep;
 use tokio_util::sync::DropGuard;
 
 use crate::conn::{ConnHandle, Reply};
-use crate::pool::Inner;
+use crate::pool::{Inner, Pick};
 use crate::{ClientBuilder, Error, Timeout};
 
 /// The deadline of a request whose timeout overflows the clock: far enough to be never, near
@@ -158,21 +158,32 @@ impl Client {
                 // No attempt ran (unless one was lost): as a wait for room that ran out.
                 return Err(no_room(lost, timeout));
             }
-            let Some((picked, waited)) = within(deadline, inner.pick(&mut down)).await else {
-                // Not sent: the wait was for a connection, or for room on one.
-                return Err(if down {
-                    Error::Unavailable {
-                        source: inner.last_error(),
+            // A connection with room, found at once (the common case), or a wait for one. The
+            // wait's future is boxed: it is large (two notifications to listen to), and unboxed
+            // it would make every request's future that much larger, and every move of it. In
+            // a block, so that none of its values is kept in the future past it.
+            let (conn, waited) = {
+                let found = match inner.try_pick() {
+                    Pick::Conn(conn) => Some(conn),
+                    _ => None,
+                };
+                let picked = match found {
+                    Some(conn) => Some((Ok(conn), Waited::No)),
+                    None => Box::pin(within(deadline, inner.pick(&mut down))).await,
+                };
+                match picked {
+                    Some((Ok(conn), waited)) => (conn, waited),
+                    // Failing fast: a retry after a loss is not "never sent".
+                    Some((Err(Error::Overloaded), _)) => return Err(no_room(lost, timeout)),
+                    Some((Err(error), _)) => return Err(error),
+                    // Not sent: the wait was for a connection, or for room on one.
+                    None if down => {
+                        return Err(Error::Unavailable {
+                            source: inner.last_error(),
+                        });
                     }
-                } else {
-                    no_room(lost, timeout)
-                });
-            };
-            let conn = match picked {
-                Ok(conn) => conn,
-                // Failing fast: a retry after a loss is not "never sent".
-                Err(Error::Overloaded) => return Err(no_room(lost, timeout)),
-                Err(error) => return Err(error),
+                    None => return Err(no_room(lost, timeout)),
+                }
             };
             down = false;
             let Some(id) = conn.register(deadline, inner) else {
@@ -195,14 +206,17 @@ impl Client {
                 sent: false,
                 done: false,
             };
-            let queued = if inner.config.fail_fast {
-                match conn.sender.try_send(Frame::Request(frame)) {
-                    // Failing fast: no wait for room in the queue either.
-                    Err(SendError::Full(_)) => return Err(no_room(lost, timeout)),
-                    result => Some((result, Waited::No)),
+            // Into the connection's queue: at once when it has room (the common case), else a
+            // wait, boxed as the pick's is (a queue's send future is larger still).
+            let queued = match conn.sender.try_send(Frame::Request(frame)) {
+                // Failing fast: no wait for room in the queue either.
+                Err(SendError::Full(_)) if inner.config.fail_fast => {
+                    return Err(no_room(lost, timeout));
                 }
-            } else {
-                within(deadline, conn.sender.send(Frame::Request(frame))).await
+                Err(SendError::Full(frame)) => {
+                    Box::pin(within(deadline, conn.sender.send(*frame))).await
+                }
+                result => Some((result, Waited::No)),
             };
             let late = match queued {
                 Some((Ok(()), waited)) => {
