@@ -537,27 +537,26 @@ fn handle<S: HttpService>(
     max_body: usize,
     started: Instant,
 ) -> impl Future<Output = Frame> + Send + 'static {
-    let RequestFrame {
-        id,
-        deadline,
-        mut request,
-    } = *request;
+    let mut frame = request;
+    let (id, deadline) = (frame.id, frame.deadline);
     if let Some(peer) = peer {
-        request.extensions_mut().insert(peer);
+        frame.request.extensions_mut().insert(peer);
     }
-    let head = request.method() == Method::HEAD;
+    let head = frame.request.method() == Method::HEAD;
     let timeout = match (shared.config.handler_timeout, deadline) {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
     };
     let mut service = shared.service.clone();
-    let request = request.map(Body::from);
     // The service and its response body, under one guard and one timer: a body that panics or
-    // stalls fails its request only, as a handler that does.
+    // stalls fails its request only, as a handler that does. The request stays in its frame's
+    // box until the call: what the block holds, it holds in every state, for the whole of the
+    // handler's life.
     let work = async move {
         if let Err(error) = poll_fn(|cx| service.poll_ready(cx)).await {
             return Answer::Failed(error.into());
         }
+        let request = frame.request.map(Body::from);
         let response = match service.call(request).await {
             Ok(response) => response,
             Err(error) => return Answer::Failed(error.into()),
@@ -656,8 +655,8 @@ pin_project_lite::pin_project! {
         #[pin]
         work: F,
         limit: Limit,
-        #[pin]
-        timer: Option<Sleep>,
+        // Boxed, and only once the work waits: most handlers answer on their first poll.
+        timer: Option<Pin<Box<Sleep>>>,
         shared: Arc<Shared<S>>,
         id: u32,
         head: bool,
@@ -686,13 +685,10 @@ impl<F: Future<Output = Answer>, S> Future for Handling<F, S> {
             let Some(at) = at else {
                 return Poll::Pending;
             };
-            if this.timer.is_none() {
-                this.timer.set(Some(tokio::time::sleep_until(at)));
-            }
-            match this.timer.as_pin_mut() {
-                Some(timer) => ready!(poll_deadline(had_budget, timer, cx)),
-                None => return Poll::Pending,
-            }
+            let timer = this
+                .timer
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)));
+            ready!(poll_deadline(had_budget, timer.as_mut(), cx));
             None
         };
         let counters = &this.shared.counters;
