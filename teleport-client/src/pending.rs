@@ -14,11 +14,9 @@
 //! high-water mark).
 
 use std::cmp::Reverse;
-use std::collections::hash_map::Entry;
 use std::collections::{BinaryHeap, VecDeque};
 use std::task::{Context, Poll, Waker};
 
-use rustc_hash::FxHashMap;
 use tokio::time::Instant;
 
 /// Leftover deadlines tolerated beyond twice the waiting requests before compacting.
@@ -26,9 +24,8 @@ const COMPACT_SLACK: usize = 1024;
 
 /// The pending requests of one connection, each answered with a `T`.
 pub(crate) struct Table<T> {
-    /// By request id. The ids are this client's own (sequential), not a peer's choice, so a
-    /// fast unkeyed hash is safe here.
-    slots: FxHashMap<u32, Slot<T>>,
+    /// By request id.
+    slots: Ring<Slot<T>>,
     /// Slots not answered yet.
     waiting: usize,
     /// Deadlines in registration order, which is deadline order.
@@ -55,7 +52,7 @@ enum State<T> {
 impl<T> Default for Table<T> {
     fn default() -> Self {
         Self {
-            slots: FxHashMap::default(),
+            slots: Ring::default(),
             waiting: 0,
             ordered: VecDeque::new(),
             others: BinaryHeap::new(),
@@ -75,21 +72,23 @@ impl<T> Table<T> {
     /// be moved up for it (call [`arm`](Self::arm)).
     pub(crate) fn insert(&mut self, deadline: Instant) -> (u32, bool) {
         let earliest = self.armed.is_none_or(|armed| deadline < armed);
-        // Ids are u32 and wrap; 0 is reserved, and an id still in use is skipped.
+        // Ids are u32 and wrap; 0 is reserved, and an id whose place is taken (by a request
+        // still pending from a lap before) is skipped.
+        self.slots.reserve_one();
         let id = loop {
             let id = self.next_id;
             self.next_id = self.next_id.wrapping_add(1);
-            if id == 0 {
-                continue;
-            }
-            if let Entry::Vacant(slot) = self.slots.entry(id) {
-                slot.insert(Slot {
-                    deadline,
-                    state: State::Waiting(None),
-                });
+            if id != 0 && self.slots.is_free(id) {
                 break id;
             }
         };
+        self.slots.put(
+            id,
+            Slot {
+                deadline,
+                state: State::Waiting(None),
+            },
+        );
         self.waiting += 1;
         if self
             .ordered
@@ -106,7 +105,7 @@ impl<T> Table<T> {
     /// Answers a waiting request. The waker to wake (after any lock is released) when it was
     /// waiting, or the answer back when it is not (answered already, or given up).
     pub(crate) fn answer(&mut self, id: u32, answer: T) -> Result<Option<Waker>, T> {
-        let Some(slot) = self.slots.get_mut(&id) else {
+        let Some(slot) = self.slots.get_mut(id) else {
             return Err(answer);
         };
         let State::Waiting(waker) = &mut slot.state else {
@@ -122,14 +121,18 @@ impl<T> Table<T> {
     /// The answer, once there is one (the slot is then freed); until then the task is woken
     /// when it comes. The id must be registered and not removed.
     pub(crate) fn poll_answer(&mut self, id: u32, cx: &mut Context<'_>) -> Poll<T> {
-        let Entry::Occupied(mut slot) = self.slots.entry(id) else {
+        let Some(slot) = self.slots.get_mut(id) else {
             unreachable!("a request waits on a slot it no longer has");
         };
-        match &mut slot.get_mut().state {
+        match &mut slot.state {
             State::Waiting(Some(waker)) => waker.clone_from(cx.waker()),
             State::Waiting(waker) => *waker = Some(cx.waker().clone()),
             State::Answered(_) => {
-                let State::Answered(answer) = slot.remove().state else {
+                let Some(Slot {
+                    state: State::Answered(answer),
+                    ..
+                }) = self.slots.remove(id)
+                else {
                     unreachable!()
                 };
                 return Poll::Ready(answer);
@@ -141,7 +144,7 @@ impl<T> Table<T> {
     /// Frees a request's slot, answered or not; whether it was still waiting (`None` when the
     /// id is not registered).
     pub(crate) fn remove(&mut self, id: u32) -> Option<bool> {
-        let slot = self.slots.remove(&id)?;
+        let slot = self.slots.remove(id)?;
         let waiting = matches!(slot.state, State::Waiting(_));
         if waiting {
             self.waiting -= 1;
@@ -152,7 +155,7 @@ impl<T> Table<T> {
 
     /// Answers every waiting request with `answer(id)`, and pushes their wakers.
     pub(crate) fn answer_all(&mut self, mut answer: impl FnMut(u32) -> T, wake: &mut Vec<Waker>) {
-        for (&id, slot) in &mut self.slots {
+        for (id, slot) in self.slots.iter_mut() {
             if let State::Waiting(waker) = &mut slot.state {
                 wake.extend(waker.take());
                 slot.state = State::Answered(answer(id));
@@ -210,7 +213,7 @@ impl<T> Table<T> {
             } else {
                 self.others.pop();
             }
-            if let Some(slot) = self.slots.get_mut(&id)
+            if let Some(slot) = self.slots.get_mut(id)
                 && slot.deadline == deadline
                 && let State::Waiting(waker) = &mut slot.state
             {
@@ -237,7 +240,7 @@ impl<T> Table<T> {
     fn prune(&mut self) {
         let slots = &self.slots;
         let live = |&(deadline, id): &(Instant, u32)| {
-            slots.get(&id).is_some_and(|slot| {
+            slots.get(id).is_some_and(|slot| {
                 slot.deadline == deadline && matches!(slot.state, State::Waiting(_))
             })
         };
@@ -260,6 +263,105 @@ impl<T> Table<T> {
     #[cfg(test)]
     fn kept_deadlines(&self) -> usize {
         self.ordered.len() + self.others.len()
+    }
+}
+
+/// Values by request id, in a ring indexed by the id's low bits. Ids are handed out in sequence,
+/// so the requests in flight sit side by side: no hashing, no probing, and the ring's memory is
+/// touched in order. An id whose place is taken (by a request still pending from a lap before)
+/// is not handed out. The ring is kept at most half full, growing by doubling (never shrinking,
+/// like the deadline queues).
+struct Ring<V> {
+    /// A power of two long, or empty.
+    entries: Vec<Option<(u32, V)>>,
+    len: usize,
+}
+
+impl<V> Default for Ring<V> {
+    fn default() -> Self {
+        Self {
+            entries: Vec::new(),
+            len: 0,
+        }
+    }
+}
+
+impl<V> Ring<V> {
+    /// The smallest ring, once one is needed.
+    const MIN: usize = 16;
+
+    fn index(&self, id: u32) -> usize {
+        id as usize & (self.entries.len() - 1)
+    }
+
+    /// Room for one more value, with the ring still at most half full.
+    fn reserve_one(&mut self) {
+        if (self.len + 1) * 2 <= self.entries.len() {
+            return;
+        }
+        let size = (self.entries.len() * 2).max(Self::MIN);
+        let old = std::mem::replace(&mut self.entries, Vec::with_capacity(size));
+        self.entries.resize_with(size, || None);
+        // Ids that did not share a place under the shorter mask do not under the longer one.
+        for (id, value) in old.into_iter().flatten() {
+            let at = self.index(id);
+            self.entries[at] = Some((id, value));
+        }
+    }
+
+    /// Whether `id`'s place is free (after [`reserve_one`](Self::reserve_one)).
+    fn is_free(&self, id: u32) -> bool {
+        self.entries[self.index(id)].is_none()
+    }
+
+    /// Puts `value` at `id`'s place, which must be free.
+    fn put(&mut self, id: u32, value: V) {
+        let at = self.index(id);
+        debug_assert!(self.entries[at].is_none());
+        self.entries[at] = Some((id, value));
+        self.len += 1;
+    }
+
+    fn get(&self, id: u32) -> Option<&V> {
+        if self.entries.is_empty() {
+            return None;
+        }
+        match &self.entries[self.index(id)] {
+            Some((at, value)) if *at == id => Some(value),
+            _ => None,
+        }
+    }
+
+    fn get_mut(&mut self, id: u32) -> Option<&mut V> {
+        if self.entries.is_empty() {
+            return None;
+        }
+        let at = self.index(id);
+        match &mut self.entries[at] {
+            Some((key, value)) if *key == id => Some(value),
+            _ => None,
+        }
+    }
+
+    fn remove(&mut self, id: u32) -> Option<V> {
+        if self.entries.is_empty() {
+            return None;
+        }
+        let at = self.index(id);
+        match &self.entries[at] {
+            Some((key, _)) if *key == id => {
+                self.len -= 1;
+                self.entries[at].take().map(|(_, value)| value)
+            }
+            _ => None,
+        }
+    }
+
+    fn iter_mut(&mut self) -> impl Iterator<Item = (u32, &mut V)> {
+        self.entries
+            .iter_mut()
+            .flatten()
+            .map(|(id, value)| (*id, value))
     }
 }
 
@@ -400,5 +502,34 @@ mod tests {
         let (last, _) = table.insert(now);
         let (wrapped, _) = table.insert(now);
         assert_eq!((last, wrapped), (u32::MAX, 2));
+    }
+
+    #[test]
+    fn a_request_pending_for_many_laps_keeps_its_place_as_the_ring_grows() {
+        let now = Instant::now();
+        let mut table = Table::<u32>::default();
+        let (_, waker) = counter();
+        let mut cx = Context::from_waker(&waker);
+        let (old, _) = table.insert(now);
+        // Laps of the smallest ring, one request at a time: the old one's place is skipped.
+        for _ in 0..1000 {
+            let (id, _) = table.insert(now);
+            assert_ne!(id, old);
+            table.answer(id, id).unwrap();
+            assert_eq!(table.poll_answer(id, &mut cx), Poll::Ready(id));
+        }
+        // Then hundreds at once: the ring grows, and each keeps its own answer.
+        let ids: Vec<u32> = (0..500).map(|_| table.insert(now).0).collect();
+        let distinct: std::collections::HashSet<_> = ids.iter().chain([&old]).collect();
+        assert_eq!(distinct.len(), 501);
+        for &id in &ids {
+            table.answer(id, id).unwrap();
+        }
+        table.answer(old, 7).unwrap();
+        for &id in &ids {
+            assert_eq!(table.poll_answer(id, &mut cx), Poll::Ready(id));
+        }
+        assert_eq!(table.poll_answer(old, &mut cx), Poll::Ready(7));
+        assert_eq!(table.waiting(), 0);
     }
 }
