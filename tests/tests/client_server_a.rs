@@ -1168,18 +1168,14 @@ async fn handler_timeout_cuts_a_response_body_that_stalls() {
     hang_is_cut_at_the_handler_timeout(service, "partial").await;
 }
 
-/// A handler timeout (and an overload wait) too long to be an instant is none, not a panic,
-/// for a request that carries no deadline of its own.
-#[tokio::test]
-async fn a_handler_timeout_of_duration_max_means_none() {
-    use teleport_transport::codec::Inbound;
-    use teleport_transport::conn::Conn;
-    use teleport_transport::frame::{Frame, RequestFrame};
-    let mut config = ServerConfig::default();
-    config
-        .handler_timeout(Some(Duration::MAX))
-        .overload_wait(Duration::MAX);
-    let server = Server::with_config(hello_service(), config);
+/// A connection to `server` over an in-memory duplex, driven by hand on the client side (no
+/// teleport client: frames as written, never cancelled or timed out); and the serving task.
+async fn raw_client_of<S: HttpService>(
+    server: &Server<S>,
+) -> (
+    teleport_transport::conn::Parts<tokio::io::DuplexStream>,
+    tokio::task::JoinHandle<Result<(), teleport_server::Error>>,
+) {
     let (client_io, server_io) = tokio::io::duplex(64 << 10);
     let serving = tokio::spawn({
         let server = server.clone();
@@ -1189,10 +1185,24 @@ async fn a_handler_timeout_of_duration_max_means_none() {
                 .await
         }
     });
-    let conn = Conn::connect(client_io, &ConnConfig::default())
+    let conn = teleport_transport::conn::Conn::connect(client_io, &ConnConfig::default())
         .await
         .expect("handshake");
-    let mut parts = conn.into_parts();
+    (conn.into_parts(), serving)
+}
+
+/// A handler timeout (and an overload wait) too long to be an instant is none, not a panic,
+/// for a request that carries no deadline of its own.
+#[tokio::test]
+async fn a_handler_timeout_of_duration_max_means_none() {
+    use teleport_transport::codec::Inbound;
+    use teleport_transport::frame::{Frame, RequestFrame};
+    let mut config = ServerConfig::default();
+    config
+        .handler_timeout(Some(Duration::MAX))
+        .overload_wait(Duration::MAX);
+    let server = Server::with_config(hello_service(), config);
+    let (mut parts, serving) = raw_client_of(&server).await;
     for id in 1..=2 {
         let request = Frame::Request(Box::new(RequestFrame {
             id,
@@ -1224,7 +1234,6 @@ async fn a_handler_timeout_of_duration_max_means_none() {
 #[tokio::test(start_paused = true)]
 async fn a_request_waiting_behind_a_waiting_request_keeps_its_deadline() {
     use teleport_transport::codec::Inbound;
-    use teleport_transport::conn::Conn;
     use teleport_transport::frame::{Frame, RequestFrame};
     let service = tower::service_fn(|request: Request<Body>| async move {
         match request.uri().path() {
@@ -1239,19 +1248,7 @@ async fn a_request_waiting_behind_a_waiting_request_keeps_its_deadline() {
         .max_concurrent_per_conn(1)
         .overload_wait(Duration::from_secs(60));
     let server = Server::with_config(service, config);
-    let (client_io, server_io) = tokio::io::duplex(64 << 10);
-    tokio::spawn({
-        let server = server.clone();
-        async move {
-            server
-                .serve_connection(server_io, CancellationToken::new())
-                .await
-        }
-    });
-    let conn = Conn::connect(client_io, &ConnConfig::default())
-        .await
-        .expect("handshake");
-    let mut parts = conn.into_parts();
+    let (mut parts, _serving) = raw_client_of(&server).await;
     let start = tokio::time::Instant::now();
     // In one batch: the first runs; the second waits 600 ms for room, the third 1.2 s.
     for (id, path, deadline) in [

@@ -110,16 +110,20 @@ fn gated(gate: Arc<Semaphore>, gauge: Arc<Gauge>) -> impl HttpService {
 fn in_memory<S: HttpService>(server: Server<S>) -> impl Connect {
     move |_addr: &str| {
         let server = server.clone();
-        async move {
-            let (client_half, server_half) = tokio::io::duplex(64 << 10);
-            tokio::spawn(async move {
-                let _ = server
-                    .serve_connection(server_half, CancellationToken::new())
-                    .await;
-            });
-            Ok::<BoxIo, std::io::Error>(Box::new(client_half))
-        }
+        async move { Ok::<BoxIo, std::io::Error>(Box::new(served_by(server).0)) }
     }
+}
+
+/// The client half of an in-memory duplex whose other half `server` serves, in a task of its
+/// own; and that task.
+fn served_by<S: HttpService>(server: Server<S>) -> (tokio::io::DuplexStream, JoinHandle<()>) {
+    let (client_half, server_half) = tokio::io::duplex(64 << 10);
+    let serving = tokio::spawn(async move {
+        let _ = server
+            .serve_connection(server_half, CancellationToken::new())
+            .await;
+    });
+    (client_half, serving)
 }
 
 /// `connect` for the first connection; every later attempt is refused.
@@ -161,11 +165,11 @@ async fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
     }
 }
 
+/// A request sent in a task of its own: its result, and when it ended.
+type Sent = JoinHandle<(Result<Response<Bytes>, Error>, Instant)>;
+
 /// Sends `request` in a task of its own; the task also reports when the request ended.
-fn spawn_send(
-    client: &Client,
-    request: Request<Bytes>,
-) -> JoinHandle<(Result<Response<Bytes>, Error>, Instant)> {
+fn spawn_send(client: &Client, request: Request<Bytes>) -> Sent {
     let client = client.clone();
     tokio::spawn(async move {
         let result = client.send(request).await;
@@ -173,10 +177,21 @@ fn spawn_send(
     })
 }
 
+/// Sends `count` POSTs of `/{i}` with a body of `len` bytes, each in a task of its own.
+fn spawn_posts(client: &Client, count: usize, len: usize) -> Vec<Sent> {
+    let body = Bytes::from(vec![b'x'; len]);
+    (0..count)
+        .map(|i| {
+            spawn_send(
+                client,
+                Request::post(format!("/{i}")).body(body.clone()).unwrap(),
+            )
+        })
+        .collect()
+}
+
 /// Awaits a spawned request, within a bound that only catches hangs.
-async fn finish(
-    task: JoinHandle<(Result<Response<Bytes>, Error>, Instant)>,
-) -> (Result<Response<Bytes>, Error>, Instant) {
+async fn finish(task: Sent) -> (Result<Response<Bytes>, Error>, Instant) {
     tokio::time::timeout(Duration::from_secs(10), task)
         .await
         .expect("the request did not end")
@@ -407,26 +422,21 @@ async fn requests_still_queued_when_the_server_ends_its_direction_go_out_elsewhe
             let (end, server) = (end.clone(), server.clone());
             let first = opened.fetch_add(1, SeqCst) == 0;
             async move {
-                let (client_half, server_half) = tokio::io::duplex(64 << 10);
-                if first {
-                    // Reads nothing until told; then ends its direction and reads what is left.
-                    tokio::spawn(async move {
-                        let conn = Conn::accept(server_half, &ConnConfig::default())
-                            .await
-                            .unwrap();
-                        let mut parts = conn.into_parts();
-                        end.notified().await;
-                        parts.writer.shutdown().await.unwrap();
-                        while let Ok(Some(_)) = parts.reader.next().await {}
-                    });
-                } else {
-                    tokio::spawn(async move {
-                        let _ = server
-                            .serve_connection(server_half, CancellationToken::new())
-                            .await;
-                    });
+                if !first {
+                    return Ok::<BoxIo, std::io::Error>(Box::new(served_by(server).0));
                 }
-                Ok::<BoxIo, std::io::Error>(Box::new(client_half))
+                let (client_half, server_half) = tokio::io::duplex(64 << 10);
+                // Reads nothing until told; then ends its direction and reads what is left.
+                tokio::spawn(async move {
+                    let conn = Conn::accept(server_half, &ConnConfig::default())
+                        .await
+                        .unwrap();
+                    let mut parts = conn.into_parts();
+                    end.notified().await;
+                    parts.writer.shutdown().await.unwrap();
+                    while let Ok(Some(_)) = parts.reader.next().await {}
+                });
+                Ok(Box::new(client_half))
             }
         }
     };
@@ -438,15 +448,7 @@ async fn requests_still_queued_when_the_server_ends_its_direction_go_out_elsewhe
         .build()
         .unwrap();
     client.ready(Duration::from_secs(1)).await.unwrap();
-    let body = Bytes::from(vec![b'x'; 64 << 10]);
-    let tasks: Vec<_> = (0..REQUESTS)
-        .map(|i| {
-            spawn_send(
-                &client,
-                Request::post(format!("/{i}")).body(body.clone()).unwrap(),
-            )
-        })
-        .collect();
+    let tasks = spawn_posts(&client, REQUESTS, 64 << 10);
     // The first batch fills the socket; the rest wait in the queue.
     tokio::time::sleep(Duration::from_millis(100)).await;
     end.notify_one();
@@ -519,14 +521,7 @@ async fn dropping_the_request_future_drops_the_handler_on_the_server() {
     }
     // The request's future is gone; its cancel must reach the handler well before the request's
     // own 30 s deadline would stop it.
-    tokio::time::timeout(Duration::from_secs(5), dropped.recv())
-        .await
-        .expect("the handler was not dropped")
-        .unwrap();
-    eventually("the server to count the cancel", || {
-        server.stats().cancelled == 1
-    })
-    .await;
+    handler_dropped_by_a_cancel(&server, &mut dropped).await;
     let stats = server.stats();
     assert_eq!(stats.in_flight, 0);
     assert_eq!(stats.timeouts, 0);
@@ -538,23 +533,49 @@ async fn dropping_the_request_future_drops_the_handler_on_the_server() {
     assert_eq!(server.stats().connections, 1);
 }
 
+/// A client of `server` whose connection queues one frame at a time.
+fn one_slot_queue_client(server: &Server<impl HttpService>, fail_fast: bool) -> Client {
+    use teleport_transport::conn::ConnConfig;
+    let mut conn = ConnConfig::default();
+    conn.send_queue(1);
+    Client::builder()
+        .addr("in-memory")
+        .fail_fast(fail_fast)
+        .conn_config(conn)
+        .connector(in_memory(server.clone()))
+        .build()
+        .unwrap()
+}
+
+/// Polls `future` once: whether it is pending. Nothing else runs meanwhile (the connection's
+/// task included), so a request polled this way is queued and not yet written.
+async fn pending_at_first_poll<F: Future>(mut future: std::pin::Pin<&mut F>) -> bool {
+    std::future::poll_fn(|cx| std::task::Poll::Ready(future.as_mut().poll(cx).is_pending())).await
+}
+
+/// Waits until [`hold_or_quick`]'s handler was dropped and the server counted one cancel.
+async fn handler_dropped_by_a_cancel(
+    server: &Server<impl HttpService>,
+    dropped: &mut mpsc::UnboundedReceiver<()>,
+) {
+    tokio::time::timeout(Duration::from_secs(5), dropped.recv())
+        .await
+        .expect("the handler was not dropped")
+        .unwrap();
+    eventually("the server to count the cancel", || {
+        server.stats().cancelled == 1
+    })
+    .await;
+}
+
 /// A request dropped while its connection's send queue is full still cancels its handler: the
 /// connection's task writes the cancel, even when the future is dropped on a thread outside any
 /// runtime.
 #[tokio::test(start_paused = true)]
 async fn a_request_dropped_while_the_send_queue_is_full_is_still_cancelled() {
-    use std::task::Poll;
-    use teleport_transport::conn::ConnConfig;
     let (service, mut started, mut dropped) = hold_or_quick();
     let server = Server::new(service);
-    let mut conn = ConnConfig::default();
-    conn.send_queue(1);
-    let client = Client::builder()
-        .addr("in-memory")
-        .conn_config(conn)
-        .connector(in_memory(server.clone()))
-        .build()
-        .unwrap();
+    let client = one_slot_queue_client(&server, false);
     let mut hold = Box::pin(client.send(get("/hold")));
     tokio::select! {
         result = &mut hold => panic!("the handler never answers, yet: {result:?}"),
@@ -563,19 +584,11 @@ async fn a_request_dropped_while_the_send_queue_is_full_is_still_cancelled() {
     // The connection's task does not run before this task yields: the next request, polled
     // once, takes the queue's one slot, and the cancel finds it full.
     let mut quick = Box::pin(client.send(get("/quick")));
-    let first = std::future::poll_fn(|cx| Poll::Ready(quick.as_mut().poll(cx).is_pending())).await;
-    assert!(first, "answered before the connection's task ran");
+    assert!(pending_at_first_poll(quick.as_mut()).await);
     std::thread::scope(|scope| scope.spawn(move || drop(hold)).join().unwrap());
 
     assert_eq!(quick.await.unwrap().body(), "quick");
-    tokio::time::timeout(Duration::from_secs(5), dropped.recv())
-        .await
-        .expect("the handler was not dropped")
-        .unwrap();
-    eventually("the server to count the cancel", || {
-        server.stats().cancelled == 1
-    })
-    .await;
+    handler_dropped_by_a_cancel(&server, &mut dropped).await;
     assert_eq!(server.stats().timeouts, 0);
 }
 
@@ -584,35 +597,18 @@ async fn a_request_dropped_while_the_send_queue_is_full_is_still_cancelled() {
 /// then run the request to its deadline).
 #[tokio::test(start_paused = true)]
 async fn a_request_dropped_while_still_in_a_full_send_queue_is_cancelled_behind_it() {
-    use std::task::Poll;
-    use teleport_transport::conn::ConnConfig;
     let (service, mut started, mut dropped) = hold_or_quick();
     let server = Server::new(service);
-    let mut conn = ConnConfig::default();
-    conn.send_queue(1);
-    let client = Client::builder()
-        .addr("in-memory")
-        .conn_config(conn)
-        .connector(in_memory(server.clone()))
-        .build()
-        .unwrap();
+    let client = one_slot_queue_client(&server, false);
     client.ready(Duration::from_secs(1)).await.unwrap();
     // Polled once, the request takes the queue's one slot; dropped before the connection's task
     // runs, its cancel finds the queue full, with the request still in it.
     let mut hold = Box::pin(client.send(get("/hold")));
-    let first = std::future::poll_fn(|cx| Poll::Ready(hold.as_mut().poll(cx).is_pending())).await;
-    assert!(first);
+    assert!(pending_at_first_poll(hold.as_mut()).await);
     drop(hold);
 
     started.recv().await.unwrap();
-    tokio::time::timeout(Duration::from_secs(5), dropped.recv())
-        .await
-        .expect("the handler was not dropped")
-        .unwrap();
-    eventually("the server to count the cancel", || {
-        server.stats().cancelled == 1
-    })
-    .await;
+    handler_dropped_by_a_cancel(&server, &mut dropped).await;
 }
 
 // ===== connection loss =====
@@ -1129,12 +1125,18 @@ async fn a_request_sent_into_the_room_a_cancel_frees_is_not_shed() {
     assert_eq!(gauge.peak.load(SeqCst), 2);
 }
 
-/// A server full server-wide: a request waits on a connection for room its own client's
-/// cancel frees. The server reads on while the request waits, takes the cancel up, and runs
-/// the request, long before its overload wait would shed it.
-#[tokio::test(start_paused = true)]
-async fn a_cancel_read_behind_a_waiting_request_frees_its_room() {
-    let (service, mut started, mut dropped) = hold_or_quick();
+/// A server with room for one request server-wide (shedding only after 60 s), its client, and
+/// a `/hold` from [`hold_or_quick`] holding that room.
+struct FullServer<S: HttpService> {
+    server: Server<S>,
+    client: Client,
+    started: mpsc::UnboundedReceiver<()>,
+    dropped: mpsc::UnboundedReceiver<()>,
+    hold: Sent,
+}
+
+async fn full_server(keepalive: Option<Duration>) -> FullServer<impl HttpService> {
+    let (service, mut started, dropped) = hold_or_quick();
     let mut config = ServerConfig::default();
     config
         .max_concurrent(1)
@@ -1142,11 +1144,48 @@ async fn a_cancel_read_behind_a_waiting_request_frees_its_room() {
     let server = Server::with_config(service, config);
     let client = Client::builder()
         .addr("in-memory")
+        .keepalive(keepalive)
         .connector(in_memory(server.clone()))
         .build()
         .unwrap();
     let hold = spawn_send(&client, get("/hold"));
     started.recv().await.unwrap();
+    FullServer {
+        server,
+        client,
+        started,
+        dropped,
+        hold,
+    }
+}
+
+/// Sends `path` to a [`full_server`], where it waits for room, then gives it up; returns once
+/// the server has taken its cancel up.
+async fn give_up_while_waiting(server: &Server<impl HttpService>, client: &Client, path: &str) {
+    let waiting = spawn_send(client, get(path));
+    eventually("the second request waiting for room", || {
+        server.stats().requests == 2
+    })
+    .await;
+    waiting.abort();
+    eventually("the server to count the cancel", || {
+        server.stats().cancelled == 1
+    })
+    .await;
+}
+
+/// A server full server-wide: a request waits on a connection for room its own client's
+/// cancel frees. The server reads on while the request waits, takes the cancel up, and runs
+/// the request, long before its overload wait would shed it.
+#[tokio::test(start_paused = true)]
+async fn a_cancel_read_behind_a_waiting_request_frees_its_room() {
+    let FullServer {
+        server,
+        client,
+        mut dropped,
+        hold,
+        ..
+    } = full_server(None).await;
     let start = Instant::now();
     let quick = spawn_send(&client, get("/quick"));
     eventually("the second request waiting for room", || {
@@ -1170,29 +1209,14 @@ async fn a_cancel_read_behind_a_waiting_request_frees_its_room() {
 /// behind it, takes it out of the line.
 #[tokio::test(start_paused = true)]
 async fn a_request_cancelled_while_it_waits_for_room_never_runs() {
-    let (service, mut started, mut dropped) = hold_or_quick();
-    let mut config = ServerConfig::default();
-    config
-        .max_concurrent(1)
-        .overload_wait(Duration::from_secs(60));
-    let server = Server::with_config(service, config);
-    let client = Client::builder()
-        .addr("in-memory")
-        .connector(in_memory(server.clone()))
-        .build()
-        .unwrap();
-    let first = spawn_send(&client, get("/hold"));
-    started.recv().await.unwrap();
-    let waiting = spawn_send(&client, get("/hold"));
-    eventually("the second request waiting for room", || {
-        server.stats().requests == 2
-    })
-    .await;
-    waiting.abort();
-    eventually("the server to count the cancel", || {
-        server.stats().cancelled == 1
-    })
-    .await;
+    let FullServer {
+        server,
+        client,
+        mut started,
+        mut dropped,
+        hold: first,
+    } = full_server(None).await;
+    give_up_while_waiting(&server, &client, "/hold").await;
     first.abort();
     dropped.recv().await.unwrap();
     let response = client.send(get("/quick")).await.unwrap();
@@ -1207,29 +1231,14 @@ async fn a_request_cancelled_while_it_waits_for_room_never_runs() {
 /// request read long after starts afresh, with none of that wait charged to its deadline.
 #[tokio::test(start_paused = true)]
 async fn after_the_waiting_request_is_cancelled_the_next_one_starts_afresh() {
-    let (service, mut started, mut dropped) = hold_or_quick();
-    let mut config = ServerConfig::default();
-    config
-        .max_concurrent(1)
-        .overload_wait(Duration::from_secs(60));
-    let server = Server::with_config(service, config);
-    let client = Client::builder()
-        .addr("in-memory")
-        .connector(in_memory(server.clone()))
-        .build()
-        .unwrap();
-    let first = spawn_send(&client, get("/hold"));
-    started.recv().await.unwrap();
-    let waiting = spawn_send(&client, get("/quick"));
-    eventually("the second request waiting for room", || {
-        server.stats().requests == 2
-    })
-    .await;
-    waiting.abort();
-    eventually("the server to count the cancel", || {
-        server.stats().cancelled == 1
-    })
-    .await;
+    let FullServer {
+        server,
+        client,
+        mut dropped,
+        hold: first,
+        ..
+    } = full_server(None).await;
+    give_up_while_waiting(&server, &client, "/quick").await;
     // Nothing else reaches the connection before the next request, which waits for room in
     // turn, 100 ms; its 2 s deadline must not be charged the 5 s before it.
     tokio::time::sleep(Duration::from_secs(5)).await;
@@ -1250,21 +1259,12 @@ async fn after_the_waiting_request_is_cancelled_the_next_one_starts_afresh() {
 /// the requests on it, live on.
 #[tokio::test(start_paused = true)]
 async fn a_full_connection_answers_pings_and_lives_on() {
-    let (service, mut started, _dropped) = hold_or_quick();
-    let mut config = ServerConfig::default();
-    config
-        .max_concurrent(1)
-        .overload_wait(Duration::from_secs(60));
-    let server = Server::with_config(service, config);
-    let client = Client::builder()
-        .addr("in-memory")
-        .keepalive(Some(Duration::from_secs(1)))
-        .timeout(Duration::from_secs(30))
-        .connector(in_memory(server.clone()))
-        .build()
-        .unwrap();
-    let hold = spawn_send(&client, get("/hold"));
-    started.recv().await.unwrap();
+    let FullServer {
+        server,
+        client,
+        hold,
+        ..
+    } = full_server(Some(Duration::from_secs(1))).await;
     let quick = spawn_send(&client, get("/quick"));
     // Ten keepalive periods.
     tokio::time::sleep(Duration::from_secs(10)).await;
@@ -1500,15 +1500,7 @@ async fn a_request_that_never_got_into_a_full_send_queue_fails_as_overloaded() {
         .build()
         .unwrap();
     client.ready(Duration::from_secs(1)).await.unwrap();
-    let body = Bytes::from(vec![b'x'; 16 << 10]);
-    let tasks: Vec<_> = (0..REQUESTS)
-        .map(|i| {
-            spawn_send(
-                &client,
-                Request::post(format!("/{i}")).body(body.clone()).unwrap(),
-            )
-        })
-        .collect();
+    let tasks = spawn_posts(&client, REQUESTS, 16 << 10);
     let (mut timed_out, mut overloaded) = (0, 0);
     for task in tasks {
         match finish(task).await.0.unwrap_err() {
@@ -1534,18 +1526,9 @@ async fn a_request_that_never_got_into_a_full_send_queue_fails_as_overloaded() {
 #[tokio::test(start_paused = true)]
 async fn failing_fast_a_request_that_finds_the_send_queue_full_is_overloaded_at_once() {
     use std::task::Poll;
-    use teleport_transport::conn::ConnConfig;
     let (service, _started, _dropped) = hold_or_quick();
     let server = Server::new(service);
-    let mut conn = ConnConfig::default();
-    conn.send_queue(1);
-    let client = Client::builder()
-        .addr("in-memory")
-        .fail_fast(true)
-        .conn_config(conn)
-        .connector(in_memory(server.clone()))
-        .build()
-        .unwrap();
+    let client = one_slot_queue_client(&server, true);
     client.ready(Duration::from_secs(1)).await.unwrap();
     // Polled once, before the connection's task runs: the first takes the queue's one slot.
     let mut first = Box::pin(client.send(get("/quick")));
@@ -1587,12 +1570,8 @@ async fn a_retry_that_runs_out_waiting_for_room_after_a_loss_is_a_timeout() {
                     let _ = ran_tx.send(index);
                     std::future::pending::<Result<Response<Body>, Infallible>>()
                 }));
-                let (client_half, server_half) = tokio::io::duplex(64 << 10);
-                serving.push(tokio::spawn(async move {
-                    let _ = server
-                        .serve_connection(server_half, CancellationToken::new())
-                        .await;
-                }));
+                let (client_half, task) = served_by(server);
+                serving.push(task);
                 Ok::<BoxIo, std::io::Error>(Box::new(client_half))
             }
         }
