@@ -968,28 +968,20 @@ async fn deadlines_between_keepalive_probes_fire_on_time() {
     // The connection keeps one timer for its probes and its requests' deadlines: neither may
     // hold the other up. The peer answers pings (its driver does) and nothing else, and never
     // times requests out itself, so only the client's timer can end them.
-    use teleport_transport::conn::{Conn, ConnConfig};
     let connections = Arc::new(AtomicUsize::new(0));
     let requests = Arc::new(AtomicUsize::new(0));
     let (accepted, received) = (connections.clone(), requests.clone());
     let connector = move |_addr: &str| {
         let (accepted, received) = (accepted.clone(), received.clone());
         async move {
-            let (client_half, server_half) = tokio::io::duplex(64 << 10);
-            tokio::spawn(async move {
-                let conn = Conn::accept(server_half, &ConnConfig::default())
-                    .await
-                    .unwrap();
+            Ok::<BoxIo, std::io::Error>(raw_peer(|_sender, mut receiver| async move {
                 accepted.fetch_add(1, SeqCst);
-                let (_sender, mut receiver, driver) = conn.split();
-                tokio::spawn(driver.run());
                 while let Some(item) = receiver.recv().await {
                     if matches!(item, Inbound::Frame(Frame::Request(_))) {
                         received.fetch_add(1, SeqCst);
                     }
                 }
-            });
-            Ok::<BoxIo, std::io::Error>(Box::new(client_half))
+            }))
         }
     };
     let client = Client::builder()
@@ -2067,19 +2059,12 @@ async fn a_request_dropped_as_a_goaway_arrives_is_cancelled_on_the_server() {
 /// requests out itself, so only the cancel tells it the request is over.
 #[tokio::test(start_paused = true)]
 async fn a_request_timing_out_on_a_draining_connection_is_cancelled_before_the_close() {
-    use teleport_transport::conn::{Conn, ConnConfig};
     use teleport_transport::frame::GoAwayFrame;
     let (seen_tx, mut seen) = mpsc::unbounded_channel();
     let connector = first_only(move |_addr: &str| {
         let seen_tx = seen_tx.clone();
         async move {
-            let (client_half, server_half) = tokio::io::duplex(64 << 10);
-            tokio::spawn(async move {
-                let conn = Conn::accept(server_half, &ConnConfig::default())
-                    .await
-                    .unwrap();
-                let (sender, mut receiver, driver) = conn.split();
-                tokio::spawn(driver.run());
+            Ok::<BoxIo, std::io::Error>(raw_peer(|sender, mut receiver| async move {
                 // Says goaway on the first request and answers nothing; reports each frame,
                 // then the end of the client's direction (`None`).
                 while let Some(item) = receiver.recv().await {
@@ -2094,8 +2079,7 @@ async fn a_request_timing_out_on_a_draining_connection_is_cancelled_before_the_c
                     let _ = seen_tx.send(Some(item));
                 }
                 let _ = seen_tx.send(None);
-            });
-            Ok::<BoxIo, std::io::Error>(Box::new(client_half))
+            }))
         }
     });
     let client = Client::builder()
@@ -2136,26 +2120,43 @@ async fn a_request_timing_out_on_a_draining_connection_is_cancelled_before_the_c
 /// A connector whose peers take requests and never answer them, nor time them out (handlers
 /// that hang past any deadline): only the client's timer ends them. Counts the requests.
 fn hung(received: Arc<AtomicUsize>) -> impl Connect {
-    use teleport_transport::conn::{Conn, ConnConfig};
     move |_addr: &str| {
         let received = received.clone();
         async move {
-            let (client_half, server_half) = tokio::io::duplex(64 << 10);
-            tokio::spawn(async move {
-                let conn = Conn::accept(server_half, &ConnConfig::default())
-                    .await
-                    .unwrap();
-                let (_sender, mut receiver, driver) = conn.split();
-                tokio::spawn(driver.run());
+            Ok::<BoxIo, std::io::Error>(raw_peer(|_sender, mut receiver| async move {
                 while let Some(item) = receiver.recv().await {
                     if matches!(item, Inbound::Frame(Frame::Request(_))) {
                         received.fetch_add(1, SeqCst);
                     }
                 }
-            });
-            Ok::<BoxIo, std::io::Error>(Box::new(client_half))
+            }))
         }
     }
+}
+
+/// The client half of an in-memory duplex whose other half is a bare teleport peer: once the
+/// handshake is done, `peer` runs with a sender and the receiver (its driver in a task of its
+/// own).
+fn raw_peer<F, Fut>(peer: F) -> BoxIo
+where
+    F: FnOnce(teleport_transport::conn::Sender, teleport_transport::conn::Receiver) -> Fut
+        + Send
+        + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    use teleport_transport::conn::{Conn, ConnConfig};
+    let (client_half, server_half) = tokio::io::duplex(64 << 10);
+    tokio::spawn(async move {
+        let conn = Conn::accept(server_half, &ConnConfig::default())
+            .await
+            .unwrap();
+        let (sender, receiver, driver) = conn.split();
+        tokio::spawn(driver.run());
+        // Kept until `peer` ends, used or not: with its last sender gone the peer half-closes.
+        peer(sender.clone(), receiver).await;
+        drop(sender);
+    });
+    Box::new(client_half)
 }
 
 /// Requests that time out on the client count as failures of their upstream: a burst of them
