@@ -68,6 +68,18 @@ async fn allow_list_on_an_ipv6_listener() {
 
 // ===== client IP header =====
 
+/// Sends `GET /echo` with a fresh `x-req-id` (returned, for finding it upstream) and `headers`,
+/// and checks it is answered 200.
+async fn get_tagged_echo(c: &mut Client, tag: &str, headers: &[(&str, &str)]) -> String {
+    let id = next_id(tag);
+    let mut req = c.req(Method::GET, "/echo").header("x-req-id", &id);
+    for (name, value) in headers {
+        req = req.header(*name, *value);
+    }
+    assert_eq!(c.ok(req.body(empty()).unwrap()).await.status, 200);
+    id
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_ip_header_appends_to_an_existing_value() {
     let up = Upstream::tcp().await;
@@ -77,26 +89,13 @@ async fn client_ip_header_appends_to_an_existing_value() {
         .await;
     let mut c = Client::tcp_h1(p.addr()).await.unwrap();
 
-    let id = next_id("xff");
-    let req = c
-        .req(Method::GET, "/echo")
-        .header("x-req-id", &id)
-        .header("x-forwarded-for", "1.2.3.4")
-        .body(empty())
-        .unwrap();
-    assert_eq!(c.ok(req).await.status, 200);
+    let id = get_tagged_echo(&mut c, "xff", &[("x-forwarded-for", "1.2.3.4")]).await;
     assert_eq!(
         up.find(&id).all("x-forwarded-for"),
         vec![&b"1.2.3.4, 127.0.0.1"[..]]
     );
 
-    let id = next_id("xff");
-    let req = c
-        .req(Method::GET, "/echo")
-        .header("x-req-id", &id)
-        .body(empty())
-        .unwrap();
-    assert_eq!(c.ok(req).await.status, 200);
+    let id = get_tagged_echo(&mut c, "xff", &[]).await;
     assert_eq!(up.find(&id).all("x-forwarded-for"), vec![&b"127.0.0.1"[..]]);
 }
 
@@ -105,15 +104,7 @@ async fn http2_cookie_fields_reach_an_http1_upstream_as_one_header() {
     let up = Upstream::tcp().await;
     let (a, _b) = start_chain("flate", &up.addr, |a| a, |b| b).await;
     let mut c = Client::tcp_h2(a.addr()).await.unwrap();
-    let id = next_id("cookie");
-    let req = c
-        .req(Method::GET, "/echo")
-        .header("x-req-id", &id)
-        .header("cookie", "a=1")
-        .header("cookie", "b=2")
-        .body(empty())
-        .unwrap();
-    assert_eq!(c.ok(req).await.status, 200);
+    let id = get_tagged_echo(&mut c, "cookie", &[("cookie", "a=1"), ("cookie", "b=2")]).await;
     assert_eq!(up.find(&id).all("cookie"), vec![&b"a=1; b=2"[..]]);
 }
 

@@ -1127,6 +1127,14 @@ struct FullServer<S: HttpService> {
     hold: Sent,
 }
 
+impl<S: HttpService> FullServer<S> {
+    /// Gives the held request up, and waits for its handler to be dropped: the room is free.
+    async fn release(&mut self) {
+        self.hold.abort();
+        self.dropped.recv().await.unwrap();
+    }
+}
+
 async fn full_server(keepalive: Option<Duration>) -> FullServer<impl HttpService> {
     let (service, mut started, dropped) = hold_or_quick();
     let mut config = ServerConfig::default();
@@ -1171,21 +1179,15 @@ async fn give_up_while_waiting(server: &Server<impl HttpService>, client: &Clien
 /// the request, long before its overload wait would shed it.
 #[tokio::test(start_paused = true)]
 async fn a_cancel_read_behind_a_waiting_request_frees_its_room() {
-    let FullServer {
-        server,
-        client,
-        mut dropped,
-        hold,
-        ..
-    } = full_server(None).await;
+    let mut full = full_server(None).await;
+    let (server, client) = (full.server.clone(), full.client.clone());
     let start = Instant::now();
     let quick = spawn_send(&client, get("/quick"));
     eventually("the second request waiting for room", || {
         server.stats().requests == 2
     })
     .await;
-    hold.abort();
-    dropped.recv().await.unwrap();
+    full.release().await;
     let (result, ended) = finish(quick).await;
     assert_eq!(result.unwrap().body(), "quick");
     assert!(
@@ -1201,20 +1203,14 @@ async fn a_cancel_read_behind_a_waiting_request_frees_its_room() {
 /// behind it, takes it out of the line.
 #[tokio::test(start_paused = true)]
 async fn a_request_cancelled_while_it_waits_for_room_never_runs() {
-    let FullServer {
-        server,
-        client,
-        mut started,
-        mut dropped,
-        hold: first,
-    } = full_server(None).await;
+    let mut full = full_server(None).await;
+    let (server, client) = (full.server.clone(), full.client.clone());
     give_up_while_waiting(&server, &client, "/hold").await;
-    first.abort();
-    dropped.recv().await.unwrap();
+    full.release().await;
     let response = client.send(get("/quick")).await.unwrap();
     assert_eq!(response.body(), "quick");
     // Only the first ever ran.
-    assert!(started.try_recv().is_err());
+    assert!(full.started.try_recv().is_err());
     let stats = server.stats();
     assert_eq!((stats.cancelled, stats.overloaded), (2, 0), "{stats:?}");
 }
@@ -1223,13 +1219,8 @@ async fn a_request_cancelled_while_it_waits_for_room_never_runs() {
 /// request read long after starts afresh, with none of that wait charged to its deadline.
 #[tokio::test(start_paused = true)]
 async fn after_the_waiting_request_is_cancelled_the_next_one_starts_afresh() {
-    let FullServer {
-        server,
-        client,
-        mut dropped,
-        hold: first,
-        ..
-    } = full_server(None).await;
+    let mut full = full_server(None).await;
+    let (server, client) = (full.server.clone(), full.client.clone());
     give_up_while_waiting(&server, &client, "/quick").await;
     // Nothing else reaches the connection before the next request, which waits for room in
     // turn, 100 ms; its 2 s deadline must not be charged the 5 s before it.
@@ -1240,8 +1231,7 @@ async fn after_the_waiting_request_is_cancelled_the_next_one_starts_afresh() {
         .insert(Timeout(Duration::from_secs(2)));
     let next = spawn_send(&client, request);
     tokio::time::sleep(Duration::from_millis(100)).await;
-    first.abort();
-    dropped.recv().await.unwrap();
+    full.release().await;
     assert_eq!(finish(next).await.0.unwrap().body(), "quick");
     assert_eq!(server.stats().timeouts, 0);
 }
