@@ -246,13 +246,10 @@ impl Inner {
         }
     }
 
-    /// Picks a connection, waiting for room or for a connection. `down` tells the caller's
-    /// timeout whether the wait was for a connection.
+    /// Picks a connection, waiting for room or for a connection: for a request that found
+    /// none with [`try_pick`](Self::try_pick). `down` tells the caller's timeout whether the
+    /// wait was for a connection.
     pub(crate) async fn pick(&self, down: &mut bool) -> Result<Arc<ConnHandle>, Error> {
-        // The common case: a connection with room, found without registering as a waiter.
-        if let Pick::Conn(conn) = self.try_pick() {
-            return Ok(conn);
-        }
         loop {
             // Count ourselves before looking, so a completion between the look and the wait
             // wakes us; uncounted when done, or dropped (the request's deadline passed).
