@@ -19,9 +19,9 @@
 //! `cookie`, `set-cookie`) marked sensitive, as a careful client or server would: those frames
 //! travel in raw blocks, outside the context.
 //!
-//! A third table sweeps zstd's level in the `stream x1` mode: wire bytes against the time the
-//! encoder and decoder take per message (the best of a few passes on one core; a guide to the
-//! trade, not a benchmark of record).
+//! Two more tables sweep deflate's and zstd's levels in the `stream x1` mode: wire bytes against
+//! the time the encoder and decoder take per message (the best of a few passes on one core; a
+//! guide to the trade, not a benchmark of record).
 //!
 //! Run: `cargo bench -p teleport-benches --bench compression_ratio`. Without `--bench` (`cargo
 //! test --benches`) it runs on a small generated corpus and writes no file.
@@ -44,7 +44,9 @@ use teleport_transport::frame::{Frame, Limits, RequestFrame, ResponseFrame};
 const BATCH: usize = 16;
 /// Exchanges of the generated corpus used when not benchmarking (test mode).
 const TEST_EXCHANGES: usize = 40;
-/// zstd levels swept by the third table.
+/// deflate levels swept.
+const DEFLATE_LEVELS: [i32; 5] = [1, 4, 6, 7, 9];
+/// zstd levels swept.
 const ZSTD_LEVELS: [i32; 7] = [-7, -3, -1, 1, 2, 3, 6];
 /// Timed passes per level; the fastest counts.
 const PASSES: usize = 3;
@@ -333,8 +335,9 @@ fn table(directions: &[Direction], codecs: &[Codec]) -> (String, Value) {
     (text, Value::Object(json_dirs))
 }
 
-/// The zstd level sweep: per direction and level, wire bytes, ratio and time per message.
-fn zstd_levels(directions: &[Direction]) -> (String, Value) {
+/// A level sweep of `codec` (deflate or zstd): per direction and level, wire bytes, ratio and time
+/// per message.
+fn level_sweep(directions: &[Direction], codec: Codec, swept: &[i32]) -> (String, Value) {
     let mut text = String::new();
     let _ = writeln!(
         text,
@@ -345,12 +348,13 @@ fn zstd_levels(directions: &[Direction]) -> (String, Value) {
     let mut json_dirs = serde_json::Map::new();
     for dir in directions {
         let mut rows = Vec::new();
-        for level in ZSTD_LEVELS {
-            let levels = Levels {
-                zstd: level,
-                ..Levels::default()
-            };
-            let (wire, encode, decode) = dir.timed_stream(Codec::Zstd, levels);
+        for &level in swept {
+            let mut levels = Levels::default();
+            match codec {
+                Codec::Deflate => levels.deflate = level.unsigned_abs(),
+                _ => levels.zstd = level,
+            }
+            let (wire, encode, decode) = dir.timed_stream(codec, levels);
             let per_message = |d: Duration| d.as_nanos() as f64 / dir.frames.len() as f64 / 1e3;
             let vs_http1 = dir.http1 as f64 / wire as f64;
             let _ = writeln!(
@@ -423,7 +427,10 @@ fn main() {
     );
     print!("{text}");
 
-    let (text, zstd_sweep) = zstd_levels(&directions);
+    let (text, deflate_sweep) = level_sweep(&directions, Codec::Deflate, &DEFLATE_LEVELS);
+    println!("\ndeflate levels, stream x1 (time: the fastest of {PASSES} passes, one core):");
+    print!("{text}");
+    let (text, zstd_sweep) = level_sweep(&directions, Codec::Zstd, &ZSTD_LEVELS);
     println!("\nzstd levels, stream x1 (time: the fastest of {PASSES} passes, one core):");
     print!("{text}");
 
@@ -436,6 +443,7 @@ fn main() {
             "batch": BATCH,
             "directions": plain,
             "credentials_sensitive": marked,
+            "deflate_levels_stream_x1": deflate_sweep,
             "zstd_levels_stream_x1": zstd_sweep,
         });
         let path = teleport_benches::target_dir().join("compression-ratio.json");
