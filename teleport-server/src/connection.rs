@@ -566,14 +566,21 @@ fn handle<S: HttpService>(
             || parts.status.is_informational()
             || parts.status == StatusCode::NO_CONTENT
             || parts.status == StatusCode::NOT_MODIFIED;
-        if bodiless {
-            return Answer::Response(Response::from_parts(parts, Bytes::new()), true);
+        // The head goes into its frame's box now, and the body after it: the box is what the
+        // answer carries on, and what this block holds while the body is read.
+        let mut frame = Box::new(ResponseFrame {
+            id,
+            bodiless,
+            response: Response::from_parts(parts, Bytes::new()),
+        });
+        if !bodiless {
+            match collect(body, max_body).await {
+                Ok(body) => *frame.response.body_mut() = body,
+                Err(BodyError::TooLarge) => return Answer::TooLarge,
+                Err(BodyError::Failed(error)) => return Answer::BodyFailed(error),
+            }
         }
-        match collect(body, max_body).await {
-            Ok(body) => Answer::Response(Response::from_parts(parts, body), false),
-            Err(BodyError::TooLarge) => Answer::TooLarge,
-            Err(BodyError::Failed(error)) => Answer::BodyFailed(error),
-        }
+        Answer::Response(frame)
     };
     let limit = match timeout {
         // Its deadline passed on the way: it is not run.
@@ -626,13 +633,9 @@ fn answer(
             let message = format!("response body over the client's limit of {max_body} bytes");
             error_frame(id, ErrorCode::TOO_LARGE, &message)
         }
-        Some(Ok(Answer::Response(response, bodiless))) => {
+        Some(Ok(Answer::Response(frame))) => {
             bump(&counters.responses);
-            Frame::from(ResponseFrame {
-                id,
-                bodiless,
-                response,
-            })
+            Frame::Response(frame)
         }
     }
 }
@@ -704,8 +707,8 @@ impl<F: Future<Output = Answer>, S> Future for Handling<F, S> {
 
 /// How the service answered one request.
 enum Answer {
-    /// The response, its body whole, and whether it is bodiless.
-    Response(Response<Bytes>, bool),
+    /// The response frame, its body whole.
+    Response(Box<ResponseFrame>),
     /// `poll_ready` or `call` failed.
     Failed(BoxError),
     /// The body failed while it was read.

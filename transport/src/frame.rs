@@ -427,26 +427,25 @@ impl Frame {
         let frame = match ty {
             FrameType::Request => {
                 nonzero_id(id)?;
-                Frame::from(decode_request(&mut rd, id, header.flags, limits, names)?)
+                Frame::Request(decode_request(&mut rd, id, header.flags, limits, names)?)
             }
             FrameType::Response => {
                 nonzero_id(id)?;
                 let status = StatusCode::from_u16(rd.u16()?).map_err(|_| malformed("status"))?;
-                let headers = decode_headers(&mut rd, limits, names)?;
                 let bodiless = header.flags & FLAG_NO_BODY != 0;
-                let body = if bodiless {
-                    Bytes::new()
-                } else {
-                    decode_body(&mut rd, limits)?
-                };
-                let mut response = http::Response::new(body);
-                *response.status_mut() = status;
-                *response.headers_mut() = headers;
-                Frame::from(ResponseFrame {
+                // Decoded in place, in its box: the `http` types are large, and each move of
+                // them is a copy.
+                let mut frame = Box::new(ResponseFrame {
                     id,
                     bodiless,
-                    response,
-                })
+                    response: http::Response::new(Bytes::new()),
+                });
+                *frame.response.status_mut() = status;
+                decode_headers(&mut rd, limits, names, frame.response.headers_mut())?;
+                if !bodiless {
+                    *frame.response.body_mut() = decode_body(&mut rd, limits)?;
+                }
+                Frame::Response(frame)
             }
             FrameType::Error => {
                 nonzero_id(id)?;
@@ -621,7 +620,7 @@ fn decode_request(
     flags: u8,
     limits: &Limits,
     names: Option<&mut HeaderNames>,
-) -> Result<RequestFrame, ProtocolError> {
+) -> Result<Box<RequestFrame>, ProtocolError> {
     let method_len = rd.u8()? as usize;
     let method = Method::from_bytes(&rd.bytes(method_len)?).map_err(|_| malformed("method"))?;
     let scheme = match rd.u8()? {
@@ -654,24 +653,26 @@ fn decode_request(
     } else {
         None
     };
-    let headers = decode_headers(rd, limits, names)?;
-    let body = decode_body(rd, limits)?;
-    let mut request = http::Request::new(body);
-    *request.method_mut() = method;
-    *request.uri_mut() = uri;
-    *request.headers_mut() = headers;
-    Ok(RequestFrame {
+    // Decoded in place, in its box, as a response is.
+    let mut frame = Box::new(RequestFrame {
         id,
         deadline,
-        request,
-    })
+        request: http::Request::new(Bytes::new()),
+    });
+    let request = &mut frame.request;
+    *request.method_mut() = method;
+    *request.uri_mut() = uri;
+    decode_headers(rd, limits, names, request.headers_mut())?;
+    *request.body_mut() = decode_body(rd, limits)?;
+    Ok(frame)
 }
 
 fn decode_headers(
     rd: &mut Reader,
     limits: &Limits,
     mut names: Option<&mut HeaderNames>,
-) -> Result<HeaderMap, ProtocolError> {
+    headers: &mut HeaderMap,
+) -> Result<(), ProtocolError> {
     let count = rd.u16()? as usize;
     if count > limits.max_headers as usize {
         return Err(ProtocolError::TooManyHeaders {
@@ -688,7 +689,7 @@ fn decode_headers(
     };
     // HeaderMap has a capacity limit of its own (about 24 Ki fields): past it, the fallible
     // calls refuse where the plain ones would panic.
-    let mut headers = HeaderMap::try_with_capacity(count).map_err(|_| too_many())?;
+    headers.try_reserve(count).map_err(|_| too_many())?;
     let mut total = 0usize;
     for _ in 0..count {
         let name_len = rd.u16()?;
@@ -714,7 +715,7 @@ fn decode_headers(
         value.set_sensitive(sensitive);
         headers.try_append(name, value).map_err(|_| too_many())?;
     }
-    Ok(headers)
+    Ok(())
 }
 
 fn parse_name(bytes: &[u8]) -> Result<HeaderName, ProtocolError> {
