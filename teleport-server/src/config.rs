@@ -13,6 +13,7 @@ pub struct ServerConfig {
     pub(crate) max_concurrent: usize,
     pub(crate) overload_wait: Duration,
     pub(crate) handler_timeout: Option<Duration>,
+    pub(crate) max_response_body: usize,
     pub(crate) peer_extension: bool,
 }
 
@@ -24,6 +25,7 @@ impl Default for ServerConfig {
             max_concurrent: 0,
             overload_wait: Duration::from_secs(1),
             handler_timeout: Some(Duration::from_secs(60)),
+            max_response_body: 16 << 20,
             peer_extension: false,
         };
         config.sync_conn();
@@ -67,10 +69,20 @@ impl ServerConfig {
     }
 
     /// The longest a handler may run, counted from when the connection took the request up;
-    /// the request's own deadline, when it carries one, is applied too, whichever is sooner. At the limit the handler's future is dropped and the
-    /// client gets a `timeout` error. `None`: only the request's deadline. Default 60 s.
+    /// the request's own deadline, when it carries one, is applied too, whichever is sooner. At
+    /// the limit the handler's future is dropped and the client gets a `timeout` error. `None`:
+    /// only the request's deadline. Default 60 s.
     pub fn handler_timeout(&mut self, timeout: Option<Duration>) -> &mut Self {
         self.handler_timeout = timeout;
+        self
+    }
+
+    /// The largest response body the server gathers for one request. A response is sent whole,
+    /// so its body is read into memory first, up to the lower of this and the limit the client
+    /// announced; a body past it is dropped unread from there on and its request fails with a
+    /// `too large` error, on its own. Default 16 MiB.
+    pub fn max_response_body(&mut self, max: usize) -> &mut Self {
+        self.max_response_body = max;
         self
     }
 

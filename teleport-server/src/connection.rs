@@ -400,7 +400,8 @@ where
         let id = request.id;
         let shared = self.shared.clone();
         let counters = &shared.counters;
-        let max_body = self.sender.params().peer_limits.max_body as usize;
+        let client_max = self.sender.params().peer_limits.max_body as usize;
+        let max_body = client_max.min(shared.config.max_response_body);
         counters.in_flight.fetch_add(1, Relaxed);
         let peer = self.peer.clone();
         let mut work = Box::pin(handle(shared.clone(), request, peer, max_body, started));
@@ -630,7 +631,10 @@ fn answer(
         }
         Some(Ok(Answer::TooLarge)) => {
             bump(&counters.rejected);
-            let message = format!("response body over the client's limit of {max_body} bytes");
+            let message = format!(
+                "response body over its limit of {max_body} bytes (the lower of the server's \
+                 and the client's)"
+            );
             error_frame(id, ErrorCode::TOO_LARGE, &message)
         }
         Some(Ok(Answer::Response(frame))) => {

@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::Either;
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
 use teleport_client::{BoxIo, Client, ClientBuilder, ClientTls, Error};
@@ -727,6 +728,43 @@ async fn oversized_response_fails_only_its_request() {
     finish(client, running).await;
 }
 
+/// A response body over the server's own limit fails its request with `too large`, under a
+/// client that would take it: one sent whole, and one without end that is read no further than
+/// the limit. Bodies at the limit, and the requests beside, are served on the same connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_response_body_over_the_servers_limit_fails_only_its_request() {
+    const MAX: usize = 64 << 10;
+    let service = tower::service_fn(|request: Request<Body>| async move {
+        let whole = |body: Bytes| text(body).map(|r| r.map(Either::Left));
+        match request.uri().path() {
+            "/big" => whole(noise(1 << 20, 3)),
+            "/at-the-limit" => whole(noise(MAX, 4)),
+            "/endless" => Trouble::response(Then::Endless).map(|r| r.map(Either::Right)),
+            path => whole(Bytes::from(path.to_owned())),
+        }
+    });
+    let mut config = ServerConfig::default();
+    config.max_response_body(MAX);
+    let (running, addr) = serve(service, config, &loopback(None));
+    let client = client_to(addr).build().unwrap();
+
+    for path in ["/big", "/endless"] {
+        let error = timeout(SOON, client.send(get(path)))
+            .await
+            .unwrap()
+            .unwrap_err();
+        assert!(error.is_too_large(), "{path}: {error:?}");
+        assert!(!matches!(error, Error::RequestTooLarge(_)), "{error:?}");
+    }
+    let response = client.send(get("/at-the-limit")).await.unwrap();
+    assert_eq!(response.body(), &noise(MAX, 4));
+    let response = client.send(get("/after")).await.unwrap();
+    assert_eq!(response.body(), "/after".as_bytes());
+    let stats = running.stats();
+    assert_eq!((stats.connections, stats.rejected), (1, 2), "{stats:?}");
+    finish(client, running).await;
+}
+
 /// A request over the server's body limit fails with `too large`; requests within it, before
 /// and after, are served on the same connection.
 #[tokio::test]
@@ -963,6 +1001,8 @@ enum Then {
     Stall,
     /// Empty frames, always ready, without end.
     Spin,
+    /// 16 KiB frames, always ready, without end.
+    Endless,
 }
 
 impl Trouble {
@@ -991,6 +1031,9 @@ impl http_body::Body for Trouble {
             // Never woken: the body is stuck for good.
             Then::Stall => Poll::Pending,
             Then::Spin => Poll::Ready(Some(Ok(http_body::Frame::data(Bytes::new())))),
+            Then::Endless => Poll::Ready(Some(Ok(http_body::Frame::data(Bytes::from_static(
+                &[b'x'; 16 << 10],
+            ))))),
         }
     }
 }

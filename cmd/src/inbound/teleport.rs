@@ -36,6 +36,8 @@ pub(super) fn serve(config: &ProxyConfig, proxy: Arc<Proxy>) -> anyhow::Result<l
         .conn(conn)
         .max_concurrent_per_conn(config.concurrency)
         .max_concurrent(config.concurrency)
+        // Response bodies come from -out, which reads them up to -outMaxBodySize.
+        .max_response_body(config.out_max_body_size as usize)
         // The upstream call has its own -outTimeout; the client's deadline bounds the rest.
         .handler_timeout(None);
     let counters = proxy.metrics().side(Side::In);
