@@ -717,7 +717,7 @@ enum Answer {
     Failed(BoxError),
     /// The body failed while it was read.
     BodyFailed(BoxError),
-    /// The body is over the client's limit.
+    /// The body is over its limit: the lower of the server's and the client's.
     TooLarge,
 }
 
