@@ -79,8 +79,8 @@ impl Client {
         &self,
         request: Request<Bytes>,
     ) -> impl Future<Output = Result<Response<Bytes>, Error>> + Send + '_ {
-        let (frame, copy, timeout) = self.prepare(request);
-        self.execute(frame, copy, timeout)
+        let (frame, retry, timeout) = self.prepare(request);
+        self.execute(frame, retry, timeout)
     }
 
     /// Waits until at least one connection is up, or `timeout` passes: then
@@ -109,26 +109,22 @@ impl Client {
         stats
     }
 
-    /// The request boxed in its frame, its copy for retries, and its timeout. Done before the
-    /// request's future exists: a future keeps its arguments for its whole life, and every
+    /// The request boxed in its frame, whether it may be retried, and its timeout. Done before
+    /// the request's future exists: a future keeps its arguments for its whole life, and every
     /// byte of it is copied wherever it is moved.
-    fn prepare(
-        &self,
-        request: Request<Bytes>,
-    ) -> (Box<RequestFrame>, Option<Box<Request<Bytes>>>, Duration) {
+    fn prepare(&self, request: Request<Bytes>) -> (Box<RequestFrame>, bool, Duration) {
         let config = &self.inner.config;
         let timeout = request
             .extensions()
             .get::<Timeout>()
             .map_or(config.timeout, |t| t.0);
-        let copy = (config.retry.max_retries > 0 && is_idempotent(request.method()))
-            .then(|| Box::new(copy_of(&request)));
+        let retry = config.retry.max_retries > 0 && is_idempotent(request.method());
         let frame = Box::new(RequestFrame {
             id: 0,
             deadline: None,
             request,
         });
-        (frame, copy, timeout)
+        (frame, retry, timeout)
     }
 
     /// Sends within the request's timeout. Waiting for room (a connection, or space in its
@@ -137,7 +133,7 @@ impl Client {
     async fn execute(
         &self,
         mut frame: Box<RequestFrame>,
-        copy: Option<Box<Request<Bytes>>>,
+        retry: bool,
         timeout: Duration,
     ) -> Result<Response<Bytes>, Error> {
         let inner = &*self.inner;
@@ -186,7 +182,9 @@ impl Client {
                 }
             };
             down = false;
-            let Some(id) = conn.register(deadline, inner) else {
+            // A request that may be sent again gets its frame back with its answer once
+            // written (no copy of it is made).
+            let Some(id) = conn.register(deadline, retry, inner) else {
                 // Filled or retired since the pick.
                 continue;
             };
@@ -238,7 +236,7 @@ impl Client {
                 // Not sent: the connection's send queue stayed full.
                 None => return Err(no_room(lost, timeout)),
             };
-            let reply = conn.reply(id).await;
+            let (reply, kept) = conn.reply(id).await;
             flight.done = true;
             match reply {
                 Reply::Response(frame) => {
@@ -256,17 +254,14 @@ impl Client {
                 }
                 Reply::Unsent(unsent) => frame = unsent,
                 Reply::Failed(error) => {
-                    // Refused ones never ran; lost ones may have: idempotent only.
+                    // Refused ones never ran; lost ones may have: idempotent only (only those
+                    // keep their frames).
                     let refused = error.remote_code() == Some(ErrorCode::REFUSED);
-                    match &copy {
-                        Some(copy) if retries > 0 && (refused || error.is_connection_lost()) => {
+                    match kept {
+                        Some(kept) if retries > 0 && (refused || error.is_connection_lost()) => {
                             retries -= 1;
                             lost |= error.is_connection_lost();
-                            frame = Box::new(RequestFrame {
-                                id: 0,
-                                deadline: None,
-                                request: copy_of(copy),
-                            });
+                            frame = kept;
                         }
                         _ => return Err(error),
                     }
@@ -368,16 +363,6 @@ fn is_idempotent(method: &Method) -> bool {
         *method,
         Method::GET | Method::HEAD | Method::PUT | Method::DELETE | Method::OPTIONS | Method::TRACE
     )
-}
-
-/// A copy for a retry (extensions are not copied).
-fn copy_of(request: &Request<Bytes>) -> Request<Bytes> {
-    let mut copy = Request::new(request.body().clone());
-    *copy.method_mut() = request.method().clone();
-    *copy.uri_mut() = request.uri().clone();
-    *copy.version_mut() = request.version();
-    *copy.headers_mut() = request.headers().clone();
-    copy
 }
 
 fn request_of(frame: Frame) -> Box<RequestFrame> {

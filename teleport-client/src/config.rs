@@ -58,13 +58,14 @@ pub struct Timeout(pub Duration);
 /// run, so only idempotent methods (GET, HEAD, PUT, DELETE, OPTIONS, TRACE) are retried, at
 /// most `max_retries` times, within the request's deadline. Requests the server refused
 /// without running them (`REFUSED`) are retried on the same terms, as only idempotent ones
-/// keep a copy to send again; any other fails with that error, which says it is safe to send
-/// again.
+/// keep their frame to send again; any other fails with that error, which says it is safe to
+/// send again. No copy is made: once written, the frame goes back to the request's answer slot
+/// until the answer comes, instead of being dropped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct RetryPolicy {
-    /// Retries per request. Default 1; 0 turns retries off (and saves a copy of each
-    /// idempotent request).
+    /// Retries per request. Default 1; 0 turns retries off (and frees each request's frame
+    /// once written, not once answered).
     pub max_retries: u32,
 }
 

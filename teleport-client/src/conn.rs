@@ -39,7 +39,8 @@ pub(crate) enum Reply {
 pub(crate) struct ConnHandle {
     pub(crate) sender: Sender,
     pub(crate) upstream: Arc<Upstream>,
-    pending: Mutex<Table<Reply>>,
+    /// Answer slots; those of requests that may be sent again keep their written frames.
+    pending: Mutex<Table<Reply, Box<RequestFrame>>>,
     /// `pending`'s waiting requests, readable without the lock, for balancing.
     pending_count: AtomicUsize,
     max_pending: usize,
@@ -94,14 +95,15 @@ impl ConnHandle {
         self.pending_count.load(Relaxed)
     }
 
-    fn table(&self) -> std::sync::MutexGuard<'_, Table<Reply>> {
+    fn table(&self) -> std::sync::MutexGuard<'_, Table<Reply, Box<RequestFrame>>> {
         self.pending.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Reserves a request id, answered through [`reply`](Self::reply) by `deadline` at the
     /// latest (then with [`Reply::TimedOut`]); `None` when the connection is full or retired
-    /// (pick another).
-    pub(crate) fn register(&self, deadline: Instant, inner: &Inner) -> Option<u32> {
+    /// (pick another). When `keeps`, the request's frame comes back with its answer once
+    /// written, for it to be sent again.
+    pub(crate) fn register(&self, deadline: Instant, keeps: bool, inner: &Inner) -> Option<u32> {
         if self.retired.load(SeqCst) {
             return None;
         }
@@ -117,7 +119,7 @@ impl ConnHandle {
             self.uncount(inner);
             return None;
         }
-        let (id, earliest) = table.insert(deadline);
+        let (id, earliest) = table.insert_keeping(deadline, keeps);
         drop(table);
         if earliest {
             self.rearm.store(true, SeqCst);
@@ -141,8 +143,25 @@ impl ConnHandle {
     }
 
     /// The answer to a registered request.
-    pub(crate) async fn reply(&self, id: u32) -> Reply {
-        std::future::poll_fn(|cx| self.table().poll_answer(id, cx)).await
+    pub(crate) async fn reply(&self, id: u32) -> (Reply, Option<Box<RequestFrame>>) {
+        std::future::poll_fn(|cx| self.table().poll_answer_kept(id, cx)).await
+    }
+
+    /// Hands written frames back to the requests that keep theirs; drops the rest, outside the
+    /// lock (`spare` is for those, and left empty).
+    #[expect(
+        clippy::vec_box,
+        reason = "the frames arrive boxed; `spare` only holds them until they are dropped"
+    )]
+    fn keep_written(&self, written: &mut Vec<Frame>, spare: &mut Vec<Box<RequestFrame>>) {
+        let mut table = self.table();
+        for frame in written.drain(..) {
+            if let Frame::Request(request) = frame {
+                spare.extend(table.keep(request.id, request));
+            }
+        }
+        drop(table);
+        spare.clear();
     }
 
     /// Answers a pending request; false when it is no longer pending.
@@ -165,9 +184,10 @@ impl ConnHandle {
     /// The request gave up (its future was dropped), or has its answer already: forget it,
     /// and tell the server when it may still be running there.
     pub(crate) fn abandon(&self, id: u32, sent: bool, inner: &Inner) {
-        if self.table().remove(id) != Some(true) {
+        let removed = self.table().remove_kept(id);
+        let Some((true, _kept)) = removed else {
             return;
-        }
+        };
         // The cancel is queued before a retired connection is told it is drained, so it goes
         // out before the connection half-closes.
         if sent {
@@ -441,6 +461,10 @@ impl Running<'_> {
         // Cancels owed, each with how many frames must have gone from the queue into batches
         // (counting from the start, in `taken`) before it may: those queued before it.
         let mut owed: Vec<(u64, u32)> = Vec::new();
+        // Under a retry policy, frames written go back to the requests that keep theirs (those
+        // that may be sent again), through these.
+        let keeping = self.inner.config.retry.max_retries > 0;
+        let (mut written, mut spare) = (Vec::new(), Vec::new());
         let mut owed_new = Vec::new();
         let mut taken: u64 = 0;
         // One timer for the connection, set at the earlier of its earliest request deadline
@@ -511,7 +535,17 @@ impl Running<'_> {
                 // Once the server's direction has ended the queue is left as it is: its
                 // requests go out on another connection.
                 if reading && !closed {
-                    taken += self.writer.push_queued(queue) as u64;
+                    if keeping {
+                        taken += self
+                            .writer
+                            .push_queued_keeping(queue, |frame| written.push(frame))
+                            as u64;
+                        if !written.is_empty() {
+                            self.handle.keep_written(&mut written, &mut spare);
+                        }
+                    } else {
+                        taken += self.writer.push_queued(queue) as u64;
+                    }
                     let due = owed
                         .iter()
                         .take_while(|&&(after, _)| after <= taken)

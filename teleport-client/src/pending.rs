@@ -5,6 +5,10 @@
 //! answer in the slot (a response, an error, or a timeout when the deadline passes first) and
 //! wakes the request. No channel is allocated per request and no timer is armed per request.
 //!
+//! A request that may be sent again (an idempotent one, under a retry policy) registers a slot
+//! that keeps its frame once written: the connection's task hands written frames back to their
+//! slots instead of dropping them, and the request takes its frame back with its answer.
+//!
 //! Deadlines are kept in two queues. Requests that use the client's default timeout register
 //! in deadline order, so most deadlines go to the back of a FIFO; a deadline earlier than the
 //! FIFO's back (a shorter per-request timeout, or any after a longer one) goes to a heap.
@@ -22,10 +26,11 @@ use tokio::time::Instant;
 /// Leftover deadlines tolerated beyond twice the waiting requests before compacting.
 const COMPACT_SLACK: usize = 1024;
 
-/// The pending requests of one connection, each answered with a `T`.
-pub(crate) struct Table<T> {
+/// The pending requests of one connection, each answered with a `T`, some keeping what they
+/// sent (a `K`).
+pub(crate) struct Table<T, K = ()> {
     /// By request id.
-    slots: Ring<Slot<T>>,
+    slots: Ring<Slot<T, K>>,
     /// Slots not answered yet.
     waiting: usize,
     /// Deadlines in registration order, which is deadline order.
@@ -38,9 +43,12 @@ pub(crate) struct Table<T> {
     next_id: u32,
 }
 
-struct Slot<T> {
+struct Slot<T, K> {
     deadline: Instant,
     state: State<T>,
+    /// Whether the request keeps what it sent, and that, once handed back.
+    keeps: bool,
+    kept: Option<K>,
 }
 
 enum State<T> {
@@ -49,7 +57,7 @@ enum State<T> {
     Answered(T),
 }
 
-impl<T> Default for Table<T> {
+impl<T, K> Default for Table<T, K> {
     fn default() -> Self {
         Self {
             slots: Ring::default(),
@@ -62,7 +70,7 @@ impl<T> Default for Table<T> {
     }
 }
 
-impl<T> Table<T> {
+impl<T, K> Table<T, K> {
     /// Requests not answered yet.
     pub(crate) fn waiting(&self) -> usize {
         self.waiting
@@ -70,7 +78,14 @@ impl<T> Table<T> {
 
     /// Registers a request due by `deadline`: its id, and whether the connection's timer must
     /// be moved up for it (call [`arm`](Self::arm)).
+    #[cfg(test)]
     pub(crate) fn insert(&mut self, deadline: Instant) -> (u32, bool) {
+        self.insert_keeping(deadline, false)
+    }
+
+    /// As [`insert`](Self::insert); when `keeps`, the slot takes what the request sent back
+    /// through [`keep`](Self::keep), and returns it with the answer.
+    pub(crate) fn insert_keeping(&mut self, deadline: Instant, keeps: bool) -> (u32, bool) {
         let earliest = self.armed.is_none_or(|armed| deadline < armed);
         // Ids are u32 and wrap; 0 is reserved, and an id whose place is taken (by a request
         // still pending from a lap before) is skipped.
@@ -87,6 +102,8 @@ impl<T> Table<T> {
             Slot {
                 deadline,
                 state: State::Waiting(None),
+                keeps,
+                kept: None,
             },
         );
         self.waiting += 1;
@@ -118,9 +135,31 @@ impl<T> Table<T> {
         Ok(waker)
     }
 
+    /// Gives a request's slot what it sent, when it keeps that: `None`; otherwise (or when the
+    /// request is gone) the value back, to drop.
+    pub(crate) fn keep(&mut self, id: u32, sent: K) -> Option<K> {
+        match self.slots.get_mut(id) {
+            Some(slot) if slot.keeps && slot.kept.is_none() => {
+                slot.kept = Some(sent);
+                None
+            }
+            _ => Some(sent),
+        }
+    }
+
     /// The answer, once there is one (the slot is then freed); until then the task is woken
     /// when it comes. The id must be registered and not removed.
+    #[cfg(test)]
     pub(crate) fn poll_answer(&mut self, id: u32, cx: &mut Context<'_>) -> Poll<T> {
+        self.poll_answer_kept(id, cx).map(|(answer, _)| answer)
+    }
+
+    /// As [`poll_answer`](Self::poll_answer), with what the slot kept, if anything.
+    pub(crate) fn poll_answer_kept(
+        &mut self,
+        id: u32,
+        cx: &mut Context<'_>,
+    ) -> Poll<(T, Option<K>)> {
         let Some(slot) = self.slots.get_mut(id) else {
             unreachable!("a request waits on a slot it no longer has");
         };
@@ -130,12 +169,13 @@ impl<T> Table<T> {
             State::Answered(_) => {
                 let Some(Slot {
                     state: State::Answered(answer),
+                    kept,
                     ..
                 }) = self.slots.remove(id)
                 else {
                     unreachable!()
                 };
-                return Poll::Ready(answer);
+                return Poll::Ready((answer, kept));
             }
         }
         Poll::Pending
@@ -143,14 +183,20 @@ impl<T> Table<T> {
 
     /// Frees a request's slot, answered or not; whether it was still waiting (`None` when the
     /// id is not registered).
+    #[cfg(test)]
     pub(crate) fn remove(&mut self, id: u32) -> Option<bool> {
+        self.remove_kept(id).map(|(waiting, _)| waiting)
+    }
+
+    /// As [`remove`](Self::remove), with what the slot kept (to drop outside any lock).
+    pub(crate) fn remove_kept(&mut self, id: u32) -> Option<(bool, Option<K>)> {
         let slot = self.slots.remove(id)?;
         let waiting = matches!(slot.state, State::Waiting(_));
         if waiting {
             self.waiting -= 1;
             self.prune();
         }
-        Some(waiting)
+        Some((waiting, slot.kept))
     }
 
     /// Answers every waiting request with `answer(id)`, and pushes their wakers.
@@ -390,7 +436,7 @@ mod tests {
     #[test]
     fn an_answer_wakes_the_waiting_request_and_is_taken_once() {
         let now = Instant::now();
-        let mut table = Table::default();
+        let mut table = Table::<_>::default();
         let (id, earliest) = table.insert(now + Duration::from_secs(1));
         assert!(earliest);
         let (count, waker) = counter();
@@ -410,6 +456,36 @@ mod tests {
     }
 
     #[test]
+    fn only_slots_that_keep_take_what_was_sent_and_give_it_back_with_the_answer() {
+        let now = Instant::now();
+        let mut table = Table::<&str, String>::default();
+        let (keeps, _) = table.insert_keeping(now, true);
+        let (plain, _) = table.insert_keeping(now, false);
+        let (abandoned, _) = table.insert_keeping(now, true);
+        assert_eq!(table.keep(keeps, "a".into()), None);
+        // Once only: a second value comes back.
+        assert_eq!(table.keep(keeps, "again".into()).as_deref(), Some("again"));
+        assert_eq!(table.keep(plain, "b".into()).as_deref(), Some("b"));
+        assert_eq!(table.keep(abandoned, "c".into()), None);
+        assert_eq!(table.keep(9999, "gone".into()).as_deref(), Some("gone"));
+
+        let (_, waker) = counter();
+        let mut cx = Context::from_waker(&waker);
+        table.answer(keeps, "lost").unwrap();
+        table.answer(plain, "ok").unwrap();
+        assert_eq!(
+            table.poll_answer_kept(keeps, &mut cx),
+            Poll::Ready(("lost", Some("a".into())))
+        );
+        assert_eq!(
+            table.poll_answer_kept(plain, &mut cx),
+            Poll::Ready(("ok", None))
+        );
+        assert_eq!(table.remove_kept(abandoned), Some((true, Some("c".into()))));
+        assert_eq!(table.waiting(), 0);
+    }
+
+    #[test]
     fn an_answer_for_an_unknown_or_removed_id_is_refused() {
         let mut table = Table::<u32>::default();
         assert_eq!(table.answer(7, 1).unwrap_err(), 1);
@@ -424,7 +500,7 @@ mod tests {
     fn deadlines_expire_in_order_across_both_queues() {
         let t0 = Instant::now();
         let s = Duration::from_secs;
-        let mut table = Table::default();
+        let mut table = Table::<_>::default();
         let (a, first) = table.insert(t0 + s(10));
         assert!(first, "no timer yet");
         assert_eq!(table.arm(), Some(t0 + s(10)));
@@ -460,7 +536,7 @@ mod tests {
     #[test]
     fn answered_deadlines_do_not_accumulate_behind_a_slow_request() {
         let t0 = Instant::now();
-        let mut table = Table::default();
+        let mut table = Table::<_>::default();
         let (slow, _) = table.insert(t0);
         for i in 0..100_000u64 {
             let (id, _) = table.insert(t0 + Duration::from_nanos(i + 1));
@@ -477,7 +553,7 @@ mod tests {
     #[test]
     fn answer_all_answers_only_the_waiting() {
         let now = Instant::now();
-        let mut table = Table::default();
+        let mut table = Table::<_>::default();
         let (a, _) = table.insert(now);
         let (b, _) = table.insert(now);
         let (_, waker) = counter();

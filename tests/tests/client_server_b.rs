@@ -1750,6 +1750,86 @@ async fn a_post_lost_in_flight_fails_with_connection_lost() {
     assert_eq!(response.body(), &echoed("POST", "/next", "again"));
 }
 
+/// A peer that refuses (`REFUSED`, without running it) the first request it sees for each
+/// path, and answers every later one with `METHOD PATH BODY` and its `x-tag` header's value.
+fn refuses_each_path_once() -> impl Connect {
+    use std::collections::HashSet;
+    use std::sync::Mutex;
+    use teleport_transport::frame::{ErrorFrame, ResponseFrame};
+    let seen = Arc::new(Mutex::new(HashSet::new()));
+    move |_addr: &str| {
+        let seen = seen.clone();
+        async move {
+            Ok::<BoxIo, std::io::Error>(raw_peer(|sender, mut receiver| async move {
+                while let Some(item) = receiver.recv().await {
+                    let Inbound::Frame(Frame::Request(frame)) = item else {
+                        continue;
+                    };
+                    let request = &frame.request;
+                    let path = request.uri().path().to_owned();
+                    let answer = if seen.lock().unwrap().insert(path.clone()) {
+                        Frame::Error(ErrorFrame {
+                            id: frame.id,
+                            code: ErrorCode::REFUSED,
+                            message: "not now".into(),
+                        })
+                    } else {
+                        let tag = request.headers().get("x-tag").map(|v| v.as_bytes());
+                        let body = format!(
+                            "{} {path} {} {}",
+                            request.method(),
+                            String::from_utf8_lossy(request.body()),
+                            String::from_utf8_lossy(tag.unwrap_or(b"-")),
+                        );
+                        Frame::from(ResponseFrame {
+                            id: frame.id,
+                            bodiless: false,
+                            response: Response::new(Bytes::from(body)),
+                        })
+                    };
+                    if sender.send(answer).await.is_err() {
+                        return;
+                    }
+                }
+            }))
+        }
+    }
+}
+
+/// A request the server refused without running it is sent again, the same request (method,
+/// path, headers, body), when it is idempotent; any other fails with the refusal.
+#[tokio::test]
+async fn an_idempotent_request_refused_by_the_server_is_sent_again_as_it_was() {
+    let client = Client::builder()
+        .addr("refusing")
+        .connector(refuses_each_path_once())
+        .build()
+        .unwrap();
+    let mut put = post("/put", "payload");
+    *put.method_mut() = http::Method::PUT;
+    put.headers_mut().insert("x-tag", "7".parse().unwrap());
+    let response = client.send(put).await.unwrap();
+    assert_eq!(response.body(), "PUT /put payload 7".as_bytes());
+    let response = client.send(get("/get")).await.unwrap();
+    assert_eq!(response.body(), "GET /get  -".as_bytes());
+
+    let error = client.send(post("/post", "once")).await.unwrap_err();
+    assert_eq!(error.remote_code(), Some(ErrorCode::REFUSED), "{error:?}");
+    // Sent again by hand, it is served.
+    let response = client.send(post("/post", "twice")).await.unwrap();
+    assert_eq!(response.body(), "POST /post twice -".as_bytes());
+
+    // With retries off, an idempotent one fails with the refusal too.
+    let client = Client::builder()
+        .addr("refusing")
+        .retry(RetryPolicy::none())
+        .connector(refuses_each_path_once())
+        .build()
+        .unwrap();
+    let error = client.send(get("/get")).await.unwrap_err();
+    assert_eq!(error.remote_code(), Some(ErrorCode::REFUSED), "{error:?}");
+}
+
 // ===== passive health =====
 
 #[tokio::test]

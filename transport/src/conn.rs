@@ -891,12 +891,26 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
     /// # Panics
     /// While a batch is being written.
     pub fn push_queued(&mut self, queue: &mut SendQueue) -> usize {
+        self.push_queued_keeping(queue, drop)
+    }
+
+    /// As [`push_queued`](Self::push_queued), handing each frame to `keep` once it is in the
+    /// batch instead of dropping it: a client keeps the requests it may have to send again.
+    ///
+    /// # Panics
+    /// While a batch is being written.
+    pub fn push_queued_keeping(
+        &mut self,
+        queue: &mut SendQueue,
+        mut keep: impl FnMut(Frame),
+    ) -> usize {
         let mut n = 0;
         while !self.is_full() {
             let Some(checked) = queue.try_next() else {
                 break;
             };
             self.push_checked(&checked);
+            keep(checked.frame);
             n += 1;
         }
         n
