@@ -183,8 +183,8 @@ impl Client {
             };
             down = false;
             // A request that may be sent again gets its frame back with its answer once
-            // written (no copy of it is made).
-            let Some(id) = conn.register(deadline, retry, inner) else {
+            // written (no copy of it is made); its last attempt frees the frame at once.
+            let Some(id) = conn.register(deadline, retry && retries > 0, inner) else {
                 // Filled or retired since the pick.
                 continue;
             };

@@ -59,8 +59,9 @@ pub struct Timeout(pub Duration);
 /// most `max_retries` times, within the request's deadline. Requests the server refused
 /// without running them (`REFUSED`) are retried on the same terms, as only idempotent ones
 /// keep their frame to send again; any other fails with that error, which says it is safe to
-/// send again. No copy is made: once written, the frame goes back to the request's answer slot
-/// until the answer comes, instead of being dropped.
+/// send again. No copy is made: once taken into a batch, the frame goes back to the request's
+/// answer slot until the answer comes, instead of being dropped (so a retry sends the same
+/// request, extensions included).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct RetryPolicy {

@@ -380,13 +380,17 @@ pub(crate) async fn run(
     handle: Arc<ConnHandle>,
     reader: FrameReader<ReadHalf<BoxIo>>,
     writer: FrameWriter<WriteHalf<BoxIo>>,
-    mut queue: SendQueue,
+    queue: SendQueue,
     inner: Arc<Inner>,
     retired: oneshot::Sender<()>,
 ) {
     // Dropped without reaching the end (a panic, or its runtime shutting down): the requests
     // waiting on it, perhaps in another runtime, still get an answer.
-    let _answer_all = AnswerAllOnDrop(&handle, &inner);
+    let mut guard = AnswerAllOnDrop {
+        handle: &handle,
+        inner: &inner,
+        queue,
+    };
     let mut conn = Running {
         handle: &handle,
         inner: &inner,
@@ -395,10 +399,10 @@ pub(crate) async fn run(
         retired: Some(retired),
         pongs: Vec::new(),
     };
-    let result = conn.run(&mut queue).await;
+    let result = conn.run(&mut guard.queue).await;
     conn.retire();
     // Never written: these may go out on another connection.
-    let unsent = queue.reclaim();
+    let unsent = guard.queue.reclaim();
     let error = Arc::new(match result {
         Ok(()) => teleport_transport::Error::Read(io::Error::new(
             io::ErrorKind::UnexpectedEof,
@@ -414,16 +418,27 @@ pub(crate) async fn run(
     tracing::debug!(addr = %handle.upstream.addr, error = %error, "connection ended");
 }
 
-struct AnswerAllOnDrop<'a>(&'a ConnHandle, &'a Inner);
+/// Owns the connection's send queue, so that the frames still in it are at hand when the task
+/// is dropped mid-way.
+struct AnswerAllOnDrop<'a> {
+    handle: &'a ConnHandle,
+    inner: &'a Inner,
+    queue: SendQueue,
+}
 
 impl Drop for AnswerAllOnDrop<'_> {
     fn drop(&mut self) {
         // Normally the task retired it on its way out. Otherwise (dropped mid-way) the handle
         // would still take requests into a queue no one reads.
-        if !self.0.is_retired() || self.0.pending() > 0 {
+        if !self.handle.is_retired() || self.handle.pending() > 0 {
+            // Every request fails as lost, at once (the connections that could take the unsent
+            // ones may be gone with the same runtime); those that may be sent again get their
+            // frames back, whether the queue still held them or not.
+            let mut unsent = self.queue.reclaim();
+            self.handle.keep_written(&mut unsent, &mut Vec::new());
             let error = io::Error::other("the connection's task ended abruptly");
             let error = Arc::new(teleport_transport::Error::Read(error));
-            self.0.fail_all(Vec::new(), &error, self.1);
+            self.handle.fail_all(Vec::new(), &error, self.inner);
         }
     }
 }
@@ -536,10 +551,11 @@ impl Running<'_> {
                 // requests go out on another connection.
                 if reading && !closed {
                     if keeping {
-                        taken += self
-                            .writer
-                            .push_queued_keeping(queue, |frame| written.push(frame))
-                            as u64;
+                        taken += self.writer.push_queued_keeping(queue, |frame| {
+                            if matches!(frame, Frame::Request(_)) {
+                                written.push(frame);
+                            }
+                        }) as u64;
                         if !written.is_empty() {
                             self.handle.keep_written(&mut written, &mut spare);
                         }
