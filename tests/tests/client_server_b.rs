@@ -1750,24 +1750,31 @@ async fn a_post_lost_in_flight_fails_with_connection_lost() {
     assert_eq!(response.body(), &echoed("POST", "/next", "again"));
 }
 
-/// A peer that refuses (`REFUSED`, without running it) the first request it sees for each
-/// path, and answers every later one with `METHOD PATH BODY` and its `x-tag` header's value.
-fn refuses_each_path_once() -> impl Connect {
-    use std::collections::HashSet;
+/// A peer that refuses (`REFUSED`, without running it) the first `times` requests it sees for
+/// each path, and answers every later one with `METHOD PATH BODY` and its `x-tag` header's
+/// value.
+fn refuses_each_path(times: usize) -> impl Connect {
+    use std::collections::HashMap;
     use std::sync::Mutex;
     use teleport_transport::frame::{ErrorFrame, ResponseFrame};
-    let seen = Arc::new(Mutex::new(HashSet::new()));
+    let seen = Arc::new(Mutex::new(HashMap::<String, usize>::new()));
     move |_addr: &str| {
         let seen = seen.clone();
         async move {
-            Ok::<BoxIo, std::io::Error>(raw_peer(|sender, mut receiver| async move {
+            Ok::<BoxIo, std::io::Error>(raw_peer(move |sender, mut receiver| async move {
                 while let Some(item) = receiver.recv().await {
                     let Inbound::Frame(Frame::Request(frame)) = item else {
                         continue;
                     };
                     let request = &frame.request;
                     let path = request.uri().path().to_owned();
-                    let answer = if seen.lock().unwrap().insert(path.clone()) {
+                    let refused = {
+                        let mut seen = seen.lock().unwrap();
+                        let count = seen.entry(path.clone()).or_default();
+                        *count += 1;
+                        *count <= times
+                    };
+                    let answer = if refused {
                         Frame::Error(ErrorFrame {
                             id: frame.id,
                             code: ErrorCode::REFUSED,
@@ -1802,7 +1809,7 @@ fn refuses_each_path_once() -> impl Connect {
 async fn an_idempotent_request_refused_by_the_server_is_sent_again_as_it_was() {
     let client = Client::builder()
         .addr("refusing")
-        .connector(refuses_each_path_once())
+        .connector(refuses_each_path(1))
         .build()
         .unwrap();
     let mut put = post("/put", "payload");
@@ -1823,11 +1830,22 @@ async fn an_idempotent_request_refused_by_the_server_is_sent_again_as_it_was() {
     let client = Client::builder()
         .addr("refusing")
         .retry(RetryPolicy::none())
-        .connector(refuses_each_path_once())
+        .connector(refuses_each_path(1))
         .build()
         .unwrap();
     let error = client.send(get("/get")).await.unwrap_err();
     assert_eq!(error.remote_code(), Some(ErrorCode::REFUSED), "{error:?}");
+
+    // Refused again on its one retry (the default policy's), it fails with the refusal.
+    let client = Client::builder()
+        .addr("refusing")
+        .connector(refuses_each_path(2))
+        .build()
+        .unwrap();
+    let error = client.send(get("/twice")).await.unwrap_err();
+    assert_eq!(error.remote_code(), Some(ErrorCode::REFUSED), "{error:?}");
+    let response = client.send(get("/twice")).await.unwrap();
+    assert_eq!(response.body(), "GET /twice  -".as_bytes());
 }
 
 // ===== passive health =====
