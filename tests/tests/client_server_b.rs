@@ -1465,12 +1465,29 @@ async fn a_request_that_never_got_into_a_full_send_queue_fails_as_overloaded() {
     // limit, so the client sees no per-connection one and sends all). Its socket fills, then
     // the client's writer, then its one-frame send queue: later requests wait there for room.
     const REQUESTS: usize = 100;
+    const BODY: usize = 16 << 10;
     let gate = Arc::new(Semaphore::new(0));
     let mut config = ServerConfig::default();
     config
         .max_concurrent(1)
         .overload_wait(Duration::from_secs(600));
     let server = Server::with_config(gated(gate.clone(), Arc::default()), config);
+    // What the server read off its connection, all told.
+    let read = Arc::new(AtomicUsize::new(0));
+    let connector = {
+        let (server, read) = (server.clone(), read.clone());
+        move |_addr: &str| {
+            let (server, read) = (server.clone(), read.clone());
+            async move {
+                let (client_half, server_half) = tokio::io::duplex(64 << 10);
+                tokio::spawn(async move {
+                    let io = CountingReads(server_half, read);
+                    let _ = server.serve_connection(io, CancellationToken::new()).await;
+                });
+                Ok::<BoxIo, std::io::Error>(Box::new(client_half))
+            }
+        }
+    };
     let mut conn = ConnConfig::default();
     conn.send_queue(1);
     let client = Client::builder()
@@ -1478,11 +1495,11 @@ async fn a_request_that_never_got_into_a_full_send_queue_fails_as_overloaded() {
         .timeout(Duration::from_secs(2))
         .retry(RetryPolicy::none())
         .conn_config(conn)
-        .connector(in_memory(server.clone()))
+        .connector(connector)
         .build()
         .unwrap();
     client.ready(Duration::from_secs(1)).await.unwrap();
-    let tasks = spawn_posts(&client, REQUESTS, 16 << 10);
+    let tasks = spawn_posts(&client, REQUESTS, BODY);
     let (mut timed_out, mut overloaded) = (0, 0);
     for task in tasks {
         match finish(task).await.0.unwrap_err() {
@@ -1497,11 +1514,55 @@ async fn a_request_that_never_got_into_a_full_send_queue_fails_as_overloaded() {
         timed_out >= 1 && overloaded >= 1,
         "{timed_out} timed out, {overloaded} overloaded"
     );
+    // Each request is a frame of more than BODY bytes: the server cannot have read more of
+    // them than timed out (the handshake, the cancels and the frames' heads together come to
+    // far less than one body).
+    let read = read.load(SeqCst);
     assert!(
-        server.stats().requests <= timed_out,
-        "an overloaded request was read by the server"
+        read / BODY <= timed_out,
+        "the server read {read} bytes, more than the {timed_out} requests that timed out"
     );
     gate.add_permits(REQUESTS);
+}
+
+/// Counts the bytes read through it.
+struct CountingReads<IO>(IO, Arc<AtomicUsize>);
+
+impl<IO: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for CountingReads<IO> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = std::pin::Pin::new(&mut self.0).poll_read(cx, buf);
+        self.1.fetch_add(buf.filled().len() - before, SeqCst);
+        polled
+    }
+}
+
+impl<IO: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for CountingReads<IO> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_shutdown(cx)
+    }
 }
 
 /// Failing fast covers a full send queue too: the request fails at once as overloaded.
