@@ -374,6 +374,67 @@ fn a_request_ends_when_its_connections_runtime_shuts_down() {
     assert!(error.is_connection_lost(), "{error:?}");
 }
 
+/// The runtime that runs the client's connections shuts down while requests from another
+/// runtime still wait in a connection's queue (that runtime no longer runs it): all fail as
+/// lost, at once, except a GET, which may be sent again and is (then ending at its deadline,
+/// with no connection left to take it).
+#[test]
+fn requests_still_queued_when_their_connections_runtime_shuts_down_fail_as_lost_or_are_retried() {
+    let home = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let server = Server::new(silent());
+    let client = home.block_on(async {
+        let client = Client::builder()
+            .addr("in-memory")
+            .timeout(Duration::from_millis(500))
+            .connector(in_memory(server.clone()))
+            .build()
+            .unwrap();
+        client.ready(Duration::from_secs(10)).await.unwrap();
+        client
+    });
+    // No longer driven: what is queued on its connection stays there.
+    let (done_tx, done) = std::sync::mpsc::channel();
+    for request in [get("/get"), post("/post", "once")] {
+        let (client, done_tx) = (client.clone(), done_tx.clone());
+        std::thread::spawn(move || {
+            let caller = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            let method = request.method().clone();
+            let _ = done_tx.send((method, caller.block_on(client.send(request))));
+        });
+    }
+    let since = std::time::Instant::now();
+    while client.stats().pending < 2 {
+        assert!(
+            since.elapsed() < Duration::from_secs(10),
+            "the requests were never queued"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    drop(home);
+    for _ in 0..2 {
+        let (method, result) = done
+            .recv_timeout(Duration::from_secs(10))
+            .expect("a request did not end");
+        let error = result.unwrap_err();
+        if method == http::Method::POST {
+            assert!(error.is_connection_lost(), "{error:?}");
+        } else {
+            assert!(
+                !error.is_connection_lost(),
+                "the GET was not retried: {error:?}"
+            );
+            assert!(error.is_timeout() || error.is_unavailable(), "{error:?}");
+        }
+    }
+    assert_eq!(server.stats().requests, 0);
+}
+
 /// The runtime that runs the client's connections shuts down while none has a request: later
 /// requests, from another runtime, find no connection up (and fail as unavailable at their
 /// deadline), rather than one that takes them into a queue no one reads.
