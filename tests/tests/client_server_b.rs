@@ -1024,6 +1024,65 @@ async fn a_silent_server_is_detected_by_keepalive_before_the_timeout() {
     assert!(start.elapsed() <= keepalive * 3, "{:?}", start.elapsed());
 }
 
+/// A server that stops reading: the client's writer is held up, requests pile up in the
+/// connection's queue, and keepalive closes the connection. Those written (or being written)
+/// fail as lost; those still queued, never written, go out on the next connection, POSTs
+/// included.
+#[tokio::test(start_paused = true)]
+async fn requests_queued_behind_a_write_held_up_go_elsewhere_when_keepalive_closes_it() {
+    use teleport_transport::conn::{Conn, ConnConfig};
+    const REQUESTS: usize = 40;
+    let healthy = Server::new(echo());
+    let opened = Arc::new(AtomicUsize::new(0));
+    let connector = {
+        let (healthy, opened) = (healthy.clone(), opened.clone());
+        move |_addr: &str| {
+            let (healthy, first) = (healthy.clone(), opened.fetch_add(1, SeqCst) == 0);
+            async move {
+                if !first {
+                    return Ok::<BoxIo, std::io::Error>(Box::new(served_by(healthy).0));
+                }
+                // Completes the handshake, then reads nothing more and never closes.
+                let (client_half, server_half) = tokio::io::duplex(64 << 10);
+                tokio::spawn(async move {
+                    let conn = Conn::accept(server_half, &ConnConfig::default()).await;
+                    std::future::pending::<()>().await;
+                    drop(conn);
+                });
+                Ok(Box::new(client_half))
+            }
+        }
+    };
+    let client = Client::builder()
+        .addr("stuck")
+        .timeout(Duration::from_secs(60))
+        .keepalive(Some(Duration::from_secs(1)))
+        .connector(connector)
+        .build()
+        .unwrap();
+    client.ready(Duration::from_secs(1)).await.unwrap();
+    let tasks = spawn_posts(&client, REQUESTS, 16 << 10);
+    let (mut lost, mut served) = (0, 0);
+    for (i, task) in tasks.into_iter().enumerate() {
+        match finish(task).await.0 {
+            Ok(response) => {
+                let body = String::from_utf8_lossy(response.body()).into_owned();
+                assert!(body.starts_with(&format!("POST /{i} x")), "{i}");
+                served += 1;
+            }
+            Err(error) if error.is_connection_lost() => lost += 1,
+            Err(error) => panic!("{i}: {error:?}"),
+        }
+    }
+    // The duplex holds 64 KiB: a handful of 16 KiB requests got into it or the batch.
+    assert!(
+        lost >= 1 && served >= REQUESTS / 2,
+        "{lost} lost, {served} served"
+    );
+    assert_eq!(healthy.stats().responses, served as u64);
+    assert_eq!(opened.load(SeqCst), 2);
+}
+
 #[tokio::test(start_paused = true)]
 async fn deadlines_between_keepalive_probes_fire_on_time() {
     // The connection keeps one timer for its probes and its requests' deadlines: neither may
