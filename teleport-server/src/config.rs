@@ -62,7 +62,8 @@ impl ServerConfig {
     }
 
     /// How long a request waits for room on a full connection before it, and those behind it,
-    /// are answered with an `overloaded` error instead of running. Default 1 s.
+    /// are answered with an `overloaded` error instead of running (one whose own deadline passes
+    /// first is answered with a `timeout` error then). Default 1 s.
     pub fn overload_wait(&mut self, wait: Duration) -> &mut Self {
         self.overload_wait = wait;
         self

@@ -9,7 +9,8 @@
 //!  read ─▶ dispatch: room? ──yes──▶ first poll of the handler ──ready──▶ batch ─▶ write
 //!                     │                   │ pending: a task of its own ─▶ sender ─▶ queue ─┘
 //!                     │ no: wait; read on only up to 64 frames, for the cancels and pings
-//!                     │     among them; then TCP backs up
+//!                     │     among them; then TCP backs up. A waiting request whose deadline
+//!                     │     passes is answered `timeout` without running
 //!                     └─ still full after overload_wait: answer `overloaded` without running
 //! ```
 
@@ -213,6 +214,8 @@ where
             let shed_at = self
                 .full_since
                 .and_then(|since| since.checked_add(self.shared.config.overload_wait));
+            // A request whose deadline passes while it waits is answered then.
+            let expire_at = if waiting { self.next_expiry() } else { None };
             tokio::select! {
                 biased;
                 Some(done) = self.tasks.join_next(), if !self.tasks.is_empty() => self.reap(done),
@@ -222,6 +225,7 @@ where
                 _ = self.queue.ready(), if !self.tasks.is_empty() || !self.queue.is_empty() => {}
                 permit = acquire(global), if waiting && self.permit.is_none() => self.permit = permit,
                 () = sleep_until(shed_at), if waiting => {}
+                () = sleep_until(expire_at), if waiting => {}
                 // While a request waits for room, read on up to a bound, so that the cancels and
                 // pings behind it are seen (a cancel may free the room; a ping unanswered would
                 // close a connection that is only full); past it, the client's frames back up.
@@ -271,7 +275,9 @@ where
                         Admission::Wait => {
                             self.pending
                                 .push_front((Inbound::Frame(Frame::Request(request)), read_at));
-                            if self.take_up_controls() {
+                            // Either may end the request that waited: then the next is taken
+                            // up in turn (and waits as the head, if it must).
+                            if self.expire_waiting(Instant::now()) || self.take_up_controls() {
                                 continue;
                             }
                             return;
@@ -307,6 +313,54 @@ where
             self.full_since = None;
             self.backlog_since = None;
         }
+    }
+
+    /// When the waiting request whose deadline passes first does (its wait counts against its
+    /// deadline, as when it runs): `None` when none has a deadline.
+    fn next_expiry(&self) -> Option<Instant> {
+        self.pending
+            .iter()
+            .filter_map(|(item, read_at)| self.expiry(item, *read_at))
+            .min()
+    }
+
+    fn expiry(&self, item: &Inbound, read_at: Option<Instant>) -> Option<Instant> {
+        match item {
+            Inbound::Frame(Frame::Request(request)) => {
+                let since = read_at.or(self.backlog_since)?;
+                since.checked_add(request.deadline?)
+            }
+            _ => None,
+        }
+    }
+
+    /// While the first pending request waits for room, answers every waiting request whose
+    /// deadline has passed with a timeout, without running it. True when the first was one of
+    /// them (and is gone): dispatch goes on with the next.
+    fn expire_waiting(&mut self, now: Instant) -> bool {
+        let mut head_gone = false;
+        let mut i = 0;
+        while i < self.pending.len() {
+            let (item, read_at) = &self.pending[i];
+            if self.expiry(item, *read_at).is_none_or(|at| at > now) {
+                i += 1;
+                continue;
+            }
+            let Some((Inbound::Frame(Frame::Request(request)), _)) = self.pending.remove(i) else {
+                unreachable!("only requests have deadlines");
+            };
+            if i == 0 && !head_gone {
+                // The request that waited (counted when it first found no room).
+                self.head_waiting = false;
+                head_gone = true;
+            } else {
+                bump(&self.shared.counters.requests);
+            }
+            bump(&self.shared.counters.timeouts);
+            let message = "deadline passed while the request waited for room";
+            self.push(error_frame(request.id, ErrorCode::TIMEOUT, message));
+        }
+        head_gone
     }
 
     /// While the first pending request waits for room, takes up the cancels and pings read

@@ -15,7 +15,8 @@
 //!   one. At the limit a connection reads on only up to 64 frames, answering the pings and
 //!   taking up the cancels among them, then stops, so the client's writes back up through TCP;
 //!   still full after [`overload_wait`](ServerConfig::overload_wait), it answers new requests
-//!   with an `overloaded` error instead of running them. Memory stays bounded either way.
+//!   with an `overloaded` error instead of running them; one whose deadline passes while it
+//!   waits is answered with a `timeout` error then. Memory stays bounded either way.
 //! - **Timeouts and cancellation**: a handler runs at most [`handler_timeout`](ServerConfig::handler_timeout)
 //!   or the request's own deadline; the client's cancel drops the handler's future.
 //! - **Isolation**: a handler that panics or fails is answered with a 500, for its request only.

@@ -1351,6 +1351,89 @@ async fn a_request_waiting_behind_a_waiting_request_keeps_its_deadline() {
     assert_eq!(timed_out, Some(Duration::from_millis(1_500)));
 }
 
+/// Requests waiting for room whose deadlines pass are answered `timeout` at their deadlines,
+/// without running, while the request holding the room runs on; one behind them with a longer
+/// deadline waits on. (The peer here never cancels, as a client whose cancels are lost.)
+#[tokio::test(start_paused = true)]
+async fn waiting_requests_are_timed_out_at_their_deadlines_without_running() {
+    use teleport_transport::codec::Inbound;
+    use teleport_transport::frame::{Frame, RequestFrame};
+    let ran = Arc::new(AtomicUsize::new(0));
+    let service = {
+        let ran = ran.clone();
+        tower::service_fn(move |request: Request<Body>| {
+            ran.fetch_add(1, Ordering::SeqCst);
+            async move {
+                if request.uri().path() == "/hold" {
+                    std::future::pending::<()>().await;
+                }
+                text("done")
+            }
+        })
+    };
+    let mut config = ServerConfig::default();
+    config
+        .max_concurrent_per_conn(1)
+        .overload_wait(Duration::from_secs(60))
+        .handler_timeout(None);
+    let server = Server::with_config(service, config);
+    let (mut parts, _serving) = raw_client_of(&server).await;
+    let start = tokio::time::Instant::now();
+    // The first holds the room; the rest wait: the fourth's deadline passes first, then the
+    // second's and third's together (the second at the head).
+    for (id, path, deadline) in [
+        (1, "/hold", 100_000),
+        (2, "/late", 700),
+        (3, "/late-too", 700),
+        (4, "/early", 300),
+        (5, "/patient", 50_000),
+    ] {
+        let request = Frame::Request(Box::new(RequestFrame {
+            id,
+            deadline: Some(Duration::from_millis(deadline)),
+            request: get(path),
+        }));
+        parts.writer.push(request).expect("within the limits");
+    }
+    parts
+        .writer
+        .flush_due(true)
+        .await
+        .expect("requests written");
+    let mut answers = Vec::new();
+    while answers.len() < 3 {
+        let item = timeout(SOON, parts.reader.next())
+            .await
+            .expect("no answer")
+            .expect("the connection failed");
+        match item {
+            Some(Inbound::Frame(Frame::Error(error))) => {
+                assert_eq!(error.code, ErrorCode::TIMEOUT, "{error:?}");
+                answers.push((error.id, start.elapsed()));
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(
+        answers,
+        [
+            (4, Duration::from_millis(300)),
+            (2, Duration::from_millis(700)),
+            (3, Duration::from_millis(700))
+        ]
+    );
+    // Nothing more for a while: the first still runs, the fifth still waits.
+    assert!(
+        timeout(Duration::from_secs(10), parts.reader.next())
+            .await
+            .is_err()
+    );
+    assert_eq!(ran.load(Ordering::SeqCst), 1);
+    let stats = server.stats();
+    // Each counted once; the fifth too: it waits, at the head now.
+    assert_eq!((stats.requests, stats.timeouts), (5, 3), "{stats:?}");
+}
+
 /// A connection that sheds a request, then idles, starts its overload wait afresh the next
 /// time it finds the server full: backpressure first again, not an at-once overload error.
 #[tokio::test(start_paused = true)]
