@@ -276,8 +276,9 @@ where
                             self.pending
                                 .push_front((Inbound::Frame(Frame::Request(request)), read_at));
                             // Either may end the request that waited: then the next is taken
-                            // up in turn (and waits as the head, if it must).
-                            if self.expire_waiting(Instant::now()) || self.take_up_controls() {
+                            // up in turn (and waits as the head, if it must). Cancels first: a
+                            // request its client gave up on is cancelled, not timed out.
+                            if self.take_up_controls() || self.expire_waiting(Instant::now()) {
                                 continue;
                             }
                             return;

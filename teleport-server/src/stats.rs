@@ -16,7 +16,8 @@ pub struct ServerStats {
     pub responses: u64,
     /// Requests answered `overloaded` without running.
     pub overloaded: u64,
-    /// Handlers stopped at their timeout.
+    /// Requests answered `timeout`: handlers stopped at their timeout, and requests whose
+    /// deadline passed before they ran (while they waited for room).
     pub timeouts: u64,
     /// Handlers that panicked or returned an error (each answered with a 500).
     pub failures: u64,

@@ -1432,6 +1432,19 @@ async fn waiting_requests_are_timed_out_at_their_deadlines_without_running() {
     let stats = server.stats();
     // Each counted once; the fifth too: it waits, at the head now.
     assert_eq!((stats.requests, stats.timeouts), (5, 3), "{stats:?}");
+    // Then its deadline passes too.
+    let item = timeout(Duration::from_secs(60), parts.reader.next())
+        .await
+        .expect("no answer")
+        .expect("the connection failed");
+    let Some(Inbound::Frame(Frame::Error(error))) = item else {
+        panic!("unexpected {item:?}");
+    };
+    assert_eq!((error.id, error.code), (5, ErrorCode::TIMEOUT), "{error:?}");
+    assert_eq!(start.elapsed(), Duration::from_secs(50));
+    let stats = server.stats();
+    assert_eq!((stats.requests, stats.timeouts), (5, 4), "{stats:?}");
+    assert_eq!(ran.load(Ordering::SeqCst), 1);
 }
 
 /// A connection that sheds a request, then idles, starts its overload wait afresh the next
