@@ -1291,6 +1291,23 @@ async fn a_handler_timeout_of_duration_max_means_none() {
     assert_eq!(server.stats().connections, 1);
 }
 
+/// Writes GETs of `(id, path, deadline in ms)` in one batch, as a bare client.
+async fn send_with_deadlines<W: tokio::io::AsyncWrite + Unpin>(
+    writer: &mut teleport_transport::conn::FrameWriter<W>,
+    requests: &[(u32, &str, u64)],
+) {
+    use teleport_transport::frame::{Frame, RequestFrame};
+    for &(id, path, deadline) in requests {
+        let request = Frame::Request(Box::new(RequestFrame {
+            id,
+            deadline: Some(Duration::from_millis(deadline)),
+            request: get(path),
+        }));
+        writer.push(request).expect("within the limits");
+    }
+    writer.flush_due(true).await.expect("requests written");
+}
+
 /// Requests read together wait for room together: one that waited behind another request's
 /// wait has that wait taken off its deadline too, and is timed out when its client's deadline
 /// passes, not that much later. (The peer here never cancels, as a client whose cancel is
@@ -1298,7 +1315,7 @@ async fn a_handler_timeout_of_duration_max_means_none() {
 #[tokio::test(start_paused = true)]
 async fn a_request_waiting_behind_a_waiting_request_keeps_its_deadline() {
     use teleport_transport::codec::Inbound;
-    use teleport_transport::frame::{Frame, RequestFrame};
+    use teleport_transport::frame::Frame;
     let service = tower::service_fn(|request: Request<Body>| async move {
         match request.uri().path() {
             "/slow" => tokio::time::sleep(Duration::from_millis(600)).await,
@@ -1315,23 +1332,12 @@ async fn a_request_waiting_behind_a_waiting_request_keeps_its_deadline() {
     let (mut parts, _serving) = raw_client_of(&server).await;
     let start = tokio::time::Instant::now();
     // In one batch: the first runs; the second waits 600 ms for room, the third 1.2 s.
-    for (id, path, deadline) in [
+    let requests = [
         (1, "/slow", 10_000),
         (2, "/slow", 10_000),
         (3, "/hang", 1_500),
-    ] {
-        let request = Frame::Request(Box::new(RequestFrame {
-            id,
-            deadline: Some(Duration::from_millis(deadline)),
-            request: get(path),
-        }));
-        parts.writer.push(request).expect("within the limits");
-    }
-    parts
-        .writer
-        .flush_due(true)
-        .await
-        .expect("requests written");
+    ];
+    send_with_deadlines(&mut parts.writer, &requests).await;
     let mut timed_out = None;
     while timed_out.is_none() {
         let item = timeout(SOON, parts.reader.next())
@@ -1357,7 +1363,7 @@ async fn a_request_waiting_behind_a_waiting_request_keeps_its_deadline() {
 #[tokio::test(start_paused = true)]
 async fn waiting_requests_are_timed_out_at_their_deadlines_without_running() {
     use teleport_transport::codec::Inbound;
-    use teleport_transport::frame::{Frame, RequestFrame};
+    use teleport_transport::frame::Frame;
     let ran = Arc::new(AtomicUsize::new(0));
     let service = {
         let ran = ran.clone();
@@ -1381,25 +1387,14 @@ async fn waiting_requests_are_timed_out_at_their_deadlines_without_running() {
     let start = tokio::time::Instant::now();
     // The first holds the room; the rest wait: the fourth's deadline passes first, then the
     // second's and third's together (the second at the head).
-    for (id, path, deadline) in [
+    let requests = [
         (1, "/hold", 100_000),
         (2, "/late", 700),
         (3, "/late-too", 700),
         (4, "/early", 300),
         (5, "/patient", 50_000),
-    ] {
-        let request = Frame::Request(Box::new(RequestFrame {
-            id,
-            deadline: Some(Duration::from_millis(deadline)),
-            request: get(path),
-        }));
-        parts.writer.push(request).expect("within the limits");
-    }
-    parts
-        .writer
-        .flush_due(true)
-        .await
-        .expect("requests written");
+    ];
+    send_with_deadlines(&mut parts.writer, &requests).await;
     let mut answers = Vec::new();
     while answers.len() < 3 {
         let item = timeout(SOON, parts.reader.next())

@@ -374,6 +374,24 @@ fn a_request_ends_when_its_connections_runtime_shuts_down() {
     assert!(error.is_connection_lost(), "{error:?}");
 }
 
+/// A client of `server`, built on `home` (which runs its connections), with one connection up.
+fn ready_client_in<S: HttpService>(
+    home: &tokio::runtime::Runtime,
+    server: &Server<S>,
+    timeout: Duration,
+) -> Client {
+    home.block_on(async {
+        let client = Client::builder()
+            .addr("in-memory")
+            .timeout(timeout)
+            .connector(in_memory(server.clone()))
+            .build()
+            .unwrap();
+        client.ready(Duration::from_secs(10)).await.unwrap();
+        client
+    })
+}
+
 /// The runtime that runs the client's connections shuts down while requests from another
 /// runtime still wait in a connection's queue (that runtime no longer runs it): all fail as
 /// lost, at once, except a GET, which may be sent again and is (then ending at its deadline,
@@ -385,16 +403,7 @@ fn requests_still_queued_when_their_connections_runtime_shuts_down_fail_as_lost_
         .build()
         .unwrap();
     let server = Server::new(silent());
-    let client = home.block_on(async {
-        let client = Client::builder()
-            .addr("in-memory")
-            .timeout(Duration::from_millis(500))
-            .connector(in_memory(server.clone()))
-            .build()
-            .unwrap();
-        client.ready(Duration::from_secs(10)).await.unwrap();
-        client
-    });
+    let client = ready_client_in(&home, &server, Duration::from_millis(500));
     // No longer driven: what is queued on its connection stays there.
     let (done_tx, done) = std::sync::mpsc::channel();
     for request in [get("/get"), post("/post", "once")] {
@@ -446,16 +455,7 @@ fn after_its_connections_runtime_shuts_down_a_client_has_no_connection() {
         .build()
         .unwrap();
     let server = Server::new(silent());
-    let client = home.block_on(async {
-        let client = Client::builder()
-            .addr("in-memory")
-            .timeout(Duration::from_millis(300))
-            .connector(in_memory(server.clone()))
-            .build()
-            .unwrap();
-        client.ready(Duration::from_secs(10)).await.unwrap();
-        client
-    });
+    let client = ready_client_in(&home, &server, Duration::from_millis(300));
     drop(home);
     assert_eq!(client.stats().connections, 0);
     let caller = tokio::runtime::Builder::new_current_thread()
