@@ -425,6 +425,8 @@ fn requests_still_queued_when_their_connections_runtime_shuts_down_fail_as_lost_
         );
         std::thread::sleep(Duration::from_millis(5));
     }
+    // Counted when registered, queued in the same poll an instant later.
+    std::thread::sleep(Duration::from_millis(50));
     drop(home);
     for _ in 0..2 {
         let (method, result) = done
