@@ -147,21 +147,15 @@ impl ConnHandle {
         std::future::poll_fn(|cx| self.table().poll_answer_kept(id, cx)).await
     }
 
-    /// Hands written frames back to the requests that keep theirs; drops the rest, outside the
-    /// lock (`spare` is for those, and left empty).
-    #[expect(
-        clippy::vec_box,
-        reason = "the frames arrive boxed; `spare` only holds them until they are dropped"
-    )]
-    fn keep_written(&self, written: &mut Vec<Frame>, spare: &mut Vec<Box<RequestFrame>>) {
+    /// Hands written request frames back to the requests that keep theirs (those that may be
+    /// sent again); drops the rest, outside the lock.
+    fn keep_written(&self, written: impl Iterator<Item = Box<RequestFrame>>) {
         let mut table = self.table();
-        for frame in written.drain(..) {
-            if let Frame::Request(request) = frame {
-                spare.extend(table.keep(request.id, request));
-            }
-        }
+        let unkept: Vec<_> = written
+            .filter_map(|request| table.keep(request.id, request))
+            .collect();
         drop(table);
-        spare.clear();
+        drop(unkept);
     }
 
     /// Answers a pending request; false when it is no longer pending.
@@ -390,6 +384,7 @@ pub(crate) async fn run(
         handle: &handle,
         inner: &inner,
         queue,
+        batch: Vec::new(),
     };
     let mut conn = Running {
         handle: &handle,
@@ -398,11 +393,27 @@ pub(crate) async fn run(
         writer,
         retired: Some(retired),
         pongs: Vec::new(),
+        batch: &mut guard.batch,
+        keeping: inner.config.retry.max_retries > 0,
     };
     let result = conn.run(&mut guard.queue).await;
     conn.retire();
-    // Never written: these may go out on another connection.
-    let unsent = guard.queue.reclaim();
+    // Never written, and may go out on another connection: the requests of the batch under way
+    // that the write had not reached, then those still queued. The rest of the batch may have
+    // reached the server: lost, and kept by those that may be sent again.
+    let unwritten_from = conn.writer.unwritten_from();
+    let (mut unsent, mut written) = (Vec::new(), Vec::new());
+    for (request, at) in conn.batch.drain(..) {
+        if unwritten_from.is_some_and(|from| at >= from) {
+            unsent.push(Frame::Request(request));
+        } else {
+            written.push(request);
+        }
+    }
+    if conn.keeping {
+        handle.keep_written(written.into_iter());
+    }
+    unsent.extend(guard.queue.reclaim());
     let error = Arc::new(match result {
         Ok(()) => teleport_transport::Error::Read(io::Error::new(
             io::ErrorKind::UnexpectedEof,
@@ -418,13 +429,18 @@ pub(crate) async fn run(
     tracing::debug!(addr = %handle.upstream.addr, error = %error, "connection ended");
 }
 
-/// Owns the connection's send queue, so that the frames still in it are at hand when the task
-/// is dropped mid-way.
+/// Owns the connection's send queue and its batch's request frames, so that they are at hand
+/// when the task is dropped mid-way.
 struct AnswerAllOnDrop<'a> {
     handle: &'a ConnHandle,
     inner: &'a Inner,
     queue: SendQueue,
+    batch: Batch,
 }
+
+/// The request frames of the batch under way (or last written), each with where its bytes
+/// start in the batch's wire bytes at the earliest.
+type Batch = Vec<(Box<RequestFrame>, usize)>;
 
 impl Drop for AnswerAllOnDrop<'_> {
     fn drop(&mut self) {
@@ -434,8 +450,16 @@ impl Drop for AnswerAllOnDrop<'_> {
             // Every request fails as lost, at once (the connections that could take the unsent
             // ones may be gone with the same runtime); those that may be sent again get their
             // frames back, whether the queue still held them or not.
-            let mut unsent = self.queue.reclaim();
-            self.handle.keep_written(&mut unsent, &mut Vec::new());
+            let batch = self.batch.drain(..).map(|(request, _)| request);
+            let queued = self
+                .queue
+                .reclaim()
+                .into_iter()
+                .filter_map(|frame| match frame {
+                    Frame::Request(request) => Some(request),
+                    _ => None,
+                });
+            self.handle.keep_written(batch.chain(queued));
             let error = io::Error::other("the connection's task ended abruptly");
             let error = Arc::new(teleport_transport::Error::Read(error));
             self.handle.fail_all(Vec::new(), &error, self.inner);
@@ -453,6 +477,12 @@ struct Running<'a> {
     retired: Option<oneshot::Sender<()>>,
     /// Payloads of pings to answer, once the batch being written is out.
     pongs: Vec<u64>,
+    /// The request frames of the batch under way (or last written): handed back to their
+    /// requests if the connection fails before their bytes left; once the batch is written
+    /// whole, kept by the requests that may be sent again, dropped otherwise.
+    batch: &'a mut Batch,
+    /// Requests may be sent again (a retry policy): written frames go back to those that may.
+    keeping: bool,
 }
 
 impl Running<'_> {
@@ -476,10 +506,6 @@ impl Running<'_> {
         // Cancels owed, each with how many frames must have gone from the queue into batches
         // (counting from the start, in `taken`) before it may: those queued before it.
         let mut owed: Vec<(u64, u32)> = Vec::new();
-        // Under a retry policy, frames written go back to the requests that keep theirs (those
-        // that may be sent again), through these.
-        let keeping = self.inner.config.retry.max_retries > 0;
-        let (mut written, mut spare) = (Vec::new(), Vec::new());
         let mut owed_new = Vec::new();
         let mut taken: u64 = 0;
         // One timer for the connection, set at the earlier of its earliest request deadline
@@ -537,6 +563,15 @@ impl Running<'_> {
                 owed.extend(owed_new.drain(..).map(|id| (after, id)));
             }
             if !self.writer.is_writing() {
+                if !self.writer.has_batch() && !self.batch.is_empty() {
+                    // The last batch is out, whole.
+                    if self.keeping {
+                        self.handle
+                            .keep_written(self.batch.drain(..).map(|(request, _)| request));
+                    } else {
+                        self.batch.clear();
+                    }
+                }
                 // Our side is closed: nothing more can be answered.
                 for payload in self.pongs.drain(..).filter(|_| !closed) {
                     match self.writer.push(Frame::Pong { payload }) {
@@ -550,18 +585,12 @@ impl Running<'_> {
                 // Once the server's direction has ended the queue is left as it is: its
                 // requests go out on another connection.
                 if reading && !closed {
-                    if keeping {
-                        taken += self.writer.push_queued_keeping(queue, |frame| {
-                            if matches!(frame, Frame::Request(_)) {
-                                written.push(frame);
-                            }
-                        }) as u64;
-                        if !written.is_empty() {
-                            self.handle.keep_written(&mut written, &mut spare);
+                    let batch = &mut *self.batch;
+                    taken += self.writer.push_queued_keeping(queue, |frame, at| {
+                        if let Frame::Request(request) = frame {
+                            batch.push((request, at));
                         }
-                    } else {
-                        taken += self.writer.push_queued(queue) as u64;
-                    }
+                    }) as u64;
                     let due = owed
                         .iter()
                         .take_while(|&&(after, _)| after <= taken)
@@ -628,6 +657,22 @@ impl Running<'_> {
     fn on_inbound(&mut self, item: Inbound) {
         match item {
             Inbound::Frame(Frame::Ping { payload }) => self.pongs.push(payload),
+            Inbound::Frame(Frame::Error(error))
+                if self.keeping && error.code == ErrorCode::REFUSED =>
+            {
+                // Refused, and perhaps sent again: its frame, if still in the batch under
+                // way, goes to its request with the answer.
+                if let Some(at) = self.batch.iter().position(|(r, _)| r.id == error.id) {
+                    let (request, _) = self.batch.swap_remove(at);
+                    self.handle.keep_written(std::iter::once(request));
+                }
+                if self
+                    .handle
+                    .on_inbound(Inbound::Frame(Frame::Error(error)), self.inner)
+                {
+                    self.retire();
+                }
+            }
             item => {
                 if self.handle.on_inbound(item, self.inner) {
                     self.retire();

@@ -128,6 +128,12 @@ impl Encoder {
         self.batch_bytes += len;
     }
 
+    /// Wire bytes of the batch so far (0 once [`finish`](Self::finish) ended it): the next
+    /// frame pushed starts at or after this offset in the batch's wire bytes.
+    pub fn wire_len(&self) -> usize {
+        if self.handed_out { 0 } else { self.out.len() }
+    }
+
     /// Frames in the batch so far; 0 once [`finish`](Self::finish) ended it.
     pub fn batch_frames(&self) -> usize {
         if self.handed_out {

@@ -891,29 +891,43 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
     /// # Panics
     /// While a batch is being written.
     pub fn push_queued(&mut self, queue: &mut SendQueue) -> usize {
-        self.push_queued_keeping(queue, drop)
+        self.push_queued_keeping(queue, |frame, _| drop(frame))
     }
 
     /// As [`push_queued`](Self::push_queued), handing each frame to `keep` once it is in the
-    /// batch instead of dropping it: a client keeps the requests it may have to send again.
+    /// batch instead of dropping it, with where its bytes start in the batch's wire bytes at
+    /// the earliest (see [`unwritten_from`](Self::unwritten_from)): a client keeps the requests
+    /// it may have to send again, or that never left if the connection fails.
     ///
     /// # Panics
     /// While a batch is being written.
     pub fn push_queued_keeping(
         &mut self,
         queue: &mut SendQueue,
-        mut keep: impl FnMut(Frame),
+        mut keep: impl FnMut(Frame, usize),
     ) -> usize {
         let mut n = 0;
         while !self.is_full() {
             let Some(checked) = queue.try_next() else {
                 break;
             };
+            let at = self.encoder.wire_len();
             self.push_checked(&checked);
-            keep(checked.frame);
+            keep(checked.frame, at);
             n += 1;
         }
         n
+    }
+
+    /// Where the batch's wire bytes stop having reached the socket: `Some(0)` for a batch not
+    /// yet started, `Some(n)` while one is being written (its first `n` bytes went out), `None`
+    /// when no batch is pending (the last one was written whole). A frame whose bytes start at
+    /// or after it never left.
+    pub fn unwritten_from(&self) -> Option<usize> {
+        match self.written {
+            Some(at) => Some(at),
+            None => self.has_batch().then_some(0),
+        }
     }
 
     fn push_checked(&mut self, checked: &Checked) {
@@ -1146,6 +1160,50 @@ mod tests {
             Conn::accept(server_io, &config)
         )
         .expect("handshake")
+    }
+
+    /// Where each frame taken into a batch starts, at the earliest, against how far the batch's
+    /// write got: a frame at or past it never left.
+    #[tokio::test]
+    async fn a_batch_says_which_of_its_frames_its_write_has_not_reached() {
+        // A 1 KiB socket buffer and no reader: the write stops there.
+        let (client_io, server_io) = tokio::io::duplex(1024);
+        let config = ConnConfig::default();
+        let (client, _server) = tokio::try_join!(
+            Conn::connect(client_io, &config),
+            Conn::accept(server_io, &config)
+        )
+        .expect("handshake");
+        let Parts {
+            mut writer,
+            sender,
+            mut queue,
+            ..
+        } = client.into_parts();
+        assert_eq!(writer.unwritten_from(), None, "no batch");
+        for id in 1..=10 {
+            sender.try_send(request(id)).expect("room in the queue");
+        }
+        let mut taken = Vec::new();
+        writer.push_queued_keeping(&mut queue, |frame, at| taken.push((frame.id(), at)));
+        // Ten frames of about 230 bytes in one raw block: each starts past the one before.
+        assert_eq!(taken.len(), 10);
+        assert_eq!(taken[0], (1, 0));
+        for pair in taken.windows(2) {
+            assert!(pair[1].1 > pair[0].1 + 200, "{taken:?}");
+        }
+        assert_eq!(writer.unwritten_from(), Some(0), "not started: none left");
+        let stalled = tokio::time::timeout(Duration::from_millis(100), writer.flush_due(true));
+        assert!(stalled.await.is_err(), "the write should be held up");
+        let from = writer.unwritten_from().expect("a write under way");
+        assert!(from > 0 && from <= 1024, "{from}");
+        let never_left: Vec<u32> = taken
+            .iter()
+            .filter(|&&(_, at)| at >= from)
+            .map(|&(id, _)| id)
+            .collect();
+        // 1 KiB holds four frames whole and the fifth in part: the last five never left.
+        assert_eq!(never_left, [6, 7, 8, 9, 10], "from {from}: {taken:?}");
     }
 
     #[tokio::test]
