@@ -54,9 +54,10 @@ pub struct Timeout(pub Duration);
 /// When a failed request is sent again.
 ///
 /// Requests that never left the client (queued on a connection that then closed, or in a
-/// batch whose write had not reached them) always go out on another connection. The policy governs the rest: requests lost in flight may have
-/// run, so only idempotent methods (GET, HEAD, PUT, DELETE, OPTIONS, TRACE) are retried, at
-/// most `max_retries` times, within the request's deadline. Requests the server refused
+/// batch whose write had not reached them) always go out on another connection. The policy
+/// governs the rest: requests lost in flight may have run, so only idempotent methods (GET,
+/// HEAD, PUT, DELETE, OPTIONS, TRACE) are retried, at most `max_retries` times, within the
+/// request's deadline. Requests the server refused
 /// without running them (`REFUSED`) are retried on the same terms, as only idempotent ones
 /// keep their frame to send again; any other fails with that error, which says it is safe to
 /// send again. No copy is made: once written, the frame goes back to the request's answer slot

@@ -920,9 +920,9 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
     }
 
     /// Where the batch's wire bytes stop having reached the socket: `Some(0)` for a batch not
-    /// yet started, `Some(n)` while one is being written (its first `n` bytes went out), `None`
-    /// when no batch is pending (the last one was written whole). A frame whose bytes start at
-    /// or after it never left.
+    /// yet started, `Some(n)` while one is being written (its first `n` bytes went out, as far
+    /// as the writer told; after a failed write, all of them), `None` when no batch is pending
+    /// (the last one was written whole). A frame whose bytes start at or after it never left.
     pub fn unwritten_from(&self) -> Option<usize> {
         match self.written {
             Some(at) => Some(at),
@@ -975,10 +975,21 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
         }
         while let Some(at) = self.written {
             let wire = self.encoder.finished();
-            if at == wire.len() {
+            let len = wire.len();
+            if at == len {
                 break;
             }
-            let n = self.io.write(&wire[at..]).await.map_err(Error::Write)?;
+            let n = match self.io.write(&wire[at..]).await {
+                Ok(n) => n,
+                Err(error) => {
+                    // A writer may have put part of what it was given on the wire before it
+                    // failed (TLS writes records, then fails on a later one): from here on
+                    // the batch counts as written, so none of its frames passes for one that
+                    // never left.
+                    self.written = Some(len);
+                    return Err(Error::Write(error));
+                }
+            };
             if n == 0 {
                 return Err(Error::Write(io::ErrorKind::WriteZero.into()));
             }
