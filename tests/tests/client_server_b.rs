@@ -1984,15 +1984,21 @@ fn refuses_each_path(times: usize) -> impl Connect {
     }
 }
 
+/// A client of peers that refuse each path `times` times ([`refuses_each_path`]).
+fn refusing_client(times: usize, retry: RetryPolicy) -> Client {
+    Client::builder()
+        .addr("refusing")
+        .retry(retry)
+        .connector(refuses_each_path(times))
+        .build()
+        .unwrap()
+}
+
 /// A request the server refused without running it is sent again, the same request (method,
 /// path, headers, body), when it is idempotent; any other fails with the refusal.
 #[tokio::test]
 async fn an_idempotent_request_refused_by_the_server_is_sent_again_as_it_was() {
-    let client = Client::builder()
-        .addr("refusing")
-        .connector(refuses_each_path(1))
-        .build()
-        .unwrap();
+    let client = refusing_client(1, RetryPolicy::default());
     let mut put = post("/put", "payload");
     *put.method_mut() = http::Method::PUT;
     put.headers_mut().insert("x-tag", "7".parse().unwrap());
@@ -2008,21 +2014,12 @@ async fn an_idempotent_request_refused_by_the_server_is_sent_again_as_it_was() {
     assert_eq!(response.body(), "POST /post twice -".as_bytes());
 
     // With retries off, an idempotent one fails with the refusal too.
-    let client = Client::builder()
-        .addr("refusing")
-        .retry(RetryPolicy::none())
-        .connector(refuses_each_path(1))
-        .build()
-        .unwrap();
+    let client = refusing_client(1, RetryPolicy::none());
     let error = client.send(get("/get")).await.unwrap_err();
     assert_eq!(error.remote_code(), Some(ErrorCode::REFUSED), "{error:?}");
 
     // Refused again on its one retry (the default policy's), it fails with the refusal.
-    let client = Client::builder()
-        .addr("refusing")
-        .connector(refuses_each_path(2))
-        .build()
-        .unwrap();
+    let client = refusing_client(2, RetryPolicy::default());
     let error = client.send(get("/twice")).await.unwrap_err();
     assert_eq!(error.remote_code(), Some(ErrorCode::REFUSED), "{error:?}");
     let response = client.send(get("/twice")).await.unwrap();
@@ -2034,11 +2031,7 @@ async fn an_idempotent_request_refused_by_the_server_is_sent_again_as_it_was() {
 /// refusal.
 #[tokio::test]
 async fn a_get_refused_while_its_batch_is_still_being_written_is_sent_again() {
-    let client = Client::builder()
-        .addr("refusing")
-        .connector(refuses_each_path(1))
-        .build()
-        .unwrap();
+    let client = refusing_client(1, RetryPolicy::default());
     client.ready(Duration::from_secs(1)).await.unwrap();
     // All queued before the connection's task runs: one batch of about 240 KiB, the GET first.
     let get = spawn_send(&client, get("/get"));
