@@ -214,8 +214,13 @@ where
             let shed_at = self
                 .full_since
                 .and_then(|since| since.checked_add(self.shared.config.overload_wait));
-            // A request whose deadline passes while it waits is answered then.
-            let expire_at = if waiting { self.next_expiry() } else { None };
+            // A request whose deadline passes while it waits for room is answered then. (Not
+            // looked for when the pending frames wait only for the batch to be written.)
+            let expire_at = if self.head_waiting {
+                self.next_expiry()
+            } else {
+                None
+            };
             tokio::select! {
                 biased;
                 Some(done) = self.tasks.join_next(), if !self.tasks.is_empty() => self.reap(done),
