@@ -486,17 +486,15 @@ struct Running<'a> {
 }
 
 impl Running<'_> {
-    /// Until the server's direction ends and ours is closed, or until the first error.
+    /// Until the server's direction ends, or until the first error.
     async fn run(&mut self, queue: &mut SendQueue) -> Result<(), teleport_transport::Error> {
         let keepalive = self.inner.config.keepalive;
         // When the next keepalive probe is due.
         let mut probe_at = keepalive.map(|period| Instant::now() + period);
         let mut heard = true;
         let mut ping_out = false;
-        let mut reading = true;
-        // Set once the connection is drained or the server's direction ends: half-close once
-        // what is queued is written. Requests can no longer be queued by then (the connection is
-        // retired), but cancels can: those of its last requests, which must reach the server
+        // Set once the connection is drained: half-close once what is queued is written.
+        // Requests can no longer be queued by then (the connection is retired), but cancels can: those of its last requests, which must reach the server
         // before the half-close (it waits for its handlers before it closes).
         let mut stop = false;
         let mut closed = false;
@@ -582,9 +580,7 @@ impl Running<'_> {
                         }
                     }
                 }
-                // Once the server's direction has ended the queue is left as it is: its
-                // requests go out on another connection.
-                if reading && !closed {
+                if !closed {
                     let batch = &mut *self.batch;
                     taken += self.writer.push_queued_keeping(queue, |frame, at| {
                         if let Frame::Request(request) = frame {
@@ -603,17 +599,13 @@ impl Running<'_> {
                     owed.clear();
                 }
             }
-            if !reading && closed {
-                return Ok(());
-            }
             let write_now = self.writer.is_writing() || self.writer.is_full();
             let close_now = stop
                 && !closed
                 && !write_now
                 && !self.writer.has_batch()
                 && owed.is_empty()
-                // Once the server's direction has ended, what is queued goes elsewhere.
-                && (queue.is_empty() || !reading);
+                && queue.is_empty();
             tokio::select! {
                 biased;
                 // Resumes a write under way; otherwise writes when the batch policy says. Once
@@ -623,12 +615,14 @@ impl Running<'_> {
                     urgent = false;
                     closed |= close_now;
                 }
-                n = self.reader.next_many(&mut items, INBOUND_AT_ONCE), if reading => {
+                n = self.reader.next_many(&mut items, INBOUND_AT_ONCE) => {
                     if n? == 0 {
-                        // The server will send nothing more: stop writing, reclaim the queue.
-                        reading = false;
-                        stop = true;
+                        // The server will send nothing more, so nothing written from here on
+                        // could be answered: stop at once. What the write has not reached (a
+                        // batch not started, the rest of one under way, the queue) goes out
+                        // on another connection.
                         self.retire();
+                        return Ok(());
                     }
                     heard = true;
                     for item in items.drain(..) {
@@ -639,7 +633,7 @@ impl Running<'_> {
                         stop = true;
                     }
                 }
-                _ = queue.ready(), if reading && !closed && !write_now => {}
+                _ = queue.ready(), if !closed && !write_now => {}
                 // Wake-ups only: the loop's top handles both.
                 () = &mut timer, if timer_at.is_some() => {}
                 () = std::future::poll_fn(|cx| self.handle.poll_rearm(cx)) => {}

@@ -1083,6 +1083,61 @@ async fn requests_never_written_go_elsewhere_when_keepalive_closes_a_connection_
     assert_eq!(opened.load(SeqCst), 2);
 }
 
+/// The server ends its direction while a request waits in a batch for the batch delay: nothing
+/// written from then on could be answered, so the batch is not written, and its request (a
+/// POST, never retried) goes out on the next connection.
+#[tokio::test(start_paused = true)]
+async fn a_batch_not_started_when_the_server_ends_its_direction_goes_elsewhere() {
+    use teleport_transport::conn::{Conn, ConnConfig, Parts};
+    let healthy = Server::new(echo());
+    let opened = Arc::new(AtomicUsize::new(0));
+    let received = Arc::new(AtomicUsize::new(0));
+    let connector = {
+        let (healthy, opened, received) = (healthy.clone(), opened.clone(), received.clone());
+        move |_addr: &str| {
+            let (healthy, received) = (healthy.clone(), received.clone());
+            let first = opened.fetch_add(1, SeqCst) == 0;
+            async move {
+                if !first {
+                    return Ok::<BoxIo, std::io::Error>(Box::new(served_by(healthy).0));
+                }
+                // Half-closes 100 ms after the handshake, reading on until the client closes.
+                let (client_half, server_half) = tokio::io::duplex(64 << 10);
+                tokio::spawn(async move {
+                    let conn = Conn::accept(server_half, &ConnConfig::default()).await;
+                    let Parts {
+                        mut reader,
+                        mut writer,
+                        ..
+                    } = conn.unwrap().into_parts();
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    writer.shutdown().await.unwrap();
+                    while let Ok(Some(item)) = reader.next().await {
+                        if matches!(item, Inbound::Frame(Frame::Request(_))) {
+                            received.fetch_add(1, SeqCst);
+                        }
+                    }
+                });
+                Ok(Box::new(client_half))
+            }
+        }
+    };
+    let client = Client::builder()
+        .addr("closing")
+        .timeout(Duration::from_secs(60))
+        .max_batch_delay(Duration::from_secs(1))
+        .retry(RetryPolicy::none())
+        .connector(connector)
+        .build()
+        .unwrap();
+    client.ready(Duration::from_secs(1)).await.unwrap();
+    let (response, _) = finish(spawn_send(&client, post("/late", "z"))).await;
+    assert_eq!(response.unwrap().body(), &echoed("POST", "/late", "z"));
+    assert_eq!(healthy.stats().responses, 1);
+    assert_eq!(received.load(SeqCst), 0, "written to a server that closed");
+    assert_eq!(opened.load(SeqCst), 2);
+}
+
 #[tokio::test(start_paused = true)]
 async fn deadlines_between_keepalive_probes_fire_on_time() {
     // The connection keeps one timer for its probes and its requests' deadlines: neither may
