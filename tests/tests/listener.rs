@@ -638,6 +638,19 @@ async fn mutual_tls_refuses_clients_without_a_valid_certificate() {
     assert_eq!(stats.accepted, 3);
 }
 
+#[test]
+fn mutual_tls_with_plaintext_allowed_is_refused_at_bind() {
+    let pki = Pki::generate();
+    let mut tls = pki.server_mtls();
+    tls.allow_plaintext(true);
+    let mut config = loopback();
+    config.tls(Some(tls));
+    match Listener::bind(&config) {
+        Err(teleport_transport::Error::InvalidConfig { field: "tls", .. }) => {}
+        other => panic!("{:?}", other.map(|_| ())),
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tls_only_listener_rejects_plaintext_and_a_mixed_one_serves_both() {
     let pki = Pki::generate();

@@ -191,6 +191,7 @@ impl Encoder {
                 put_block(&mut self.out, BLOCK_RAW, chunk);
             }
             self.pending.clear();
+            self.trim_pending();
             return;
         }
         if self.raw_open.is_none() {
@@ -218,6 +219,15 @@ impl Encoder {
             compress_into(&mut self.compressor, chunk, &mut self.out);
         }
         self.pending.drain(..full);
+        self.trim_pending();
+    }
+
+    /// A frame larger than a block is staged whole: its buffer is given back once the frame
+    /// is in blocks, so that one large frame does not pin it for the connection's life.
+    fn trim_pending(&mut self) {
+        if self.pending.capacity() > 2 * BLOCK_MAX {
+            self.pending.shrink_to(BLOCK_MAX);
+        }
     }
 
     /// Puts all pending bytes in blocks, the last one possibly short, and ends the open raw

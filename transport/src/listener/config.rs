@@ -236,7 +236,7 @@ impl ListenerConfig {
     }
 
     /// The longest pause after a resource error (`EMFILE`, `ENFILE`, `ENOBUFS`, `ENOMEM`) from
-    /// `accept`; pauses start at 5 ms and double up to this. Default 1 s.
+    /// `accept`; pauses start at 5 ms and double up to this. Default 1 s; at least 1 ms.
     pub fn accept_backoff_max(&mut self, max: Duration) -> &mut Self {
         self.accept_backoff_max = max;
         self
@@ -265,6 +265,21 @@ impl ListenerConfig {
         }
         if self.max_lifetime.is_some_and(|t| t.is_zero()) {
             return invalid("max_lifetime", "must be more than zero (None turns it off)");
+        }
+        if self.accept_backoff_max < Duration::from_millis(1) {
+            // Less would retry a failing accept in a near-busy loop.
+            return invalid("accept_backoff_max", "must be at least 1 ms");
+        }
+        if self
+            .tls
+            .as_ref()
+            .is_some_and(|tls| tls.requires_client_cert() && tls.plaintext_allowed())
+        {
+            return invalid(
+                "tls",
+                "a client CA (mutual TLS) cannot be combined with allow_plaintext: plaintext \
+                 peers would get in without a certificate",
+            );
         }
         if self.backlog == 0 || self.backlog > i32::MAX as u32 {
             return invalid("backlog", "must be between 1 and 2^31 - 1");
@@ -321,5 +336,15 @@ mod tests {
                 ..
             })
         ));
+        config.idle_timeout(None).accept_backoff_max(Duration::ZERO);
+        assert!(matches!(
+            config.validate(),
+            Err(Error::InvalidConfig {
+                field: "accept_backoff_max",
+                ..
+            })
+        ));
+        config.accept_backoff_max(Duration::from_millis(1));
+        assert!(config.validate().is_ok());
     }
 }

@@ -86,7 +86,8 @@ impl TlsConfig {
 
     /// Also accepts plaintext peers on the same port, told apart by their first byte (a TLS
     /// ClientHello starts with `0x16`). Default `false`: plaintext peers are refused and counted
-    /// as rejected.
+    /// as rejected. Not with a [client CA](Self::client_ca_pem): binding refuses the pair, as
+    /// plaintext peers would get in without a certificate.
     pub fn allow_plaintext(&mut self, allow: bool) -> &mut Self {
         self.allow_plaintext = allow;
         self
@@ -101,6 +102,10 @@ impl TlsConfig {
 
     pub(crate) fn plaintext_allowed(&self) -> bool {
         self.allow_plaintext
+    }
+
+    pub(crate) fn requires_client_cert(&self) -> bool {
+        self.client_roots.is_some()
     }
 
     /// The rustls config, built once at bind so that setup errors surface there.
