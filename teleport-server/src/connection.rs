@@ -91,6 +91,7 @@ where
         going_away: false,
         shutdown_seen: false,
         full_since: None,
+        quiet_since: None,
         head_waiting: false,
         backlog_since: None,
         permit: None,
@@ -125,13 +126,16 @@ struct Connection<S, IO> {
     tasks: JoinSet<u32>,
     /// For cancel frames: the handler of each request id.
     in_flight: HashMap<u32, AbortHandle>,
-    /// The last request id dispatched, announced in the goaway.
+    /// The last request id dispatched (the goaway announces the last one read).
     last_id: u32,
     going_away: bool,
     /// The server is shutting down: send a goaway.
     shutdown_seen: bool,
     /// Since when the connection has been full without a break; past `overload_wait` it sheds.
     full_since: Option<Instant>,
+    /// While full: since when no request has waited for room. A quiet spell of
+    /// `overload_wait` ends the full one (a backlog shed at once is no break in it).
+    quiet_since: Option<Instant>,
     /// The first pending request waits for room (it is counted already).
     head_waiting: bool,
     /// Since when the requests read and not yet dispatched have waited: from the first wait for
@@ -313,10 +317,14 @@ where
                 }
             }
         }
-        // No request is waiting: "full since" ends here, whatever was shed. The next request
-        // that finds no room waits `overload_wait` again before it is shed.
+        // No request is waiting. Unless room is found meanwhile, the full spell goes on, and
+        // ends only once this quiet one has lasted `overload_wait`: the requests behind a
+        // backlog that was shed (read next from the socket) are shed at once, as the client
+        // should learn; the first to find no room after a quiet spell waits again.
         if self.pending.is_empty() {
-            self.full_since = None;
+            if self.full_since.is_some() {
+                self.quiet_since.get_or_insert_with(Instant::now);
+            }
             self.backlog_since = None;
         }
     }
@@ -391,7 +399,7 @@ where
                         |(item, _)| matches!(item, Inbound::Frame(Frame::Request(r)) if r.id == id),
                     ) {
                         self.pending.remove(at);
-                        if at == 0 {
+                        if at == 0 && !head_gone {
                             // The request that waited (counted when it first found no room).
                             self.head_waiting = false;
                             head_gone = true;
@@ -428,11 +436,17 @@ where
             };
             if let Some(permit) = permit {
                 self.full_since = None;
+                self.quiet_since = None;
                 self.head_waiting = false;
                 return Admission::Run(permit);
             }
         }
         let now = Instant::now();
+        if let Some(quiet) = self.quiet_since.take()
+            && now.saturating_duration_since(quiet) >= self.shared.config.overload_wait
+        {
+            self.full_since = None;
+        }
         self.head_waiting = true;
         self.backlog_since.get_or_insert(now);
         let since = *self.full_since.get_or_insert(now);
@@ -466,6 +480,7 @@ where
         let peer = self.peer.clone();
         let mut work = Box::pin(handle(shared.clone(), request, peer, max_body, started));
         if let Poll::Ready(frame) = work.as_mut().poll(cx) {
+            let frame = drop_guarded(work, frame, counters);
             drop(permit);
             counters.in_flight.fetch_sub(1, Relaxed);
             self.push(frame);
@@ -497,16 +512,15 @@ where
             return;
         }
         if let Err(refused) = self.writer.push(frame) {
-            bump(&self.shared.counters.rejected);
             let message = match &refused {
                 SendError::Refused { error, .. } => error.to_string(),
                 other => other.to_string(),
             };
-            let id = refused.into_frame().id();
-            // An error frame is a few bytes: within any limits.
-            let _ = self
-                .writer
-                .push(error_frame(id, ErrorCode::TOO_LARGE, &message));
+            let refused = refused.into_frame();
+            if let Some(error) = refusal_answer(&refused, &message, &self.shared.counters) {
+                // An error frame is a few bytes: within any limits.
+                let _ = self.writer.push(error);
+            }
         }
     }
 
@@ -539,7 +553,11 @@ where
     async fn stop_handlers(&mut self) {
         self.tasks.abort_all();
         while let Some(done) = self.tasks.join_next().await {
-            self.reap(done);
+            match done {
+                // Not the client's cancel: not counted as one.
+                Err(error) if error.is_cancelled() => {}
+                done => self.reap(done),
+            }
         }
     }
 
@@ -547,8 +565,18 @@ where
     /// still served; the connection ends when the client, its answers in, closes it.
     fn go_away(&mut self) {
         self.going_away = true;
+        // Requests read and still waiting for room are served too.
+        let last_id = self
+            .pending
+            .iter()
+            .rev()
+            .find_map(|(item, _)| match item {
+                Inbound::Frame(Frame::Request(request)) => Some(request.id),
+                _ => None,
+            })
+            .unwrap_or(self.last_id);
         let goaway = Frame::GoAway(GoAwayFrame {
-            last_id: self.last_id,
+            last_id,
             code: ErrorCode::NO_ERROR,
             message: "server shutting down".into(),
         });
@@ -832,18 +860,56 @@ where
     Ok(first.unwrap_or_else(|| rest.freeze()))
 }
 
+/// Drops a handler's work that answered on its first poll, here on the connection's task: it
+/// may still hold the handler (timed out while it waited), and a panic in the handler's drop
+/// must fail its request only, as it does in a task of its own.
+fn drop_guarded<W>(work: W, frame: Frame, counters: &Counters) -> Frame {
+    if std::panic::catch_unwind(AssertUnwindSafe(|| drop(work))).is_ok() {
+        return frame;
+    }
+    bump(&counters.failures);
+    let id = frame.id();
+    tracing::error!(
+        id,
+        "handler panicked while dropped; answered with an internal error"
+    );
+    if matches!(frame, Frame::Response(_)) {
+        counters.responses.fetch_sub(1, Relaxed);
+    }
+    error_frame(id, ErrorCode::INTERNAL, "handler panicked")
+}
+
 /// Queues a frame; one the client's limits refuse becomes an error for its request instead.
 async fn send(sender: &Sender, frame: Frame, counters: &Counters) {
     match sender.send(frame).await {
         Ok(()) => {}
         Err(SendError::Refused { frame, error }) => {
-            bump(&counters.rejected);
-            let error = error_frame(frame.id(), ErrorCode::TOO_LARGE, &error.to_string());
-            // An error frame is a few bytes: only a closed connection can refuse it.
-            let _ = sender.send(error).await;
+            if let Some(error) = refusal_answer(&frame, &error.to_string(), counters) {
+                // An error frame is a few bytes: only a closed connection can refuse it.
+                let _ = sender.send(error).await;
+            }
         }
         // The connection is gone; the client fails its requests itself.
         Err(_) => {}
+    }
+}
+
+/// The answer to a request whose answer the client's limits refused: `TOO_LARGE`. Other frames
+/// refused (a goaway or a pong to a client with a tiny frame limit) answer no request.
+fn refusal_answer(refused: &Frame, message: &str, counters: &Counters) -> Option<Frame> {
+    match refused {
+        Frame::Response(_) | Frame::Error(_) => {
+            bump(&counters.rejected);
+            if matches!(refused, Frame::Response(_)) {
+                // Counted when the service answered; the client gets none.
+                counters.responses.fetch_sub(1, Relaxed);
+            }
+            Some(error_frame(refused.id(), ErrorCode::TOO_LARGE, message))
+        }
+        other => {
+            tracing::debug!(ty = ?other.frame_type(), message, "a frame over the client's limits; not sent");
+            None
+        }
     }
 }
 
@@ -880,5 +946,48 @@ fn rejection_code(error: &ProtocolError) -> ErrorCode {
         ErrorCode::TOO_LARGE
     } else {
         ErrorCode::MALFORMED
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Work that answered on its first poll but panics when dropped.
+    struct PanicsOnDrop;
+
+    impl Drop for PanicsOnDrop {
+        fn drop(&mut self) {
+            panic!("a handler that panics when dropped");
+        }
+    }
+
+    #[test]
+    fn a_panic_dropping_first_polled_work_fails_its_request_only() {
+        let counters = Counters::default();
+        counters.responses.fetch_add(1, Relaxed);
+        let response = Frame::from(ResponseFrame {
+            id: 7,
+            bodiless: false,
+            response: Response::new(Bytes::from_static(b"ok")),
+        });
+        let frame = drop_guarded(PanicsOnDrop, response, &counters);
+        match frame {
+            Frame::Error(error) => assert_eq!((error.id, error.code), (7, ErrorCode::INTERNAL)),
+            other => panic!("unexpected {other:?}"),
+        }
+        assert_eq!(counters.failures.load(Relaxed), 1);
+        assert_eq!(counters.responses.load(Relaxed), 0);
+
+        let timeout = error_frame(8, ErrorCode::TIMEOUT, "handler timed out");
+        let frame = drop_guarded(Box::new(()), timeout, &counters);
+        assert!(matches!(
+            frame,
+            Frame::Error(ErrorFrame {
+                id: 8,
+                code: ErrorCode::TIMEOUT,
+                ..
+            })
+        ));
     }
 }

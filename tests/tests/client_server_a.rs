@@ -684,6 +684,13 @@ async fn oversized_response_fails_only_its_request() {
     let service = tower::service_fn(|request: Request<Body>| async move {
         match request.uri().path() {
             "/big" => text(noise(1 << 20, 9)),
+            // Over the client's header limit: refused when its frame is checked.
+            "/wide" => {
+                let mut response = text("wide").unwrap();
+                let value = HeaderValue::from_str(&"w".repeat(4096)).unwrap();
+                response.headers_mut().insert("x-wide", value);
+                Ok(response)
+            }
             path => text(path.to_owned()),
         }
     });
@@ -691,6 +698,7 @@ async fn oversized_response_fails_only_its_request() {
     let client = client_to(addr)
         .limits(Limits {
             max_body: 64 * 1024,
+            max_header_bytes: 1024,
             ..Limits::default()
         })
         .build()
@@ -720,11 +728,15 @@ async fn oversized_response_fails_only_its_request() {
     let error = client.send(get("/big")).await.unwrap_err();
     assert!(error.is_too_large(), "{error:?}");
     assert!(!matches!(error, Error::RequestTooLarge(_)), "{error:?}");
+    let error = client.send(get("/wide")).await.unwrap_err();
+    assert!(error.is_too_large(), "{error:?}");
     let response = client.send(get("/after")).await.unwrap();
     assert_eq!(response.body(), "/after".as_bytes());
     let stats = running.stats();
     assert_eq!(stats.connections, 1, "{stats:?}");
-    assert_eq!(stats.rejected, 5, "{stats:?}");
+    assert_eq!(stats.rejected, 6, "{stats:?}");
+    // The 17 sent (16 small ones and /after), not the one refused.
+    assert_eq!(stats.responses, 17, "{stats:?}");
     finish(client, running).await;
 }
 
@@ -1597,4 +1609,209 @@ async fn client_is_a_tower_service() {
         .unwrap_err();
     assert!(error.is_too_large(), "{error:?}");
     finish(client, running).await;
+}
+
+/// A connection full for longer than `overload_wait` sheds the requests that backed up in its
+/// socket behind the ones it shed at once, not another 64 at each `overload_wait`: the client
+/// learns that the server is full within the wait.
+#[tokio::test(start_paused = true)]
+async fn requests_backed_up_behind_a_shed_backlog_are_shed_at_once() {
+    use teleport_transport::codec::Inbound;
+    use teleport_transport::frame::{Frame, RequestFrame};
+    const BACKLOG: u32 = 200;
+    let service = tower::service_fn(|request: Request<Body>| async move {
+        if request.uri().path() == "/hang" {
+            std::future::pending::<()>().await;
+        }
+        text("done")
+    });
+    let overload_wait = Duration::from_secs(1);
+    let mut config = ServerConfig::default();
+    config
+        .max_concurrent_per_conn(1)
+        .overload_wait(overload_wait);
+    let server = Server::with_config(service, config);
+    let (mut parts, _serving) = raw_client_of(&server).await;
+    let start = tokio::time::Instant::now();
+    for id in 1..=BACKLOG + 1 {
+        let path = if id == 1 { "/hang" } else { "/quick" };
+        let request = Frame::Request(Box::new(RequestFrame {
+            id,
+            deadline: None,
+            request: get(path),
+        }));
+        parts.writer.push(request).expect("within the limits");
+    }
+    parts
+        .writer
+        .flush_due(true)
+        .await
+        .expect("requests written");
+    let mut shed = 0;
+    while shed < BACKLOG {
+        match parts.reader.next().await.expect("read").expect("open") {
+            Inbound::Frame(Frame::Error(error)) => {
+                assert_eq!(error.code, ErrorCode::OVERLOADED, "{error:?}");
+                shed += 1;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    // Every one at the end of the first wait (before the change: 64 more at each wait).
+    assert_eq!(start.elapsed(), overload_wait);
+    let stats = server.stats();
+    assert_eq!(
+        (stats.requests, stats.overloaded),
+        (u64::from(BACKLOG) + 1, u64::from(BACKLOG))
+    );
+}
+
+/// Two requests waiting for room, both cancelled in one batch: each is counted once as a
+/// request and once as cancelled.
+#[tokio::test(start_paused = true)]
+async fn waiting_requests_cancelled_together_are_each_counted() {
+    use teleport_transport::frame::{Frame, RequestFrame};
+    let service = tower::service_fn(|request: Request<Body>| async move {
+        if request.uri().path() == "/hang" {
+            std::future::pending::<()>().await;
+        }
+        text("done")
+    });
+    let mut config = ServerConfig::default();
+    config
+        .max_concurrent_per_conn(1)
+        .overload_wait(Duration::from_secs(60));
+    let server = Server::with_config(service, config);
+    let (mut parts, _serving) = raw_client_of(&server).await;
+    for (id, path) in [(1, "/hang"), (2, "/quick"), (3, "/quick")] {
+        let request = Frame::Request(Box::new(RequestFrame {
+            id,
+            deadline: None,
+            request: get(path),
+        }));
+        parts.writer.push(request).expect("within the limits");
+    }
+    parts
+        .writer
+        .flush_due(true)
+        .await
+        .expect("requests written");
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    for id in [2, 3] {
+        parts.writer.push(Frame::Cancel { id }).expect("a cancel");
+    }
+    parts.writer.flush_due(true).await.expect("cancels written");
+    let mut stats = server.stats();
+    for _ in 0..100 {
+        if stats.cancelled == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        stats = server.stats();
+    }
+    assert_eq!((stats.requests, stats.cancelled), (3, 2), "{stats:?}");
+}
+
+/// A client whose frame limit is too small for the goaway: shutdown still serves its request
+/// in flight, with nothing sent for it before its answer, and the connection ends cleanly.
+#[tokio::test]
+async fn a_goaway_over_the_clients_frame_limit_answers_no_request() {
+    use teleport_transport::codec::Inbound;
+    use teleport_transport::frame::{Frame, RequestFrame};
+    let gate = Arc::new(Semaphore::new(0));
+    let service = {
+        let gate = gate.clone();
+        tower::service_fn(move |_request: Request<Body>| {
+            let gate = gate.clone();
+            async move {
+                gate.acquire().await.unwrap().forget();
+                let mut response = Response::new(Body::from(Bytes::new()));
+                *response.status_mut() = StatusCode::NO_CONTENT;
+                Ok::<_, Infallible>(response)
+            }
+        })
+    };
+    let server = Server::new(service);
+    let (client_io, server_io) = tokio::io::duplex(64 << 10);
+    let shutdown = CancellationToken::new();
+    let serving = tokio::spawn({
+        let (server, shutdown) = (server.clone(), shutdown.clone());
+        async move { server.serve_connection(server_io, shutdown).await }
+    });
+    let mut config = ConnConfig::default();
+    config.limits(Limits {
+        max_frame: 16,
+        ..Limits::default()
+    });
+    let conn = teleport_transport::conn::Conn::connect(client_io, &config)
+        .await
+        .expect("handshake");
+    let mut parts = conn.into_parts();
+    let request = Frame::Request(Box::new(RequestFrame {
+        id: 1,
+        deadline: None,
+        request: get("/"),
+    }));
+    parts.writer.push(request).expect("within the limits");
+    parts.writer.flush_due(true).await.expect("request written");
+    while server.stats().in_flight == 0 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    shutdown.cancel();
+    // The goaway, had it fitted, would be out by now.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    gate.add_permits(1);
+    match timeout(SOON, parts.reader.next()).await.expect("no answer") {
+        Ok(Some(Inbound::Frame(Frame::Response(response)))) => {
+            assert_eq!(
+                (response.id, response.response.status()),
+                (1, StatusCode::NO_CONTENT)
+            );
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    parts.writer.shutdown().await.expect("half-close");
+    timeout(SOON, serving)
+        .await
+        .expect("the connection ended")
+        .unwrap()
+        .unwrap();
+}
+
+/// Handlers stopped because their connection ended are not counted as cancelled by the client.
+#[tokio::test]
+async fn handlers_stopped_with_their_connection_are_not_counted_as_cancelled() {
+    use teleport_transport::frame::{Frame, RequestFrame};
+    // The first answer, written to a client that is gone, fails the connection.
+    let service = tower::service_fn(|request: Request<Body>| async move {
+        if request.uri().path() == "/hang" {
+            std::future::pending::<()>().await;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        text("late")
+    });
+    let server = Server::new(service);
+    let (mut parts, serving) = raw_client_of(&server).await;
+    for id in 1..=3 {
+        let path = if id == 1 { "/late" } else { "/hang" };
+        let request = Frame::Request(Box::new(RequestFrame {
+            id,
+            deadline: None,
+            request: get(path),
+        }));
+        parts.writer.push(request).expect("within the limits");
+    }
+    parts
+        .writer
+        .flush_due(true)
+        .await
+        .expect("requests written");
+    while server.stats().in_flight < 3 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    drop(parts);
+    let ended = timeout(SOON, serving).await.expect("the connection ended");
+    assert!(ended.unwrap().is_err(), "the connection failed");
+    let stats = server.stats();
+    assert_eq!((stats.cancelled, stats.in_flight), (0, 0), "{stats:?}");
 }
