@@ -143,16 +143,16 @@ impl Client {
         let mut retries = inner.config.retry.max_retries;
         let mut down = false;
         let mut first = true;
-        // Whether an earlier attempt was lost in flight (it may have run): a wait for room that
-        // runs out is then a timeout, not "never sent".
-        let mut lost = false;
+        // The error of an earlier attempt lost in flight (it may have run): a wait for room that
+        // runs out is then a timeout, not "never sent", and finding no connection is that loss.
+        let mut lost_in_flight: Option<Error> = None;
         loop {
             // A request sent again (lost, refused, or handed back unsent) is sent only within
             // its deadline; the first attempt's check is the timers below.
             let fresh = std::mem::take(&mut first);
             if !fresh && Instant::now() >= deadline {
                 // No attempt ran (unless one was lost): as a wait for room that ran out.
-                return Err(no_room(lost, timeout));
+                return Err(no_room(lost_in_flight.is_some(), timeout));
             }
             // A connection with room, found at once (the common case), or a wait for one. The
             // wait's future is boxed: it is large (two notifications to listen to), and unboxed
@@ -170,15 +170,20 @@ impl Client {
                 match picked {
                     Some((Ok(conn), waited)) => (conn, waited),
                     // Failing fast: a retry after a loss is not "never sent".
-                    Some((Err(Error::Overloaded), _)) => return Err(no_room(lost, timeout)),
-                    Some((Err(error), _)) => return Err(error),
-                    // Not sent: the wait was for a connection, or for room on one.
-                    None if down => {
+                    Some((Err(Error::Overloaded), _)) => {
+                        return Err(no_room(lost_in_flight.is_some(), timeout));
+                    }
+                    // No connection up to send it on again, and no wait for one: the loss is
+                    // what the caller needs to know (the request may have run).
+                    Some((Err(error), _)) => return Err(lost_in_flight.unwrap_or(error)),
+                    // Not sent: the wait was for a connection (after a loss: a timeout, as a
+                    // wait for room), or for room on one.
+                    None if down && lost_in_flight.is_none() => {
                         return Err(Error::Unavailable {
                             source: inner.last_error(),
                         });
                     }
-                    None => return Err(no_room(lost, timeout)),
+                    None => return Err(no_room(lost_in_flight.is_some(), timeout)),
                 }
             };
             down = false;
@@ -209,7 +214,7 @@ impl Client {
             let queued = match conn.sender.try_send(Frame::Request(frame)) {
                 // Failing fast: no wait for room in the queue either.
                 Err(SendError::Full(_)) if inner.config.fail_fast => {
-                    return Err(no_room(lost, timeout));
+                    return Err(no_room(lost_in_flight.is_some(), timeout));
                 }
                 Err(SendError::Full(frame)) => {
                     Box::pin(within(deadline, conn.sender.send(*frame))).await
@@ -234,7 +239,7 @@ impl Client {
                     continue;
                 }
                 // Not sent: the connection's send queue stayed full.
-                None => return Err(no_room(lost, timeout)),
+                None => return Err(no_room(lost_in_flight.is_some(), timeout)),
             };
             let (reply, kept) = conn.reply(id).await;
             flight.done = true;
@@ -260,7 +265,9 @@ impl Client {
                     match kept {
                         Some(kept) if retries > 0 && (refused || error.is_connection_lost()) => {
                             retries -= 1;
-                            lost |= error.is_connection_lost();
+                            if error.is_connection_lost() {
+                                lost_in_flight = Some(error);
+                            }
                             frame = kept;
                         }
                         _ => return Err(error),

@@ -27,6 +27,11 @@ use crate::{ClientBuilder, Error};
 
 /// Failures an upstream's load is charged with, per consecutive failure.
 const FAILURE_PENALTY: usize = 8;
+/// A run of failures ends once none has come for this long: the upstream is charged nothing
+/// more, and the next failure starts a new run. Without it, an upstream that recovered a few
+/// failures short of ejection would, at light load, never be picked again (and so never have
+/// the success that clears them).
+const FAILURE_FADE_MS: u64 = 1_000;
 /// A connection that lived less than this before it ended counts as a failed attempt.
 const MIN_HEALTHY_LIFE: Duration = Duration::from_secs(1);
 /// The first ejection's length; each ejection in a row doubles it, up to `EJECT_MAX`.
@@ -60,6 +65,8 @@ pub(crate) struct Upstream {
     ejections: AtomicU32,
     /// Ejected until this many milliseconds after the client started (0: not ejected).
     ejected_until_ms: std::sync::atomic::AtomicU64,
+    /// When the latest failure was counted, in milliseconds after the client started.
+    last_failure_ms: std::sync::atomic::AtomicU64,
     /// The latest failed connection attempt, cleared by a successful one.
     last_error: Mutex<Option<(Instant, Arc<Error>)>>,
 }
@@ -85,6 +92,7 @@ impl Upstream {
             failures: AtomicU32::new(0),
             ejections: AtomicU32::new(0),
             ejected_until_ms: Default::default(),
+            last_failure_ms: Default::default(),
             last_error: Mutex::new(None),
         }
     }
@@ -105,6 +113,12 @@ impl Upstream {
     pub(crate) fn record_failure(&self, inner: &Inner) {
         if self.is_ejected(inner) {
             return;
+        }
+        let now = inner.elapsed_ms();
+        let last = self.last_failure_ms.swap(now, Relaxed);
+        if now.saturating_sub(last) >= FAILURE_FADE_MS {
+            // The last run faded: this one starts anew.
+            self.failures.store(0, Relaxed);
         }
         let failures = self.failures.fetch_add(1, Relaxed) + 1;
         // Exactly at the threshold (never, with 0): of failures counted at once, one ejects.
@@ -138,8 +152,18 @@ impl Upstream {
         false
     }
 
-    fn penalty(&self) -> usize {
-        self.failures.load(Relaxed) as usize * FAILURE_PENALTY
+    /// Reads the clock only while failures are on record.
+    fn penalty(&self, inner: &Inner) -> usize {
+        let failures = self.failures.load(Relaxed) as usize;
+        if failures == 0
+            || inner
+                .elapsed_ms()
+                .saturating_sub(self.last_failure_ms.load(Relaxed))
+                >= FAILURE_FADE_MS
+        {
+            return 0;
+        }
+        failures * FAILURE_PENALTY
     }
 
     fn set_error(&self, error: Option<Error>) {
@@ -209,7 +233,7 @@ impl Inner {
             if slot.upstream.is_ejected(self) {
                 return None;
             }
-            Some((load + slot.upstream.penalty(), conn))
+            Some((load + slot.upstream.penalty(self), conn))
         };
         if n == 1 {
             if let Some((_, conn)) = score(&self.slots[0]) {
@@ -233,7 +257,7 @@ impl Inner {
             let Some(load) = conn.load() else { continue };
             let key = (
                 slot.upstream.is_ejected(self),
-                load + slot.upstream.penalty(),
+                load + slot.upstream.penalty(self),
             );
             if best.as_ref().is_none_or(|b| key < (b.0, b.1)) {
                 best = Some((key.0, key.1, conn));
@@ -507,7 +531,11 @@ mod tests {
         assert_eq!(upstream.ejections.load(Relaxed), 1);
         let ejected_for = upstream.ejected_until_ms.load(Relaxed) - start;
         assert_eq!(ejected_for, EJECT_BASE.as_millis() as u64);
-        assert_eq!(upstream.penalty(), 0, "failures counted while ejected");
+        assert_eq!(
+            upstream.penalty(&inner),
+            0,
+            "failures counted while ejected"
+        );
 
         // Its time up, failing again ejects it again, for twice as long.
         tokio::time::advance(EJECT_BASE).await;
@@ -516,7 +544,7 @@ mod tests {
             upstream.record_failure(&inner);
         }
         assert!(!upstream.is_ejected(&inner));
-        assert_eq!(upstream.penalty(), 4 * FAILURE_PENALTY);
+        assert_eq!(upstream.penalty(&inner), 4 * FAILURE_PENALTY);
         let now = inner.elapsed_ms();
         upstream.record_failure(&inner);
         assert_eq!(upstream.ejections.load(Relaxed), 2);
@@ -528,7 +556,28 @@ mod tests {
         // One success clears the record.
         upstream.record_success();
         assert_eq!(upstream.ejections.load(Relaxed), 0);
-        assert_eq!(upstream.penalty(), 0);
+        assert_eq!(upstream.penalty(&inner), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_run_of_failures_fades_after_a_quiet_second() {
+        let inner = one_upstream(5);
+        let upstream = &inner.upstreams[0];
+        for _ in 0..4 {
+            upstream.record_failure(&inner);
+        }
+        assert_eq!(upstream.penalty(&inner), 4 * FAILURE_PENALTY);
+        // Quiet: it is charged nothing, and the next failure starts a new run, so it takes
+        // five more in a row to eject it.
+        tokio::time::advance(Duration::from_millis(FAILURE_FADE_MS)).await;
+        assert_eq!(upstream.penalty(&inner), 0);
+        for _ in 0..4 {
+            upstream.record_failure(&inner);
+        }
+        assert!(!upstream.is_ejected(&inner));
+        assert_eq!(upstream.penalty(&inner), 4 * FAILURE_PENALTY);
+        upstream.record_failure(&inner);
+        assert!(upstream.is_ejected(&inner));
     }
 
     #[test]
@@ -540,6 +589,6 @@ mod tests {
         }
         assert_eq!(upstream.ejections.load(Relaxed), 0);
         assert!(!upstream.is_ejected(&inner));
-        assert_eq!(upstream.penalty(), 100 * FAILURE_PENALTY);
+        assert_eq!(upstream.penalty(&inner), 100 * FAILURE_PENALTY);
     }
 }

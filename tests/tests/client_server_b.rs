@@ -1138,6 +1138,93 @@ async fn a_batch_not_started_when_the_server_ends_its_direction_goes_elsewhere()
     assert_eq!(opened.load(SeqCst), 2);
 }
 
+/// A server that pings without end while it does not read: the client, its write held up,
+/// keeps a bounded number of pongs owed, not one per ping.
+#[tokio::test]
+async fn pings_while_the_write_is_held_up_owe_a_bounded_number_of_pongs() {
+    use teleport_transport::conn::{Conn, ConnConfig, Parts};
+    const PINGS: u64 = 10_000;
+    let (client_half, server_half) = tokio::io::duplex(64 << 10);
+    let (go, held_up) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(async move {
+        let conn = Conn::accept(server_half, &ConnConfig::default()).await;
+        let Parts {
+            mut reader,
+            mut writer,
+            ..
+        } = conn.unwrap().into_parts();
+        // Once the client's write has filled the socket, ping without reading.
+        held_up.await.unwrap();
+        for payload in 0..PINGS {
+            if writer.is_full() {
+                writer.flush_due(true).await.unwrap();
+            }
+            writer.push(Frame::Ping { payload }).unwrap();
+        }
+        writer.flush_due(true).await.unwrap();
+        // Now read: the request, then the pongs (the first within a bound that only catches
+        // hangs), until the client has nothing more to say.
+        let (mut requests, mut pongs) = (0, 0);
+        let quiet = |pongs| Duration::from_millis(if pongs == 0 { 10_000 } else { 300 });
+        while let Ok(Ok(Some(item))) = tokio::time::timeout(quiet(pongs), reader.next()).await {
+            match item {
+                Inbound::Frame(Frame::Request(_)) => requests += 1,
+                Inbound::Frame(Frame::Pong { .. }) => pongs += 1,
+                _ => {}
+            }
+        }
+        (requests, pongs)
+    });
+    let client = Client::builder()
+        .addr("pinging")
+        .timeout(Duration::from_secs(60))
+        .keepalive(None)
+        .retry(RetryPolicy::none())
+        .connector(first_only({
+            let io = std::sync::Mutex::new(Some(client_half));
+            move |_addr: &str| {
+                let io = io.lock().unwrap().take();
+                async move { Ok::<BoxIo, std::io::Error>(Box::new(io.expect("one connection"))) }
+            }
+        }))
+        .build()
+        .unwrap();
+    client.ready(Duration::from_secs(5)).await.unwrap();
+    let post = spawn_send(&client, post("/big", vec![b'x'; 1 << 20]));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    go.send(()).unwrap();
+    let (requests, pongs) = server.await.unwrap();
+    assert_eq!(requests, 1);
+    assert!((1..=16).contains(&pongs), "{pongs} pongs for {PINGS} pings");
+    post.abort();
+}
+
+/// A GET lost in flight whose retry finds no connection (reconnects refused, and the client
+/// does not wait for one) fails as lost, which it was (it may have run), not as "no connection".
+#[tokio::test(start_paused = true)]
+async fn a_lost_get_whose_retry_finds_no_connection_fails_as_lost() {
+    let connector = first_only(|_addr: &str| async {
+        // Reads the request, then closes: the request is lost in flight.
+        Ok::<BoxIo, std::io::Error>(raw_peer(|_sender, mut receiver| async move {
+            while let Some(item) = receiver.recv().await {
+                if matches!(item, Inbound::Frame(Frame::Request(_))) {
+                    return;
+                }
+            }
+        }))
+    });
+    let client = Client::builder()
+        .addr("flaky")
+        .timeout(Duration::from_secs(10))
+        .wait_for_ready(false)
+        .connector(connector)
+        .build()
+        .unwrap();
+    client.ready(Duration::from_secs(1)).await.unwrap();
+    let error = client.send(get("/")).await.unwrap_err();
+    assert!(error.is_connection_lost(), "{error:?}");
+}
+
 #[tokio::test(start_paused = true)]
 async fn deadlines_between_keepalive_probes_fire_on_time() {
     // The connection keeps one timer for its probes and its requests' deadlines: neither may
