@@ -63,23 +63,51 @@ impl Proxy {
         &self.metrics
     }
 
-    /// Forwards `request`, which arrived at `started` from `client_ip`, and returns the
-    /// upstream's response or the proxy's own error response.
-    pub(crate) async fn forward(
-        &self,
-        mut request: Request<Bytes>,
-        client_ip: Option<IpAddr>,
-        started: Instant,
-    ) -> Response<Bytes> {
-        let Ok(_permit) = self.admission.try_acquire() else {
-            return self.error(
+    /// A place among the requests in flight (`-concurrency`), or the 503 that answers a request
+    /// that finds none. An in-side that reads the body takes it first, so that a request
+    /// refused reads (and buffers) nothing more.
+    pub(crate) fn admit(&self, started: Instant) -> Result<Admitted<'_>, Response<Bytes>> {
+        let permit = self.admission.try_acquire();
+        permit.map(|_permit| Admitted { _permit }).map_err(|_| {
+            self.error(
                 Outcome::Overloaded,
                 StatusCode::SERVICE_UNAVAILABLE,
                 "httptp: overloaded: too many requests in flight (-concurrency)",
                 started,
-            );
-        };
+            )
+        })
+    }
+
+    /// Forwards `request`, which arrived at `started` from `client_ip`, and returns the
+    /// upstream's response or the proxy's own error response.
+    pub(crate) async fn forward(
+        &self,
+        request: Request<Bytes>,
+        client_ip: Option<IpAddr>,
+        started: Instant,
+    ) -> Response<Bytes> {
+        match self.admit(started) {
+            Ok(admitted) => {
+                self.forward_admitted(admitted, request, client_ip, started)
+                    .await
+            }
+            Err(overloaded) => overloaded,
+        }
+    }
+
+    /// [`forward`](Self::forward) for a request [admitted](Self::admit) already.
+    pub(crate) async fn forward_admitted(
+        &self,
+        _admitted: Admitted<'_>,
+        mut request: Request<Bytes>,
+        client_ip: Option<IpAddr>,
+        started: Instant,
+    ) -> Response<Bytes> {
         strip_hop_by_hop(request.headers_mut());
+        // The body is whole: it travels with its own length, whatever a peer on the teleport
+        // side declared (an HTTP/1.1 hop would frame it by that).
+        let len = request.body().len();
+        set_content_length(request.headers_mut(), len);
         // HTTP/2, teleport and HTTP/1.1's absolute form carry the authority in the URI, and
         // there it wins over a Host field (RFC 9112, section 3.2.2; RFC 9113, section 8.3.1);
         // HTTP/1.1 upstreams want it as Host.
@@ -90,12 +118,23 @@ impl Proxy {
         if let (Some(name), Some(ip)) = (&self.client_ip_header, client_ip) {
             append_client_ip(request.headers_mut(), name, ip);
         }
+        let head = request.method() == http::Method::HEAD;
         let mut flight = InFlight::new(&self.metrics);
         let result = self.out.send(request).await;
         flight.ended();
         match result {
             Ok(mut response) => {
                 strip_hop_by_hop(response.headers_mut());
+                // A bodiless answer's length describes the body a GET would get: kept.
+                let status = response.status();
+                let bodiless = head
+                    || status.is_informational()
+                    || status == StatusCode::NO_CONTENT
+                    || status == StatusCode::NOT_MODIFIED;
+                if !bodiless {
+                    let len = response.body().len();
+                    set_content_length(response.headers_mut(), len);
+                }
                 // The proxy speaks its own HTTP version to its client (RFC 9110, section 6.2),
                 // whatever the upstream's was.
                 *response.version_mut() = http::Version::HTTP_11;
@@ -161,6 +200,19 @@ impl Proxy {
         }
         let second = self.started.elapsed().as_secs();
         self.last_logged_second.swap(second, Ordering::Relaxed) != second
+    }
+}
+
+/// A place among the requests in flight, held until the request is answered.
+pub(crate) struct Admitted<'a> {
+    _permit: tokio::sync::SemaphorePermit<'a>,
+}
+
+/// Sets `content-length` to `len` when there is a body, or a length was declared (which may
+/// be wrong: the body is what counts).
+fn set_content_length(headers: &mut HeaderMap, len: usize) {
+    if len > 0 || headers.contains_key(header::CONTENT_LENGTH) {
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
     }
 }
 

@@ -313,6 +313,18 @@ async fn an_upstream_that_drops_connects_is_passed_over_within_out_timeout() {
     assert_eq!(up.count(), 6);
 }
 
+/// A connect that times out is a gateway timeout (504), as nginx answers it, not a 502.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connect_that_times_out_gives_504() {
+    let (_hole, _queued, hole) = a_black_hole().await;
+    let p = Cmd::tcp("proxy", "http", "http", &hole)
+        .flag("outTimeout", "1s")
+        .start()
+        .await;
+    let mut c = Client::tcp_h1(p.addr()).await.unwrap();
+    assert_gateway_timeout(&c.get("/echo").await);
+}
+
 // ===== out-side limits =====
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -649,6 +661,54 @@ async fn over_concurrency_on_a_second_connection_gives_503() {
         reply.status, 503,
         "a request on a second connection over -concurrency 1 was served (held until the slot freed?)"
     );
+}
+
+/// A request over -concurrency is refused before its body is read: a client that declared a
+/// 4 MB body and sent none of it gets its 503 at once, and nothing is buffered for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_concurrency_is_answered_before_the_body_is_read() {
+    let (p, _up, slow, _) = one_slot_taken(false).await;
+    let mut stream = TcpStream::connect(p.addr()).await.unwrap();
+    stream
+        .write_all(b"POST /echo HTTP/1.1\r\nhost: x\r\ncontent-length: 4000000\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    within_for(
+        std::time::Duration::from_secs(2),
+        "the 503, with the body unsent",
+        read_until(&mut stream, &mut buf, b"\r\n\r\n"),
+    )
+    .await;
+    let head = String::from_utf8_lossy(&buf);
+    assert!(head.starts_with("HTTP/1.1 503"), "{head}");
+    assert!(!slow.is_finished(), "answered only once the slot freed");
+    assert_eq!(within("the slow request", slow).await.unwrap().status, 200);
+}
+
+/// A request from a teleport client whose `content-length` disagrees with its body reaches an
+/// HTTP/1.1 upstream with the body's length (an HTTP/1.1 hop frames the body by it: a shorter
+/// one would cut the body, a longer one stall the upstream connection).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_content_length_from_the_teleport_side_is_corrected() {
+    let up = Upstream::tcp().await;
+    let b = Cmd::tcp("B", "teleport", "http", &up.addr).start().await;
+    let client = teleport_client::Client::builder()
+        .addr(b.addr())
+        .build()
+        .unwrap();
+    for declared in ["3", "50"] {
+        let request = http::Request::post("http://upstream/echo")
+            .header("content-length", declared)
+            .header("x-req-id", declared)
+            .body(bytes::Bytes::from_static(b"hello"))
+            .unwrap();
+        let response = client.send(request).await.unwrap();
+        assert_eq!(response.status(), 200, "declared {declared}");
+        let recorded = up.find(declared);
+        assert_eq!(recorded.body, "hello", "declared {declared}");
+        assert_eq!(recorded.header("content-length"), Some("5"));
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

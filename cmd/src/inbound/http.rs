@@ -351,6 +351,12 @@ async fn handle(
             started,
         );
     }
+    // A place among the requests in flight before the body is read: a request refused reads
+    // and buffers nothing more.
+    let admitted = match proxy.admit(started) {
+        Ok(admitted) => admitted,
+        Err(overloaded) => return overloaded,
+    };
     let (mut parts, body) = request.into_parts();
     let chunked = parts.headers.contains_key(header::TRANSFER_ENCODING);
     let body = match Limited::new(body, limits.max_body).collect().await {
@@ -370,13 +376,14 @@ async fn handle(
             );
         }
     };
-    // The body is whole now: it travels with its length.
-    if chunked || !body.is_empty() {
+    // The body is whole now: it travels with its length (set by the proxy; declared here for
+    // an empty chunked one, so that the upstream still sees a body of none).
+    if chunked {
         parts
             .headers
             .insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
     }
     proxy
-        .forward(Request::from_parts(parts, body), peer, started)
+        .forward_admitted(admitted, Request::from_parts(parts, body), peer, started)
         .await
 }

@@ -29,6 +29,20 @@ fn connect_timeout(config: &ProxyConfig) -> Duration {
     (config.out_timeout / 2).min(Duration::from_secs(3))
 }
 
+/// Whether `error` comes from an I/O timeout (the connector's connect timeout).
+fn timed_out(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut source = Some(error);
+    while let Some(e) = source {
+        if e.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
+        {
+            return true;
+        }
+        source = e.source();
+    }
+    false
+}
+
 /// Consecutive failures after which an address is ejected.
 const EJECT_AFTER: u32 = 3;
 /// Pending requests one recent failure weighs.
@@ -197,7 +211,13 @@ impl HttpUpstreams {
         request: Request<Full<Bytes>>,
     ) -> Result<Response<Bytes>, Attempt> {
         let response = upstream.client.request(request).await.map_err(|error| {
-            let failure = ForwardError::BadGateway(format!("{}: {}", upstream.addr, chain(&error)));
+            // A connect that timed out is a timeout (504), as nginx and the Go httptp answer
+            // it, whether or not another address is left to try.
+            let failure = if timed_out(&error) {
+                ForwardError::Timeout
+            } else {
+                ForwardError::BadGateway(format!("{}: {}", upstream.addr, chain(&error)))
+            };
             if error.is_connect() {
                 Attempt::NotSent(failure)
             } else {
