@@ -63,19 +63,22 @@ impl Proxy {
         &self.metrics
     }
 
-    /// A place among the requests in flight (`-concurrency`), or the 503 that answers a request
-    /// that finds none. An in-side that reads the body takes it first, so that a request
-    /// refused reads (and buffers) nothing more.
-    pub(crate) fn admit(&self, started: Instant) -> Result<Admitted<'_>, Response<Bytes>> {
-        let permit = self.admission.try_acquire();
-        permit.map(|_permit| Admitted { _permit }).map_err(|_| {
-            self.error(
-                Outcome::Overloaded,
-                StatusCode::SERVICE_UNAVAILABLE,
-                "httptp: overloaded: too many requests in flight (-concurrency)",
-                started,
-            )
-        })
+    /// A place among the requests in flight (`-concurrency`); `None` when there is none (answer
+    /// with [`overloaded`](Self::overloaded)). An in-side that reads the body takes it first,
+    /// so that a request refused reads (and buffers) nothing more.
+    pub(crate) fn admit(&self) -> Option<Admitted<'_>> {
+        let permit = self.admission.try_acquire().ok()?;
+        Some(Admitted { _permit: permit })
+    }
+
+    /// The 503 of a request that found no place among those in flight.
+    pub(crate) fn overloaded(&self, started: Instant) -> Response<Bytes> {
+        self.error(
+            Outcome::Overloaded,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "httptp: overloaded: too many requests in flight (-concurrency)",
+            started,
+        )
     }
 
     /// Forwards `request`, which arrived at `started` from `client_ip`, and returns the
@@ -86,12 +89,12 @@ impl Proxy {
         client_ip: Option<IpAddr>,
         started: Instant,
     ) -> Response<Bytes> {
-        match self.admit(started) {
-            Ok(admitted) => {
+        match self.admit() {
+            Some(admitted) => {
                 self.forward_admitted(admitted, request, client_ip, started)
                     .await
             }
-            Err(overloaded) => overloaded,
+            None => self.overloaded(started),
         }
     }
 

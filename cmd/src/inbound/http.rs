@@ -353,9 +353,8 @@ async fn handle(
     }
     // A place among the requests in flight before the body is read: a request refused reads
     // and buffers nothing more.
-    let admitted = match proxy.admit(started) {
-        Ok(admitted) => admitted,
-        Err(overloaded) => return overloaded,
+    let Some(admitted) = proxy.admit() else {
+        return proxy.overloaded(started);
     };
     let (mut parts, body) = request.into_parts();
     let chunked = parts.headers.contains_key(header::TRANSFER_ENCODING);
