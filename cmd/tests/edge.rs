@@ -957,6 +957,58 @@ async fn idle_http_connections_are_closed_after_in_idle_timeout() {
     .await;
 }
 
+/// A client that stops sending its body is answered 408 once nothing of it came for
+/// -inIdleTimeout, and its connection closed: it no longer holds the connection for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_request_body_gets_408_after_in_idle_timeout() {
+    let up = Upstream::tcp().await;
+    let p = Cmd::tcp("proxy", "http", "http", &up.addr)
+        .flag("inIdleTimeout", "1s")
+        .flag("outTimeout", "500ms")
+        .start()
+        .await;
+    let mut stream = TcpStream::connect(p.addr()).await.unwrap();
+    stream
+        .write_all(b"POST /echo HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\nx")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    within("the 408 and the close", stream.read_to_end(&mut answer))
+        .await
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer:?}");
+    assert_eq!(up.count(), 0);
+    outcomes_until(p.metrics_addr(), "rejected", 1.0).await;
+}
+
+/// A client that does not read its response: once the connection has been idle (its request
+/// answered) for -inIdleTimeout, and one more period has passed with the write held up, the
+/// connection is closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_does_not_read_its_response_is_closed_after_in_idle_timeout() {
+    let up = Upstream::tcp().await;
+    let p = Cmd::tcp("proxy", "http", "http", &up.addr)
+        .flag("inIdleTimeout", "1s")
+        .flag("outTimeout", "500ms")
+        .start()
+        .await;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stream = socket.connect(p.addr().parse().unwrap()).await.unwrap();
+    stream
+        .write_all(b"GET /big?n=12000000 HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    up.wait_count(1).await;
+    // Never read: the proxy's write is held up with most of the 12 MB unsent.
+    metrics_until(p.metrics_addr(), "the connection closed", |t| {
+        metric(t, "httptp_connections", &[("side", "in")]) == Some(0.0)
+    })
+    .await;
+    drop(stream);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_in_type_exits_non_zero_naming_it() {
     refused_at_startup("inType", "bogus").await;

@@ -334,3 +334,34 @@ async fn drain_timeout_bounds_a_drain_that_cannot_finish() {
         .await;
     assert!(status.is_some(), "still running long past -drainTimeout 1s");
 }
+
+/// A connection accepted before the signal whose request comes in just after it is served, not
+/// closed unread: its client sent a request on an open connection and gets the answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_on_a_connection_accepted_before_the_signal_is_served() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let up = Upstream::tcp().await;
+    let mut p = Cmd::tcp("proxy", "http", "http", &up.addr)
+        .flag("drainTimeout", "10s")
+        .start()
+        .await;
+    let mut stream = tokio::net::TcpStream::connect(p.addr()).await.unwrap();
+    metrics_until(p.metrics_addr(), "the connection accepted", |t| {
+        metric(t, "httptp_connections", &[("side", "in")]) == Some(1.0)
+    })
+    .await;
+    p.signal(Signal::TERM);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    stream
+        .write_all(b"GET /echo HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    within("the answer", stream.read_to_end(&mut answer))
+        .await
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer:?}");
+    let status = p.wait_exit(DRAIN + EXIT_SLACK).await;
+    assert!(status.is_some_and(|s| s.success()), "exit: {status:?}");
+}

@@ -6,14 +6,14 @@ use std::convert::Infallible;
 use std::io;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
-use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -49,6 +49,9 @@ impl EdgeLimits {
     }
 }
 
+/// How long a connection accepted before the stop, with no request yet, has for its first.
+const FIRST_REQUEST_GRACE: Duration = Duration::from_secs(1);
+
 /// A connection's requests in flight, and since when it has had none: what -inIdleTimeout
 /// measures (a request waiting on -out is not idleness, however quiet the socket).
 #[derive(Debug)]
@@ -57,6 +60,10 @@ struct Quiet {
     since: Mutex<tokio::time::Instant>,
     /// Signalled when the last request in flight ends.
     ended: Notify,
+    /// A request has come in on the connection.
+    served: AtomicBool,
+    /// Signalled when the first request comes in.
+    first: Notify,
 }
 
 impl Quiet {
@@ -65,12 +72,25 @@ impl Quiet {
             in_flight: AtomicUsize::new(0),
             since: Mutex::new(tokio::time::Instant::now()),
             ended: Notify::new(),
+            served: AtomicBool::new(false),
+            first: Notify::new(),
         })
     }
 
     fn enter(self: &Arc<Self>) -> Busy {
         self.in_flight.fetch_add(1, Ordering::SeqCst);
+        if !self.served.swap(true, Ordering::SeqCst) {
+            self.first.notify_one();
+        }
         Busy(self.clone())
+    }
+
+    /// Returns once the connection's first request has come in.
+    async fn first_request(&self) {
+        let first = self.first.notified();
+        if !self.served.load(Ordering::SeqCst) {
+            first.await;
+        }
     }
 
     fn since(&self) -> tokio::time::Instant {
@@ -295,13 +315,36 @@ async fn serve_connection<IO>(
     let result = tokio::select! {
         result = conn.as_mut() => result,
         () = stop.cancelled() => {
-            conn.as_mut().graceful_shutdown();
-            conn.await
+            // A connection accepted before the stop whose first request is still on its way
+            // (its TLS handshake, or the request's bytes) gets it served: cut now, hyper's
+            // protocol detection would end it unread, and its client would see a connection
+            // closed under a request it sent.
+            let ended = tokio::select! {
+                result = conn.as_mut() => Some(result),
+                () = quiet.first_request() => None,
+                () = tokio::time::sleep(FIRST_REQUEST_GRACE) => None,
+            };
+            match ended {
+                Some(result) => result,
+                None => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            }
         }
         () = idle(&quiet, limits.idle) => {
             tracing::debug!("closing an idle connection (-inIdleTimeout)");
             conn.as_mut().graceful_shutdown();
-            conn.await
+            // A response its client does not read holds the connection in its write for
+            // ever: it gets one more idle period, then the connection is closed.
+            let more = limits.idle.expect("idle only ends with a timeout");
+            match tokio::time::timeout(more, conn).await {
+                Ok(result) => result,
+                Err(_) => {
+                    tracing::debug!("closing a connection whose client does not read its response");
+                    Ok(())
+                }
+            }
         }
     };
     if let Err(error) = result {
@@ -358,16 +401,23 @@ async fn handle(
     };
     let (mut parts, body) = request.into_parts();
     let chunked = parts.headers.contains_key(header::TRANSFER_ENCODING);
-    let body = match Limited::new(body, limits.max_body).collect().await {
-        Ok(body) => body.to_bytes(),
-        Err(error) if error.is::<LengthLimitError>() => {
+    let body = match read_body(body, limits.max_body, limits.idle).await {
+        Ok(body) => body,
+        Err(BodyError::TooLarge) => {
             return proxy.reject(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "request body over -inMaxBodySize",
                 started,
             );
         }
-        Err(error) => {
+        Err(BodyError::Stalled) => {
+            return proxy.reject(
+                StatusCode::REQUEST_TIMEOUT,
+                "request body stalled: nothing of it came for -inIdleTimeout",
+                started,
+            );
+        }
+        Err(BodyError::Failed(error)) => {
             return proxy.reject(
                 StatusCode::BAD_REQUEST,
                 &format!("reading the request body: {error}"),
@@ -385,4 +435,54 @@ async fn handle(
     proxy
         .forward_admitted(admitted, Request::from_parts(parts, body), peer, started)
         .await
+}
+
+enum BodyError {
+    TooLarge,
+    /// Nothing of the body came for the stall limit.
+    Stalled,
+    Failed(hyper::Error),
+}
+
+/// Reads a request body whole, up to `max` bytes, with at most `stall` between two of its
+/// frames (the connection is idle meanwhile, as far as -inIdleTimeout goes: a client that
+/// stops sending would otherwise hold the connection, and its place, for ever). A body of one
+/// chunk is taken as it is, without a copy.
+async fn read_body(
+    mut body: Incoming,
+    max: usize,
+    stall: Option<Duration>,
+) -> Result<Bytes, BodyError> {
+    let mut chunks: Vec<Bytes> = Vec::new();
+    let mut total = 0usize;
+    loop {
+        let frame = match stall {
+            Some(stall) => tokio::time::timeout(stall, body.frame())
+                .await
+                .map_err(|_| BodyError::Stalled)?,
+            None => body.frame().await,
+        };
+        let Some(frame) = frame else { break };
+        // Trailers are dropped: a body travels whole, with its length.
+        if let Ok(data) = frame.map_err(BodyError::Failed)?.into_data() {
+            total += data.len();
+            if total > max {
+                return Err(BodyError::TooLarge);
+            }
+            if !data.is_empty() {
+                chunks.push(data);
+            }
+        }
+    }
+    Ok(match chunks.len() {
+        0 => Bytes::new(),
+        1 => chunks.pop().expect("one chunk"),
+        _ => {
+            let mut whole = bytes::BytesMut::with_capacity(total);
+            for chunk in chunks {
+                whole.extend_from_slice(&chunk);
+            }
+            whole.freeze()
+        }
+    })
 }
