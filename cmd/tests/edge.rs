@@ -485,6 +485,32 @@ async fn header_block_over_in_max_header_size_gives_431() {
         .body(empty())
         .unwrap();
     assert_eq!(c.ok(req).await.status, 200);
+
+    // The request line counts toward the limit, as in the Go httptp.
+    let mut c = Client::tcp_h1(p.addr()).await.unwrap();
+    let target = format!("/echo?q={}", "q".repeat(5000));
+    let req = c.req(Method::GET, &target).body(empty()).unwrap();
+    assert_eq!(c.ok(req).await.status, 431);
+    assert_eq!(up.count(), 1);
+}
+
+/// -inMaxHeaderSize raised above HTTP/2's default header list limit (16 KiB) holds for HTTP/2
+/// clients too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_raised_in_max_header_size_holds_for_http2() {
+    let up = Upstream::tcp().await;
+    let p = Cmd::tcp("proxy", "http", "http", &up.addr)
+        .flag("inMaxHeaderSize", "65536")
+        .start()
+        .await;
+    let mut c = Client::tcp_h2(p.addr()).await.unwrap();
+    let req = c
+        .req(Method::GET, "/echo")
+        .header("x-big", "h".repeat(30_000))
+        .body(empty())
+        .unwrap();
+    assert_eq!(c.ok(req).await.status, 200);
+    assert_eq!(up.count(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

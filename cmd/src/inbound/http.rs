@@ -142,7 +142,7 @@ pub(super) fn serve_tcp(
     proxy: Arc<Proxy>,
 ) -> anyhow::Result<listener::Server> {
     let limits = EdgeLimits::new(config);
-    let builder = edge_builder();
+    let builder = edge_builder(&limits);
     let counters = proxy.metrics().side(Side::In);
     let listener = Listener::bind(&super::listener_config(config))?;
     let running = listener.serve(move |stream: Stream, cx: ConnContext| {
@@ -211,7 +211,7 @@ pub(super) fn serve_unix(config: &ProxyConfig, proxy: Arc<Proxy>) -> anyhow::Res
         .with_context(|| format!("listening on unix socket {}", path.display()))?;
     let file = file_id(&path);
     let limits = EdgeLimits::new(config);
-    let builder = edge_builder();
+    let builder = edge_builder(&limits);
     let stop = CancellationToken::new();
     let connections = TaskTracker::new();
     let accept = tokio::spawn({
@@ -272,14 +272,22 @@ fn remove_stale_socket(path: &Path) -> anyhow::Result<()> {
     }
 }
 
-/// HTTP/1.1 (keep-alive, a 30 s limit on reading a request head) and HTTP/2.
-fn edge_builder() -> auto::Builder<TokioExecutor> {
+/// HTTP/1.1 (keep-alive, a 30 s limit on reading a request head) and HTTP/2. hyper buffers a
+/// request head whole before the proxy sees it: its buffers are bounded by -inMaxHeaderSize
+/// (with room for the request line, and at least what a large body read wants), so a head far
+/// over the limit is refused (431) before it is buffered.
+fn edge_builder(limits: &EdgeLimits) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(30));
-    builder.http2().timer(TokioTimer::new());
+        .header_read_timeout(Duration::from_secs(30))
+        .max_buf_size(limits.max_header.saturating_mul(2).max(64 << 10));
+    let list = limits.max_header.saturating_add(4 << 10).max(16 << 10);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(list).unwrap_or(u32::MAX));
     builder
 }
 
@@ -375,10 +383,15 @@ async fn handle(
             started,
         );
     }
-    if header_block_len(request.headers()) > limits.max_header {
+    // The request line counts, as in the Go httptp (its read buffer holds the whole head).
+    let uri = request.uri();
+    let line = request.method().as_str().len()
+        + uri.authority().map_or(0, |a| a.as_str().len())
+        + uri.path_and_query().map_or(1, |p| p.as_str().len());
+    if line + header_block_len(request.headers()) > limits.max_header {
         return proxy.reject(
             StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            "request header block over -inMaxHeaderSize",
+            "request head (request line and header block) over -inMaxHeaderSize",
             started,
         );
     }
