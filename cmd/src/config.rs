@@ -105,6 +105,15 @@ pub(crate) struct ProxyConfig {
 /// -inIdleTimeout when not given (the Go httptp's read timeout), unless -outTimeout is longer.
 const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(120);
 
+/// The Go httptp's defaults, which 0 stands for there (fasthttp's "use the default").
+const DEFAULT_MAX_HEADER_SIZE: u32 = 4096;
+const DEFAULT_IN_MAX_BODY_SIZE: u32 = 4 << 20;
+
+/// `value`, or `default` for 0.
+fn or_default(value: u32, default: u32) -> u32 {
+    if value == 0 { default } else { value }
+}
+
 impl ProxyConfig {
     /// Checks the flags and loads the files they name.
     pub(crate) fn from_flags(flags: &ProxyFlags) -> anyhow::Result<Self> {
@@ -169,6 +178,7 @@ impl ProxyConfig {
                     &flags.in_tls_cert,
                     &flags.in_tls_key,
                     flags.in_tls_client_ca.as_deref(),
+                    &flags.in_tls_session_ticket_key,
                     alpn,
                 )
                 .context("-inTLSCert/-inTLSKey/-inTLSClientCA")?,
@@ -205,8 +215,8 @@ impl ProxyConfig {
             in_path,
             in_codec: parse_codec("inCompress", &flags.in_compress)?,
             in_delay: flags.in_delay,
-            in_max_header_size: flags.in_max_header_size,
-            in_max_body_size: flags.in_max_body_size,
+            in_max_header_size: or_default(flags.in_max_header_size, DEFAULT_MAX_HEADER_SIZE),
+            in_max_body_size: or_default(flags.in_max_body_size, DEFAULT_IN_MAX_BODY_SIZE),
             in_allow: parse_allow(&flags.in_allow_ip)?,
             in_tls,
             in_get_only: flags.in_get_only,
@@ -216,7 +226,7 @@ impl ProxyConfig {
             outs,
             out_codec: parse_codec("outCompress", &flags.out_compress)?,
             out_delay: flags.out_delay,
-            out_max_header_size: flags.out_max_header_size,
+            out_max_header_size: or_default(flags.out_max_header_size, DEFAULT_MAX_HEADER_SIZE),
             out_max_body_size: flags.out_max_body_size,
             out_timeout: flags.out_timeout,
             out_conns_per_addr: flags.out_conns_per_addr,
@@ -289,6 +299,29 @@ fn resolve(flag: &str, addr: &str) -> anyhow::Result<Vec<SocketAddr>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn zero_sizes_are_the_go_defaults() {
+        use clap::Parser as _;
+        let cli = crate::args::Cli::try_parse_from(crate::args::normalize(
+            [
+                "httptp",
+                "-inType=http",
+                "-outType=http",
+                "-out=127.0.0.1:1",
+                "-inMaxHeaderSize=0",
+                "-inMaxBodySize=0",
+                "-outMaxHeaderSize=0",
+                "-inTLSSessionTicketKey=shared",
+            ]
+            .map(std::ffi::OsString::from),
+        ))
+        .unwrap();
+        let config = ProxyConfig::from_flags(&cli.proxy).unwrap();
+        assert_eq!(config.in_max_header_size, 4096);
+        assert_eq!(config.in_max_body_size, 4 << 20);
+        assert_eq!(config.out_max_header_size, 4096);
+    }
 
     #[test]
     fn allow_list_takes_addresses_and_blocks_of_both_families() {

@@ -12,16 +12,21 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use teleport_transport::listener::TlsConfig;
 
 /// The in-side TLS config: `cert`/`key`, and when `client_ca` is set, client certificates
-/// signed by it are required.
+/// signed by it are required; with a `ticket_secret`, session tickets any httptp given the same
+/// secret can resume.
 pub(crate) fn server_config(
     cert: &Path,
     key: &Path,
     client_ca: Option<&Path>,
+    ticket_secret: &str,
     alpn: Vec<Vec<u8>>,
 ) -> anyhow::Result<TlsConfig> {
     let mut config = TlsConfig::from_pem_files(cert, key)?;
     if let Some(ca) = client_ca {
         config.client_ca_pem_file(ca)?;
+    }
+    if !ticket_secret.is_empty() {
+        config.session_ticket_key(ticket_secret.as_bytes());
     }
     config.alpn_protocols(alpn);
     Ok(config)

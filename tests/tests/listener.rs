@@ -638,6 +638,41 @@ async fn mutual_tls_refuses_clients_without_a_valid_certificate() {
     assert_eq!(stats.accepted, 3);
 }
 
+/// Listeners given the same session ticket secret resume each other's TLS sessions; one with
+/// another secret does a full handshake.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listeners_sharing_a_ticket_secret_resume_each_others_sessions() {
+    use rustls::HandshakeKind;
+    let pki = Pki::generate();
+    let serve_with = |secret: &[u8]| {
+        let mut tls = pki.server_tls();
+        tls.session_ticket_key(secret);
+        let mut config = loopback();
+        config.tls(Some(tls));
+        serve(&config, echo)
+    };
+    let (first, first_addr) = serve_with(b"shared");
+    let (second, second_addr) = serve_with(b"shared");
+    let (other, other_addr) = serve_with(b"another");
+    // One client config: its session cache carries the ticket from one connection to the next.
+    let client = pki.client_config(None, true);
+    let kind = |addr| {
+        let client = client.clone();
+        async move {
+            let mut stream = tls_connect(addr, client).await.unwrap();
+            // A round trip, so that the server's tickets have been read.
+            assert_eq!(round_trip(&mut stream, b"ping").await.unwrap(), b"ping");
+            stream.get_ref().1.handshake_kind()
+        }
+    };
+    assert_eq!(kind(first_addr).await, Some(HandshakeKind::Full));
+    assert_eq!(kind(second_addr).await, Some(HandshakeKind::Resumed));
+    assert_eq!(kind(other_addr).await, Some(HandshakeKind::Full));
+    for server in [first, second, other] {
+        server.shutdown(SOON).await;
+    }
+}
+
 #[test]
 fn mutual_tls_with_plaintext_allowed_is_refused_at_bind() {
     let pki = Pki::generate();

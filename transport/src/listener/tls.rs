@@ -4,8 +4,10 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use ring::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
+use ring::rand::{SecureRandom, SystemRandom};
 use rustls::RootCertStore;
-use rustls::server::{NoServerSessionStorage, ServerConfig, WebPkiClientVerifier};
+use rustls::server::{NoServerSessionStorage, ProducesTickets, ServerConfig, WebPkiClientVerifier};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
@@ -31,6 +33,7 @@ pub struct TlsConfig {
     alpn: Vec<Vec<u8>>,
     allow_plaintext: bool,
     resumption: bool,
+    ticket_key: Option<[u8; 32]>,
 }
 
 // ===== impl TlsConfig =====
@@ -51,6 +54,7 @@ impl TlsConfig {
             alpn: Vec::new(),
             allow_plaintext: false,
             resumption: true,
+            ticket_key: None,
         })
     }
 
@@ -100,6 +104,19 @@ impl TlsConfig {
         self
     }
 
+    /// Seals session tickets with a key derived from `secret` (SHA-256), so that listeners
+    /// given the same secret (several processes or hosts behind one name) resume each other's
+    /// sessions. Default: none; sessions resume only with the process that made them (its
+    /// in-memory session cache). Keep the secret as secret as the certificate's key, and change
+    /// it now and then: tickets sealed with it decrypt sessions' keys.
+    pub fn session_ticket_key(&mut self, secret: &[u8]) -> &mut Self {
+        let digest = ring::digest::digest(&ring::digest::SHA256, secret);
+        let mut key = [0u8; 32];
+        key.copy_from_slice(digest.as_ref());
+        self.ticket_key = Some(key);
+        self
+    }
+
     pub(crate) fn plaintext_allowed(&self) -> bool {
         self.allow_plaintext
     }
@@ -131,8 +148,80 @@ impl TlsConfig {
         if !self.resumption {
             config.session_storage = Arc::new(NoServerSessionStorage {});
             config.send_tls13_tickets = 0;
+        } else if let Some(key) = &self.ticket_key {
+            config.ticketer = Arc::new(SharedKeyTicketer::new(key));
         }
         Ok(Arc::new(config))
+    }
+}
+
+/// How long a ticket is good for, in seconds.
+const TICKET_LIFETIME: u32 = 12 * 60 * 60;
+
+/// Session tickets sealed (AES-256-GCM, a random nonce each) with a key that listeners share.
+struct SharedKeyTicketer {
+    key: LessSafeKey,
+    random: SystemRandom,
+}
+
+impl SharedKeyTicketer {
+    fn new(key: &[u8; 32]) -> Self {
+        let key = UnboundKey::new(&AES_256_GCM, key).expect("a 32-byte AES-256 key");
+        SharedKeyTicketer {
+            key: LessSafeKey::new(key),
+            random: SystemRandom::new(),
+        }
+    }
+}
+
+impl std::fmt::Debug for SharedKeyTicketer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedKeyTicketer").finish_non_exhaustive()
+    }
+}
+
+impl ProducesTickets for SharedKeyTicketer {
+    fn enabled(&self) -> bool {
+        true
+    }
+
+    fn lifetime(&self) -> u32 {
+        TICKET_LIFETIME
+    }
+
+    /// `nonce || ciphertext || tag`.
+    fn encrypt(&self, plain: &[u8]) -> Option<Vec<u8>> {
+        let mut nonce = [0u8; NONCE_LEN];
+        self.random.fill(&mut nonce).ok()?;
+        let mut out = Vec::with_capacity(NONCE_LEN + plain.len() + AES_256_GCM.tag_len());
+        out.extend_from_slice(&nonce);
+        out.extend_from_slice(plain);
+        let tag = self
+            .key
+            .seal_in_place_separate_tag(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::empty(),
+                &mut out[NONCE_LEN..],
+            )
+            .ok()?;
+        out.extend_from_slice(tag.as_ref());
+        Some(out)
+    }
+
+    fn decrypt(&self, cipher: &[u8]) -> Option<Vec<u8>> {
+        if cipher.len() < NONCE_LEN + AES_256_GCM.tag_len() {
+            return None;
+        }
+        let (nonce, sealed) = cipher.split_at(NONCE_LEN);
+        let nonce = Nonce::try_assume_unique_for_key(nonce).ok()?;
+        let mut plain = sealed.to_vec();
+        let len = self
+            .key
+            .open_in_place(nonce, Aad::empty(), &mut plain)
+            .ok()?
+            .len();
+        plain.truncate(len);
+        Some(plain)
     }
 }
 
@@ -156,6 +245,26 @@ fn read(path: &Path) -> Result<Vec<u8>, Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tickets_open_only_with_the_key_that_sealed_them_and_unaltered() {
+        let sealer = SharedKeyTicketer::new(&[7; 32]);
+        let plain = b"session state";
+        let ticket = sealer.encrypt(plain).unwrap();
+        assert_ne!(&ticket[NONCE_LEN..NONCE_LEN + plain.len()], plain);
+        assert_eq!(sealer.decrypt(&ticket).unwrap(), plain);
+        // A fresh nonce each time.
+        assert_ne!(sealer.encrypt(plain).unwrap(), ticket);
+        assert_eq!(
+            SharedKeyTicketer::new(&[7; 32]).decrypt(&ticket).unwrap(),
+            plain
+        );
+        assert!(SharedKeyTicketer::new(&[8; 32]).decrypt(&ticket).is_none());
+        let mut altered = ticket.clone();
+        altered[NONCE_LEN] ^= 1;
+        assert!(sealer.decrypt(&altered).is_none());
+        assert!(sealer.decrypt(&ticket[..NONCE_LEN + 15]).is_none());
+    }
 
     #[test]
     fn empty_pem_is_a_typed_error() {
