@@ -1,6 +1,8 @@
 //! A stream wrapper that counts the bytes read and written, and the open connection, into a
-//! side's metrics. It sits directly on the socket (under TLS), so it counts what the wire
-//! carries.
+//! side's metrics. On the out-side it sits directly on the socket (under TLS), so it counts
+//! what the wire carries; on the in-side the listener has ended TLS before the proxy gets the
+//! stream, so an https or teleports in-side counts the bytes inside TLS (its records' overhead,
+//! a few dozen bytes each, is not counted).
 
 use std::io;
 use std::pin::Pin;

@@ -1,9 +1,10 @@
 //! The proxy's metrics, exposed as Prometheus text by `prometheus-client`, and the small HTTP
 //! server for `/metrics` and `/healthz` (`-expvarAddr`).
 //!
-//! Bytes are counted on the wire by wrapping each connection's stream ([`crate::counted`]), so
-//! on a teleport side they are the compressed (and encrypted) bytes, and the ratio between the
-//! two sides is the link's saving.
+//! Bytes are counted by wrapping each connection's stream ([`crate::counted`]), so on a
+//! teleport side they are the compressed bytes, and the ratio between the two sides is the
+//! link's saving. The out-side counts under TLS (what the wire carries), the in-side inside it
+//! (the listener ends TLS first).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;

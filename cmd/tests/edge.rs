@@ -1008,6 +1008,27 @@ async fn a_stalled_request_body_gets_408_after_in_idle_timeout() {
     outcomes_until(p.metrics_addr(), "rejected", 1.0).await;
 }
 
+/// A client that goes away in the middle of its request body is counted as cancelled, not as a
+/// rejected (bad) request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_gone_during_its_request_body_is_counted_as_cancelled() {
+    let up = Upstream::tcp().await;
+    let p = Cmd::tcp("proxy", "http", "http", &up.addr).start().await;
+    let mut stream = TcpStream::connect(p.addr()).await.unwrap();
+    stream
+        .write_all(b"POST /echo HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\nx")
+        .await
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    drop(stream);
+    let text = outcomes_until(p.metrics_addr(), "cancelled", 1.0).await;
+    assert_eq!(
+        metric(&text, "httptp_requests_total", &[("outcome", "rejected")]).unwrap_or(0.0),
+        0.0
+    );
+    assert_eq!(up.count(), 0);
+}
+
 /// A client that does not read its response: once the connection has been idle (its request
 /// answered) for -inIdleTimeout, and one more period has passed with the write held up, the
 /// connection is closed.

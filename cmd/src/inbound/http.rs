@@ -430,6 +430,14 @@ async fn handle(
                 started,
             );
         }
+        Err(BodyError::Failed(error)) if client_gone(&error) => {
+            // Nobody to answer, and no fault of the request: counted as cancelled.
+            proxy.metrics().record_untimed(Outcome::Cancelled);
+            return crate::proxy::text_response(
+                StatusCode::BAD_REQUEST,
+                "httptp: the client went away during its request body",
+            );
+        }
         Err(BodyError::Failed(error)) => {
             return proxy.reject(
                 StatusCode::BAD_REQUEST,
@@ -448,6 +456,24 @@ async fn handle(
     proxy
         .forward_admitted(admitted, Request::from_parts(parts, body), peer, started)
         .await
+}
+
+/// Whether a body failed because its client closed or reset the connection mid-way.
+fn client_gone(error: &hyper::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(e) = source {
+        if let Some(io) = e.downcast_ref::<io::Error>() {
+            return matches!(
+                io.kind(),
+                io::ErrorKind::UnexpectedEof
+                    | io::ErrorKind::ConnectionReset
+                    | io::ErrorKind::ConnectionAborted
+                    | io::ErrorKind::BrokenPipe
+            );
+        }
+        source = e.source();
+    }
+    error.is_incomplete_message()
 }
 
 enum BodyError {
