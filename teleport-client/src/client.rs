@@ -145,7 +145,8 @@ impl Client {
         let mut first = true;
         // The error of an earlier attempt lost in flight (it may have run): a wait for room that
         // runs out is then a timeout, not "never sent", and finding no connection is that loss.
-        let mut lost_in_flight: Option<Error> = None;
+        // Boxed: it is held across every await of the request's future, and rarely set.
+        let mut lost_in_flight: Option<Box<Error>> = None;
         loop {
             // A request sent again (lost, refused, or handed back unsent) is sent only within
             // its deadline; the first attempt's check is the timers below.
@@ -175,7 +176,7 @@ impl Client {
                     }
                     // No connection up to send it on again, and no wait for one: the loss is
                     // what the caller needs to know (the request may have run).
-                    Some((Err(error), _)) => return Err(lost_in_flight.unwrap_or(error)),
+                    Some((Err(error), _)) => return Err(lost_in_flight.map_or(error, |e| *e)),
                     // Not sent: the wait was for a connection (after a loss: a timeout, as a
                     // wait for room), or for room on one.
                     None if down && lost_in_flight.is_none() => {
@@ -266,7 +267,7 @@ impl Client {
                         Some(kept) if retries > 0 && (refused || error.is_connection_lost()) => {
                             retries -= 1;
                             if error.is_connection_lost() {
-                                lost_in_flight = Some(error);
+                                lost_in_flight = Some(Box::new(error));
                             }
                             frame = kept;
                         }
