@@ -110,8 +110,9 @@ pub(crate) struct ProxyFlags {
     /// Closes an -in connection that has been idle this long (Go duration; 0: never). http,
     /// https and unix: no request in flight (HTTP/2 gets a goaway); teleport and teleports: no
     /// bytes moved (clients ping every 30 s). Must exceed -outTimeout, so no connection with a
-    /// request waiting on -out is closed. Also the most a request body may pause (then 408), and
-    /// how long more a client that does not read its response keeps an idle connection.
+    /// request waiting on -out is closed. Also the longest reading a request body may take
+    /// (then 408), and how long a client that reads nothing of its response keeps an idle
+    /// connection.
     /// Default: 120s, or -outTimeout + 10s if longer.
     #[arg(long = "inIdleTimeout", alias = "in-idle-timeout", value_parser = parse_duration)]
     pub(crate) in_idle_timeout: Option<Duration>,

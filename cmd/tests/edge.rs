@@ -1030,14 +1030,14 @@ async fn a_client_gone_during_its_request_body_is_counted_as_cancelled() {
 }
 
 /// A client that does not read its response: once the connection has been idle (its request
-/// answered) for -inIdleTimeout, and one more period has passed with the write held up, the
+/// answered) for -inIdleTimeout, and one more period has passed with nothing written, the
 /// connection is closed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_does_not_read_its_response_is_closed_after_in_idle_timeout() {
     let up = Upstream::tcp().await;
     let p = Cmd::tcp("proxy", "http", "http", &up.addr)
-        .flag("inIdleTimeout", "1s")
-        .flag("outTimeout", "500ms")
+        .flag("inIdleTimeout", "3s")
+        .flag("outTimeout", "2s")
         .start()
         .await;
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
@@ -1047,13 +1047,65 @@ async fn a_client_that_does_not_read_its_response_is_closed_after_in_idle_timeou
         .write_all(b"GET /big?n=12000000 HTTP/1.1\r\nhost: x\r\n\r\n")
         .await
         .unwrap();
-    up.wait_count(1).await;
-    // Never read: the proxy's write is held up with most of the 12 MB unsent.
+    // The head, to see the response is under way; then no more reading: the proxy's write is
+    // held up with most of the 12 MB unsent.
+    let mut head = Vec::new();
+    read_until(&mut stream, &mut head, b"\r\n\r\n").await;
+    assert!(
+        head.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
     metrics_until(p.metrics_addr(), "the connection closed", |t| {
         metric(t, "httptp_connections", &[("side", "in")]) == Some(0.0)
     })
     .await;
     drop(stream);
+}
+
+/// A client reading a large response slowly, for longer than twice -inIdleTimeout, gets all of
+/// it: the write goes on, so the connection is not idle.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_reading_slowly_gets_its_whole_response() {
+    const LEN: usize = 14_000_000;
+    let up = Upstream::tcp().await;
+    let p = Cmd::tcp("proxy", "http", "http", &up.addr)
+        .flag("inIdleTimeout", "1s")
+        .flag("outTimeout", "500ms")
+        .start()
+        .await;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(256 << 10).unwrap();
+    let mut stream = socket.connect(p.addr().parse().unwrap()).await.unwrap();
+    stream
+        .write_all(format!("GET /big?n={LEN} HTTP/1.1\r\nhost: x\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    // About 2.5 MB/s through a small receive buffer: some 5.6 s in all, most of it after the
+    // proxy's buffers are full.
+    let mut answer = Vec::with_capacity(LEN + 1024);
+    let mut chunk = vec![0u8; 256 << 10];
+    within("the whole response", async {
+        loop {
+            let n = stream.read(&mut chunk).await.expect("read");
+            if n == 0 {
+                break;
+            }
+            answer.extend_from_slice(&chunk[..n]);
+            let head_end = answer.windows(4).position(|w| w == b"\r\n\r\n");
+            if head_end.is_some_and(|at| answer.len() - at - 4 >= LEN) {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    let at = answer
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a response head");
+    assert!(answer.starts_with(b"HTTP/1.1 200"));
+    assert_eq!(answer.len() - at - 4, LEN, "the response was cut");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -351,7 +351,13 @@ async fn a_request_on_a_connection_accepted_before_the_signal_is_served() {
     })
     .await;
     p.signal(Signal::TERM);
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The drain has begun (/healthz says so) before the request is sent.
+    within("the drain", async {
+        while metrics_get(p.metrics_addr(), "/healthz").await.status != 503 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
     stream
         .write_all(b"GET /echo HTTP/1.1\r\nhost: x\r\n\r\n")
         .await

@@ -6,7 +6,7 @@ use std::convert::Infallible;
 use std::io;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -17,8 +17,11 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use teleport_transport::listener::{self, ConnContext, DrainReport, Listener, Stream};
-use tokio::io::{AsyncRead, AsyncWrite};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::UnixListener;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -64,6 +67,8 @@ struct Quiet {
     served: AtomicBool,
     /// Signalled when the first request comes in.
     first: Notify,
+    /// Bytes written to the client so far.
+    written: AtomicU64,
 }
 
 impl Quiet {
@@ -74,6 +79,7 @@ impl Quiet {
             ended: Notify::new(),
             served: AtomicBool::new(false),
             first: Notify::new(),
+            written: AtomicU64::new(0),
         })
     }
 
@@ -83,6 +89,10 @@ impl Quiet {
             self.first.notify_one();
         }
         Busy(self.clone())
+    }
+
+    fn written(&self) -> u64 {
+        self.written.load(Ordering::Relaxed)
     }
 
     /// Returns once the connection's first request has come in.
@@ -113,6 +123,61 @@ impl Quiet {
                 return;
             }
         }
+    }
+}
+
+/// A connection's stream, counting what it writes into its [`Quiet`]: a client reading a
+/// response slowly is told from one that does not read it.
+struct Progress<IO> {
+    io: IO,
+    quiet: Arc<Quiet>,
+}
+
+impl<IO: AsyncRead + Unpin> AsyncRead for Progress<IO> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<IO: AsyncWrite + Unpin> AsyncWrite for Progress<IO> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let written = Pin::new(&mut self.io).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = &written {
+            self.quiet.written.fetch_add(*n as u64, Ordering::Relaxed);
+        }
+        written
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let written = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
+        if let Poll::Ready(Ok(n)) = &written {
+            self.quiet.written.fetch_add(*n as u64, Ordering::Relaxed);
+        }
+        written
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }
 
@@ -318,15 +383,18 @@ async fn serve_connection<IO>(
             }
         }
     });
+    let io = Progress {
+        io,
+        quiet: quiet.clone(),
+    };
     let conn = builder.serve_connection(TokioIo::new(io), service);
     tokio::pin!(conn);
     let result = tokio::select! {
         result = conn.as_mut() => result,
         () = stop.cancelled() => {
             // A connection accepted before the stop whose first request is still on its way
-            // (its TLS handshake, or the request's bytes) gets it served: cut now, hyper's
-            // protocol detection would end it unread, and its client would see a connection
-            // closed under a request it sent.
+            // gets it served: cut now, hyper's protocol detection would end it unread, and its
+            // client would see a connection closed under a request it sent.
             let ended = tokio::select! {
                 result = conn.as_mut() => Some(result),
                 () = quiet.first_request() => None,
@@ -343,14 +411,19 @@ async fn serve_connection<IO>(
         () = idle(&quiet, limits.idle) => {
             tracing::debug!("closing an idle connection (-inIdleTimeout)");
             conn.as_mut().graceful_shutdown();
-            // A response its client does not read holds the connection in its write for
-            // ever: it gets one more idle period, then the connection is closed.
-            let more = limits.idle.expect("idle only ends with a timeout");
-            match tokio::time::timeout(more, conn).await {
-                Ok(result) => result,
-                Err(_) => {
-                    tracing::debug!("closing a connection whose client does not read its response");
-                    Ok(())
+            // A response its client does not read would hold the connection in its write for
+            // ever: closed once a whole idle period passes with nothing written. A slow client
+            // still reading goes on.
+            let period = limits.idle.expect("idle only ends with a timeout");
+            loop {
+                let before = quiet.written();
+                match tokio::time::timeout(period, conn.as_mut()).await {
+                    Ok(result) => break result,
+                    Err(_) if quiet.written() != before => {}
+                    Err(_) => {
+                        tracing::debug!("closing a connection whose client does not read its response");
+                        break Ok(());
+                    }
                 }
             }
         }
@@ -414,7 +487,17 @@ async fn handle(
     };
     let (mut parts, body) = request.into_parts();
     let chunked = parts.headers.contains_key(header::TRANSFER_ENCODING);
-    let body = match read_body(body, limits.max_body, limits.idle).await {
+    // The body must be whole within -inIdleTimeout (as the Go httptp's read timeout bounded
+    // reading a request): a client trickling it would otherwise hold its place among the
+    // requests in flight for ever.
+    let read = read_body(body, limits.max_body);
+    let read = match limits.idle {
+        Some(limit) => tokio::time::timeout(limit, read)
+            .await
+            .unwrap_or(Err(BodyError::TimedOut)),
+        None => read.await,
+    };
+    let body = match read {
         Ok(body) => body,
         Err(BodyError::TooLarge) => {
             return proxy.reject(
@@ -423,10 +506,10 @@ async fn handle(
                 started,
             );
         }
-        Err(BodyError::Stalled) => {
+        Err(BodyError::TimedOut) => {
             return proxy.reject(
                 StatusCode::REQUEST_TIMEOUT,
-                "request body stalled: nothing of it came for -inIdleTimeout",
+                "request body not whole within -inIdleTimeout",
                 started,
             );
         }
@@ -478,30 +561,17 @@ fn client_gone(error: &hyper::Error) -> bool {
 
 enum BodyError {
     TooLarge,
-    /// Nothing of the body came for the stall limit.
-    Stalled,
+    /// Not whole within -inIdleTimeout.
+    TimedOut,
     Failed(hyper::Error),
 }
 
-/// Reads a request body whole, up to `max` bytes, with at most `stall` between two of its
-/// frames (the connection is idle meanwhile, as far as -inIdleTimeout goes: a client that
-/// stops sending would otherwise hold the connection, and its place, for ever). A body of one
-/// chunk is taken as it is, without a copy.
-async fn read_body(
-    mut body: Incoming,
-    max: usize,
-    stall: Option<Duration>,
-) -> Result<Bytes, BodyError> {
+/// Reads a request body whole, up to `max` bytes. A body of one chunk is taken as it is,
+/// without a copy.
+async fn read_body(mut body: Incoming, max: usize) -> Result<Bytes, BodyError> {
     let mut chunks: Vec<Bytes> = Vec::new();
     let mut total = 0usize;
-    loop {
-        let frame = match stall {
-            Some(stall) => tokio::time::timeout(stall, body.frame())
-                .await
-                .map_err(|_| BodyError::Stalled)?,
-            None => body.frame().await,
-        };
-        let Some(frame) = frame else { break };
+    while let Some(frame) = body.frame().await {
         // Trailers are dropped: a body travels whole, with its length.
         if let Ok(data) = frame.map_err(BodyError::Failed)?.into_data() {
             total += data.len();
