@@ -94,15 +94,23 @@ pub(crate) struct ProxyFlags {
     /// certificate signed by one of them (mutual TLS).
     #[arg(long = "inTLSClientCA", alias = "in-tls-client-ca")]
     pub(crate) in_tls_client_ca: Option<PathBuf>,
-    /// A secret for TLS session tickets on -inType https or teleports: httptp processes given
-    /// the same one resume each other's sessions (its SHA-256 seals the tickets). Empty: each
-    /// process resumes only its own sessions.
+    /// A secret (at least 32 bytes, random) for TLS session tickets on -inType https or
+    /// teleports: httptp processes given the same one resume each other's sessions (its
+    /// SHA-256 seals the tickets). Empty: each process resumes only its own sessions. A flag's
+    /// value shows in the process list: prefer -inTLSSessionTicketKeyFile.
     #[arg(
         long = "inTLSSessionTicketKey",
         alias = "in-tls-session-ticket-key",
         default_value = ""
     )]
     pub(crate) in_tls_session_ticket_key: String,
+    /// -inTLSSessionTicketKey read from this file (its bytes, a final newline dropped).
+    #[arg(
+        long = "inTLSSessionTicketKeyFile",
+        alias = "in-tls-session-ticket-key-file",
+        conflicts_with = "in_tls_session_ticket_key"
+    )]
+    pub(crate) in_tls_session_ticket_key_file: Option<PathBuf>,
     /// Accept only GET requests (405 for others).
     #[arg(long = "inGetOnly", alias = "in-get-only", action = ArgAction::Set,
           num_args = 0..=1, require_equals = true, default_value = "false", default_missing_value = "true", value_parser = parse_bool)]

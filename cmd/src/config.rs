@@ -109,6 +109,22 @@ const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(120);
 const DEFAULT_MAX_HEADER_SIZE: u32 = 4096;
 const DEFAULT_IN_MAX_BODY_SIZE: u32 = 4 << 20;
 
+/// The session ticket secret, from its flag or its file (a final newline dropped).
+fn ticket_secret(flags: &ProxyFlags) -> anyhow::Result<Vec<u8>> {
+    let Some(path) = &flags.in_tls_session_ticket_key_file else {
+        return Ok(flags.in_tls_session_ticket_key.as_bytes().to_vec());
+    };
+    let mut secret = std::fs::read(path)
+        .with_context(|| format!("-inTLSSessionTicketKeyFile={}", path.display()))?;
+    if secret.last() == Some(&b'\n') {
+        secret.pop();
+        if secret.last() == Some(&b'\r') {
+            secret.pop();
+        }
+    }
+    Ok(secret)
+}
+
 /// `value`, or `default` for 0.
 fn or_default(value: u32, default: u32) -> u32 {
     if value == 0 { default } else { value }
@@ -178,7 +194,7 @@ impl ProxyConfig {
                     &flags.in_tls_cert,
                     &flags.in_tls_key,
                     flags.in_tls_client_ca.as_deref(),
-                    &flags.in_tls_session_ticket_key,
+                    &ticket_secret(flags)?,
                     alpn,
                 )
                 .context("-inTLSCert/-inTLSKey/-inTLSClientCA")?,
@@ -312,7 +328,7 @@ mod tests {
                 "-inMaxHeaderSize=0",
                 "-inMaxBodySize=0",
                 "-outMaxHeaderSize=0",
-                "-inTLSSessionTicketKey=shared",
+                "-inTLSSessionTicketKey=not read: the in-side is plain http",
             ]
             .map(std::ffi::OsString::from),
         ))

@@ -18,7 +18,7 @@ pub(crate) fn server_config(
     cert: &Path,
     key: &Path,
     client_ca: Option<&Path>,
-    ticket_secret: &str,
+    ticket_secret: &[u8],
     alpn: Vec<Vec<u8>>,
 ) -> anyhow::Result<TlsConfig> {
     let mut config = TlsConfig::from_pem_files(cert, key)?;
@@ -26,7 +26,9 @@ pub(crate) fn server_config(
         config.client_ca_pem_file(ca)?;
     }
     if !ticket_secret.is_empty() {
-        config.session_ticket_key(ticket_secret.as_bytes());
+        config
+            .session_ticket_key(ticket_secret)
+            .context("-inTLSSessionTicketKey")?;
     }
     config.alpn_protocols(alpn);
     Ok(config)

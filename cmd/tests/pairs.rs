@@ -196,3 +196,39 @@ async fn https_with_in_tls_client_ca_requires_a_client_certificate() {
         "a request from an untrusted client went through"
     );
 }
+
+/// -inTLSSessionTicketKeyFile: a secret from a file (kept out of the process list) is taken;
+/// a secret under 32 bytes is refused at start, naming the flag.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_ticket_secret_from_a_file_is_taken_and_a_short_one_refused() {
+    let pki = Pki::generate();
+    let up = Upstream::tcp().await;
+    let secret = pki
+        .dir
+        .write("ticket-secret", "0123456789abcdef0123456789abcdef\n");
+    let p = Cmd::tcp("proxy", "https", "http", &up.addr)
+        .flag("inTLSCert", s(&pki.server_cert))
+        .flag("inTLSKey", s(&pki.server_key))
+        .flag("inTLSSessionTicketKeyFile", s(&secret))
+        .start()
+        .await;
+    let (mut c, _) = Client::tls(p.addr(), pki.client_tls(&[b"http/1.1"]))
+        .await
+        .unwrap();
+    assert_eq!(c.get("/echo").await.status, 200);
+
+    let (status, stdout, stderr) = Cmd::bare("short")
+        .flag("in", "127.0.0.1:0")
+        .flag("inType", "https")
+        .flag("inTLSCert", s(&pki.server_cert))
+        .flag("inTLSKey", s(&pki.server_key))
+        .flag("expvarAddr", "127.0.0.1:0")
+        .flag("outType", "http")
+        .flag("out", &up.addr)
+        .flag("inTLSSessionTicketKey", "too short")
+        .run_to_exit()
+        .await;
+    assert!(!status.success(), "a short secret was taken: {stdout}");
+    assert!(stderr.contains("-inTLSSessionTicketKey"), "{stderr}");
+    assert!(stderr.contains("32 bytes"), "{stderr}");
+}

@@ -646,14 +646,15 @@ async fn listeners_sharing_a_ticket_secret_resume_each_others_sessions() {
     let pki = Pki::generate();
     let serve_with = |secret: &[u8]| {
         let mut tls = pki.server_tls();
-        tls.session_ticket_key(secret);
+        tls.session_ticket_key(secret).unwrap();
         let mut config = loopback();
         config.tls(Some(tls));
         serve(&config, echo)
     };
-    let (first, first_addr) = serve_with(b"shared");
-    let (second, second_addr) = serve_with(b"shared");
-    let (other, other_addr) = serve_with(b"another");
+    let shared = b"a shared secret of thirty-two or more bytes";
+    let (first, first_addr) = serve_with(shared);
+    let (second, second_addr) = serve_with(shared);
+    let (other, other_addr) = serve_with(b"another secret, thirty-two or more bytes");
     // One client config: its session cache carries the ticket from one connection to the next.
     let client = pki.client_config(None, true);
     let kind = |addr| {

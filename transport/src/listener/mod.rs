@@ -35,7 +35,7 @@ pub use server::{DrainReport, Listener, Server};
 pub use signal::shutdown_signal;
 pub use stats::Stats;
 pub use stream::{ReadLimitExceeded, Stream};
-pub use tls::TlsConfig;
+pub use tls::{MIN_TICKET_SECRET_LEN, TlsConfig};
 
 /// Serves one connection. The connection is closed when the returned future ends; an error is
 /// counted and logged at debug level, a panic closes this connection only.

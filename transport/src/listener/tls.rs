@@ -33,8 +33,24 @@ pub struct TlsConfig {
     alpn: Vec<Vec<u8>>,
     allow_plaintext: bool,
     resumption: bool,
-    ticket_key: Option<[u8; 32]>,
+    ticket_key: Option<TicketKey>,
+    /// SHA-256 of the client CA PEM, when there is one: tickets are bound to it.
+    client_ca_digest: Option<[u8; 32]>,
 }
+
+/// The ticket key, kept out of `Debug` output.
+#[derive(Clone)]
+struct TicketKey([u8; 32]);
+
+impl std::fmt::Debug for TicketKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TicketKey(..)")
+    }
+}
+
+/// The shortest ticket secret taken: a shorter one could be guessed offline from a captured
+/// ticket (each guess is checked by the ticket's authentication tag).
+pub const MIN_TICKET_SECRET_LEN: usize = 32;
 
 // ===== impl TlsConfig =====
 
@@ -55,6 +71,7 @@ impl TlsConfig {
             allow_plaintext: false,
             resumption: true,
             ticket_key: None,
+            client_ca_digest: None,
         })
     }
 
@@ -74,6 +91,7 @@ impl TlsConfig {
             roots.add(cert).map_err(Error::Tls)?;
         }
         self.client_roots = Some(roots);
+        self.client_ca_digest = Some(sha256(ca_pem));
         Ok(self)
     }
 
@@ -104,17 +122,27 @@ impl TlsConfig {
         self
     }
 
-    /// Seals session tickets with a key derived from `secret` (SHA-256), so that listeners
-    /// given the same secret (several processes or hosts behind one name) resume each other's
-    /// sessions. Default: none; sessions resume only with the process that made them (its
-    /// in-memory session cache). Keep the secret as secret as the certificate's key, and change
-    /// it now and then: tickets sealed with it decrypt sessions' keys.
-    pub fn session_ticket_key(&mut self, secret: &[u8]) -> &mut Self {
-        let digest = ring::digest::digest(&ring::digest::SHA256, secret);
-        let mut key = [0u8; 32];
-        key.copy_from_slice(digest.as_ref());
-        self.ticket_key = Some(key);
-        self
+    /// Seals session tickets (AES-256-GCM) with a key derived from `secret` (SHA-256), so that
+    /// listeners given the same secret (several processes or hosts behind one name) resume
+    /// each other's sessions. A ticket is bound to the listener's client CA (or its lack): one
+    /// requiring client certificates never resumes a session made where they were not, or
+    /// signed by another CA. Default: none; sessions resume only with the process that made
+    /// them (its in-memory session cache).
+    ///
+    /// The secret must be at least [`MIN_TICKET_SECRET_LEN`] bytes, random, and kept as secret
+    /// as the certificate's key: whoever has it can open recorded tickets (a TLS 1.2 ticket
+    /// holds its session's master secret) and forge them, client identity included. It does
+    /// not rotate: change it (and restart) now and then.
+    pub fn session_ticket_key(&mut self, secret: &[u8]) -> Result<&mut Self, Error> {
+        if secret.len() < MIN_TICKET_SECRET_LEN {
+            return Err(Error::InvalidConfig {
+                field: "session_ticket_key",
+                reason: "the secret must be at least 32 bytes (a short one can be guessed \
+                         offline from a captured ticket)",
+            });
+        }
+        self.ticket_key = Some(TicketKey(sha256(secret)));
+        Ok(self)
     }
 
     pub(crate) fn plaintext_allowed(&self) -> bool {
@@ -149,7 +177,7 @@ impl TlsConfig {
             config.session_storage = Arc::new(NoServerSessionStorage {});
             config.send_tls13_tickets = 0;
         } else if let Some(key) = &self.ticket_key {
-            config.ticketer = Arc::new(SharedKeyTicketer::new(key));
+            config.ticketer = Arc::new(SharedKeyTicketer::new(&key.0, self.client_ca_digest));
         }
         Ok(Arc::new(config))
     }
@@ -158,18 +186,30 @@ impl TlsConfig {
 /// How long a ticket is good for, in seconds.
 const TICKET_LIFETIME: u32 = 12 * 60 * 60;
 
-/// Session tickets sealed (AES-256-GCM, a random nonce each) with a key that listeners share.
+/// Session tickets sealed (AES-256-GCM, a random nonce each) with a key that listeners share,
+/// and bound (as associated data) to the listener's client-certificate policy.
 struct SharedKeyTicketer {
     key: LessSafeKey,
     random: SystemRandom,
+    /// `teleport ticket v1`, then 0 (no client certificates) or 1 and the client CA's digest.
+    policy: Vec<u8>,
 }
 
 impl SharedKeyTicketer {
-    fn new(key: &[u8; 32]) -> Self {
+    fn new(key: &[u8; 32], client_ca_digest: Option<[u8; 32]>) -> Self {
         let key = UnboundKey::new(&AES_256_GCM, key).expect("a 32-byte AES-256 key");
+        let mut policy = b"teleport ticket v1".to_vec();
+        match client_ca_digest {
+            None => policy.push(0),
+            Some(digest) => {
+                policy.push(1);
+                policy.extend_from_slice(&digest);
+            }
+        }
         SharedKeyTicketer {
             key: LessSafeKey::new(key),
             random: SystemRandom::new(),
+            policy,
         }
     }
 }
@@ -200,7 +240,7 @@ impl ProducesTickets for SharedKeyTicketer {
             .key
             .seal_in_place_separate_tag(
                 Nonce::assume_unique_for_key(nonce),
-                Aad::empty(),
+                Aad::from(&self.policy),
                 &mut out[NONCE_LEN..],
             )
             .ok()?;
@@ -217,12 +257,19 @@ impl ProducesTickets for SharedKeyTicketer {
         let mut plain = sealed.to_vec();
         let len = self
             .key
-            .open_in_place(nonce, Aad::empty(), &mut plain)
+            .open_in_place(nonce, Aad::from(&self.policy), &mut plain)
             .ok()?
             .len();
         plain.truncate(len);
         Some(plain)
     }
+}
+
+fn sha256(data: &[u8]) -> [u8; 32] {
+    let digest = ring::digest::digest(&ring::digest::SHA256, data);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(digest.as_ref());
+    out
 }
 
 fn parse_certs(pem: &[u8], what: &'static str) -> Result<Vec<CertificateDer<'static>>, Error> {
@@ -248,7 +295,7 @@ mod tests {
 
     #[test]
     fn tickets_open_only_with_the_key_that_sealed_them_and_unaltered() {
-        let sealer = SharedKeyTicketer::new(&[7; 32]);
+        let sealer = SharedKeyTicketer::new(&[7; 32], None);
         let plain = b"session state";
         let ticket = sealer.encrypt(plain).unwrap();
         assert_ne!(&ticket[NONCE_LEN..NONCE_LEN + plain.len()], plain);
@@ -256,14 +303,52 @@ mod tests {
         // A fresh nonce each time.
         assert_ne!(sealer.encrypt(plain).unwrap(), ticket);
         assert_eq!(
-            SharedKeyTicketer::new(&[7; 32]).decrypt(&ticket).unwrap(),
+            SharedKeyTicketer::new(&[7; 32], None)
+                .decrypt(&ticket)
+                .unwrap(),
             plain
         );
-        assert!(SharedKeyTicketer::new(&[8; 32]).decrypt(&ticket).is_none());
+        assert!(
+            SharedKeyTicketer::new(&[8; 32], None)
+                .decrypt(&ticket)
+                .is_none()
+        );
+        // Another client-certificate policy: not resumed there.
+        let strict = SharedKeyTicketer::new(&[7; 32], Some([1; 32]));
+        assert!(strict.decrypt(&ticket).is_none());
+        let other_ca = SharedKeyTicketer::new(&[7; 32], Some([2; 32]));
+        assert!(other_ca.decrypt(&strict.encrypt(plain).unwrap()).is_none());
         let mut altered = ticket.clone();
         altered[NONCE_LEN] ^= 1;
         assert!(sealer.decrypt(&altered).is_none());
         assert!(sealer.decrypt(&ticket[..NONCE_LEN + 15]).is_none());
+    }
+
+    #[test]
+    fn a_short_ticket_secret_is_refused_and_the_key_is_not_printed() {
+        let mut tls = TlsConfig {
+            cert_chain: Vec::new(),
+            key: Arc::new(PrivateKeyDer::Pkcs8(Vec::new().into())),
+            client_roots: None,
+            alpn: Vec::new(),
+            allow_plaintext: false,
+            resumption: true,
+            ticket_key: None,
+            client_ca_digest: None,
+        };
+        assert!(matches!(
+            tls.session_ticket_key(&[b'k'; MIN_TICKET_SECRET_LEN - 1]),
+            Err(Error::InvalidConfig {
+                field: "session_ticket_key",
+                ..
+            })
+        ));
+        tls.session_ticket_key(&[b'k'; MIN_TICKET_SECRET_LEN])
+            .unwrap();
+        let key = sha256(&[b'k'; MIN_TICKET_SECRET_LEN]);
+        let printed = format!("{tls:?}");
+        assert!(printed.contains("TicketKey(..)"), "{printed}");
+        assert!(!printed.contains(&format!("{key:?}")), "{printed}");
     }
 
     #[test]
