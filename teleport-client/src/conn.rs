@@ -366,8 +366,8 @@ impl ConnHandle {
 /// Answers decoded at once.
 const INBOUND_AT_ONCE: usize = 64;
 /// Pings answered at most per batch: a server that keeps pinging while our write is held up
-/// gets this many pongs once it reads again (any one shows the link alive), not one per ping
-/// held in memory meanwhile.
+/// gets pongs for its latest this many once it reads again (any one shows the link alive), not
+/// one per ping held in memory meanwhile.
 const PONGS_OWED_MAX: usize = 16;
 
 /// Runs one connection: it reads the server's answers and routes them to their requests as
@@ -655,9 +655,11 @@ impl Running<'_> {
     fn on_inbound(&mut self, item: Inbound) {
         match item {
             Inbound::Frame(Frame::Ping { payload }) => {
-                if self.pongs.len() < PONGS_OWED_MAX {
-                    self.pongs.push(payload);
+                if self.pongs.len() == PONGS_OWED_MAX {
+                    // The latest probes are those worth answering.
+                    self.pongs.remove(0);
                 }
+                self.pongs.push(payload);
             }
             Inbound::Frame(Frame::Error(error))
                 if self.keeping && error.code == ErrorCode::REFUSED =>

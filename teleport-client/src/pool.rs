@@ -27,10 +27,11 @@ use crate::{ClientBuilder, Error};
 
 /// Failures an upstream's load is charged with, per consecutive failure.
 const FAILURE_PENALTY: usize = 8;
-/// A run of failures ends once none has come for this long: the upstream is charged nothing
-/// more, and the next failure starts a new run. Without it, an upstream that recovered a few
-/// failures short of ejection would, at light load, never be picked again (and so never have
-/// the success that clears them).
+/// An upstream's failures stop being charged as load once none has come for this long (they
+/// still count toward ejection, until a success). Without it, an upstream that recovered a
+/// few failures short of ejection would, at light load, never be picked again, and so never
+/// have the success that clears them; one still failing fails again when picked, and is
+/// ejected in the end.
 const FAILURE_FADE_MS: u64 = 1_000;
 /// A connection that lived less than this before it ended counts as a failed attempt.
 const MIN_HEALTHY_LIFE: Duration = Duration::from_secs(1);
@@ -114,12 +115,7 @@ impl Upstream {
         if self.is_ejected(inner) {
             return;
         }
-        let now = inner.elapsed_ms();
-        let last = self.last_failure_ms.swap(now, Relaxed);
-        if now.saturating_sub(last) >= FAILURE_FADE_MS {
-            // The last run faded: this one starts anew.
-            self.failures.store(0, Relaxed);
-        }
+        self.last_failure_ms.store(inner.elapsed_ms(), Relaxed);
         let failures = self.failures.fetch_add(1, Relaxed) + 1;
         // Exactly at the threshold (never, with 0): of failures counted at once, one ejects.
         if failures != inner.config.eject_after {
@@ -560,22 +556,17 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_run_of_failures_fades_after_a_quiet_second() {
+    async fn failures_stop_weighing_after_a_quiet_second_but_still_eject() {
         let inner = one_upstream(5);
         let upstream = &inner.upstreams[0];
         for _ in 0..4 {
             upstream.record_failure(&inner);
         }
         assert_eq!(upstream.penalty(&inner), 4 * FAILURE_PENALTY);
-        // Quiet: it is charged nothing, and the next failure starts a new run, so it takes
-        // five more in a row to eject it.
+        // Quiet: it is charged nothing (and so is picked again at light load)...
         tokio::time::advance(Duration::from_millis(FAILURE_FADE_MS)).await;
         assert_eq!(upstream.penalty(&inner), 0);
-        for _ in 0..4 {
-            upstream.record_failure(&inner);
-        }
-        assert!(!upstream.is_ejected(&inner));
-        assert_eq!(upstream.penalty(&inner), 4 * FAILURE_PENALTY);
+        // ... and failing again, the fifth failure in a row, however spread out, ejects it.
         upstream.record_failure(&inner);
         assert!(upstream.is_ejected(&inner));
     }

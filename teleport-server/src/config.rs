@@ -64,8 +64,8 @@ impl ServerConfig {
     /// How long a request waits for room on a full connection before it, and those behind it,
     /// are answered with an `overloaded` error instead of running (one whose own deadline passes
     /// first is answered with a `timeout` error then). Requests that find the connection still
-    /// full after that are answered at once, until room is found or no request has waited for
-    /// as long again. Default 1 s.
+    /// full after that are answered at once, until room is found or, for as long again, no
+    /// request finds the connection full. Default 1 s.
     pub fn overload_wait(&mut self, wait: Duration) -> &mut Self {
         self.overload_wait = wait;
         self

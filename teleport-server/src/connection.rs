@@ -551,11 +551,14 @@ where
 
     /// Stops the handlers still running (their answers can no longer be written).
     async fn stop_handlers(&mut self) {
+        // Those still in the cancel table are stopped here, not by the client's cancel (a
+        // cancelled one left the table when it was aborted, and may not be reaped yet).
+        let stopped: std::collections::HashSet<tokio::task::Id> =
+            self.in_flight.values().map(AbortHandle::id).collect();
         self.tasks.abort_all();
         while let Some(done) = self.tasks.join_next().await {
             match done {
-                // Not the client's cancel: not counted as one.
-                Err(error) if error.is_cancelled() => {}
+                Err(error) if error.is_cancelled() && stopped.contains(&error.id()) => {}
                 done => self.reap(done),
             }
         }
@@ -898,14 +901,14 @@ async fn send(sender: &Sender, frame: Frame, counters: &Counters) {
 /// refused (a goaway or a pong to a client with a tiny frame limit) answer no request.
 fn refusal_answer(refused: &Frame, message: &str, counters: &Counters) -> Option<Frame> {
     match refused {
-        Frame::Response(_) | Frame::Error(_) => {
+        Frame::Response(_) => {
+            // Counted when the service answered; the client gets none, and a rejection.
+            counters.responses.fetch_sub(1, Relaxed);
             bump(&counters.rejected);
-            if matches!(refused, Frame::Response(_)) {
-                // Counted when the service answered; the client gets none.
-                counters.responses.fetch_sub(1, Relaxed);
-            }
             Some(error_frame(refused.id(), ErrorCode::TOO_LARGE, message))
         }
+        // Counted already, with what it says (a timeout, a failure, ...).
+        Frame::Error(_) => Some(error_frame(refused.id(), ErrorCode::TOO_LARGE, message)),
         other => {
             tracing::debug!(ty = ?other.frame_type(), message, "a frame over the client's limits; not sent");
             None
