@@ -490,12 +490,17 @@ async fn handle(
     // The body must be whole within -inIdleTimeout (as the Go httptp's read timeout bounded
     // reading a request): a client trickling it would otherwise hold its place among the
     // requests in flight for ever.
-    let read = read_body(body, limits.max_body);
-    let read = match limits.idle {
-        Some(limit) => tokio::time::timeout(limit, read)
-            .await
-            .unwrap_or(Err(BodyError::TimedOut)),
-        None => read.await,
+    let read = if http_body::Body::is_end_stream(&body) {
+        // No body (most requests): nothing to read, nor to time.
+        Ok(Bytes::new())
+    } else {
+        let read = read_body(body, limits.max_body);
+        match limits.idle {
+            Some(limit) => tokio::time::timeout(limit, read)
+                .await
+                .unwrap_or(Err(BodyError::TimedOut)),
+            None => read.await,
+        }
     };
     let body = match read {
         Ok(body) => body,
