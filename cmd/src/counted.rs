@@ -6,6 +6,8 @@
 
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -17,12 +19,31 @@ use crate::metrics::SideCounters;
 pub(crate) struct Counted<IO> {
     io: IO,
     counters: SideCounters,
+    /// This connection's own count of bytes written, once asked for.
+    written: Option<Arc<AtomicU64>>,
 }
 
 impl<IO> Counted<IO> {
     pub(crate) fn new(io: IO, counters: SideCounters) -> Self {
         counters.connections.inc();
-        Counted { io, counters }
+        Counted {
+            io,
+            counters,
+            written: None,
+        }
+    }
+
+    /// Also counts the bytes written into a counter of this connection's own: a client
+    /// reading a response slowly is told from one that does not read it.
+    pub(crate) fn track_writes(&mut self) -> Arc<AtomicU64> {
+        self.written.get_or_insert_with(Default::default).clone()
+    }
+
+    fn wrote(&self, n: usize) {
+        self.counters.sent.inc_by(n as u64);
+        if let Some(written) = &self.written {
+            written.fetch_add(n as u64, Ordering::Relaxed);
+        }
     }
 }
 
@@ -56,7 +77,7 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Counted<IO> {
     ) -> Poll<io::Result<usize>> {
         let polled = Pin::new(&mut self.io).poll_write(cx, buf);
         if let Poll::Ready(Ok(n)) = polled {
-            self.counters.sent.inc_by(n as u64);
+            self.wrote(n);
         }
         polled
     }
@@ -68,7 +89,7 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Counted<IO> {
     ) -> Poll<io::Result<usize>> {
         let polled = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
         if let Poll::Ready(Ok(n)) = polled {
-            self.counters.sent.inc_by(n as u64);
+            self.wrote(n);
         }
         polled
     }
@@ -103,6 +124,10 @@ mod tests {
         let mut buf = [0u8; 8];
         counted.read_exact(&mut buf).await.unwrap();
         assert_eq!((counters.received.get(), counters.sent.get()), (8, 5));
+        let written = counted.track_writes();
+        counted.write_all(b"more").await.unwrap();
+        assert_eq!(written.load(Ordering::Relaxed), 4);
+        assert_eq!(counters.sent.get(), 9);
         drop(counted);
         assert_eq!(counters.connections.get(), 0);
     }

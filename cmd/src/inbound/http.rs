@@ -17,11 +17,9 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use std::pin::Pin;
-use std::task::{Context, Poll};
 use teleport_transport::listener::{self, ConnContext, DrainReport, Listener, Stream};
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::UnixListener;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -68,18 +66,18 @@ struct Quiet {
     /// Signalled when the first request comes in.
     first: Notify,
     /// Bytes written to the client so far.
-    written: AtomicU64,
+    written: Arc<AtomicU64>,
 }
 
 impl Quiet {
-    fn new() -> Arc<Self> {
+    fn new(written: Arc<AtomicU64>) -> Arc<Self> {
         Arc::new(Quiet {
             in_flight: AtomicUsize::new(0),
             since: Mutex::new(tokio::time::Instant::now()),
             ended: Notify::new(),
             served: AtomicBool::new(false),
             first: Notify::new(),
-            written: AtomicU64::new(0),
+            written,
         })
     }
 
@@ -123,61 +121,6 @@ impl Quiet {
                 return;
             }
         }
-    }
-}
-
-/// A connection's stream, counting what it writes into its [`Quiet`]: a client reading a
-/// response slowly is told from one that does not read it.
-struct Progress<IO> {
-    io: IO,
-    quiet: Arc<Quiet>,
-}
-
-impl<IO: AsyncRead + Unpin> AsyncRead for Progress<IO> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_read(cx, buf)
-    }
-}
-
-impl<IO: AsyncWrite + Unpin> AsyncWrite for Progress<IO> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let written = Pin::new(&mut self.io).poll_write(cx, buf);
-        if let Poll::Ready(Ok(n)) = &written {
-            self.quiet.written.fetch_add(*n as u64, Ordering::Relaxed);
-        }
-        written
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        let written = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
-        if let Poll::Ready(Ok(n)) = &written {
-            self.quiet.written.fetch_add(*n as u64, Ordering::Relaxed);
-        }
-        written
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }
 
@@ -361,7 +304,7 @@ fn edge_builder(limits: &EdgeLimits) -> auto::Builder<TokioExecutor> {
 /// a goaway).
 async fn serve_connection<IO>(
     builder: auto::Builder<TokioExecutor>,
-    io: IO,
+    mut io: Counted<IO>,
     proxy: Arc<Proxy>,
     limits: EdgeLimits,
     peer: Option<IpAddr>,
@@ -369,7 +312,7 @@ async fn serve_connection<IO>(
 ) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let quiet = Quiet::new();
+    let quiet = Quiet::new(io.track_writes());
     let metrics = proxy.metrics().clone();
     let service = hyper::service::service_fn({
         let quiet = quiet.clone();
@@ -383,10 +326,6 @@ async fn serve_connection<IO>(
             }
         }
     });
-    let io = Progress {
-        io,
-        quiet: quiet.clone(),
-    };
     let conn = builder.serve_connection(TokioIo::new(io), service);
     tokio::pin!(conn);
     let result = tokio::select! {
