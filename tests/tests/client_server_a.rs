@@ -1320,6 +1320,23 @@ async fn send_with_deadlines<W: tokio::io::AsyncWrite + Unpin>(
     writer.flush_due(true).await.expect("requests written");
 }
 
+/// Writes GETs of `(id, path)`, without deadlines, in one batch, as a bare client.
+async fn send_gets<'a, W: tokio::io::AsyncWrite + Unpin>(
+    writer: &mut teleport_transport::conn::FrameWriter<W>,
+    requests: impl IntoIterator<Item = (u32, &'a str)>,
+) {
+    use teleport_transport::frame::{Frame, RequestFrame};
+    for (id, path) in requests {
+        let request = Frame::Request(Box::new(RequestFrame {
+            id,
+            deadline: None,
+            request: get(path),
+        }));
+        writer.push(request).expect("within the limits");
+    }
+    writer.flush_due(true).await.expect("requests written");
+}
+
 /// Requests read together wait for room together: one that waited behind another request's
 /// wait has that wait taken off its deadline too, and is timed out when its client's deadline
 /// passes, not that much later. (The peer here never cancels, as a client whose cancel is
@@ -1617,7 +1634,7 @@ async fn client_is_a_tower_service() {
 #[tokio::test(start_paused = true)]
 async fn requests_backed_up_behind_a_shed_backlog_are_shed_at_once() {
     use teleport_transport::codec::Inbound;
-    use teleport_transport::frame::{Frame, RequestFrame};
+    use teleport_transport::frame::Frame;
     const BACKLOG: u32 = 200;
     let service = tower::service_fn(|request: Request<Body>| async move {
         if request.uri().path() == "/hang" {
@@ -1633,20 +1650,8 @@ async fn requests_backed_up_behind_a_shed_backlog_are_shed_at_once() {
     let server = Server::with_config(service, config);
     let (mut parts, _serving) = raw_client_of(&server).await;
     let start = tokio::time::Instant::now();
-    for id in 1..=BACKLOG + 1 {
-        let path = if id == 1 { "/hang" } else { "/quick" };
-        let request = Frame::Request(Box::new(RequestFrame {
-            id,
-            deadline: None,
-            request: get(path),
-        }));
-        parts.writer.push(request).expect("within the limits");
-    }
-    parts
-        .writer
-        .flush_due(true)
-        .await
-        .expect("requests written");
+    let paths = (1..=BACKLOG + 1).map(|id| (id, if id == 1 { "/hang" } else { "/quick" }));
+    send_gets(&mut parts.writer, paths).await;
     let mut shed = 0;
     while shed < BACKLOG {
         match parts.reader.next().await.expect("read").expect("open") {
@@ -1670,7 +1675,7 @@ async fn requests_backed_up_behind_a_shed_backlog_are_shed_at_once() {
 /// request and once as cancelled.
 #[tokio::test(start_paused = true)]
 async fn waiting_requests_cancelled_together_are_each_counted() {
-    use teleport_transport::frame::{Frame, RequestFrame};
+    use teleport_transport::frame::Frame;
     let service = tower::service_fn(|request: Request<Body>| async move {
         if request.uri().path() == "/hang" {
             std::future::pending::<()>().await;
@@ -1683,19 +1688,11 @@ async fn waiting_requests_cancelled_together_are_each_counted() {
         .overload_wait(Duration::from_secs(60));
     let server = Server::with_config(service, config);
     let (mut parts, _serving) = raw_client_of(&server).await;
-    for (id, path) in [(1, "/hang"), (2, "/quick"), (3, "/quick")] {
-        let request = Frame::Request(Box::new(RequestFrame {
-            id,
-            deadline: None,
-            request: get(path),
-        }));
-        parts.writer.push(request).expect("within the limits");
-    }
-    parts
-        .writer
-        .flush_due(true)
-        .await
-        .expect("requests written");
+    send_gets(
+        &mut parts.writer,
+        [(1, "/hang"), (2, "/quick"), (3, "/quick")],
+    )
+    .await;
     tokio::time::sleep(Duration::from_millis(10)).await;
     for id in [2, 3] {
         parts.writer.push(Frame::Cancel { id }).expect("a cancel");
@@ -1717,7 +1714,7 @@ async fn waiting_requests_cancelled_together_are_each_counted() {
 #[tokio::test]
 async fn a_goaway_over_the_clients_frame_limit_answers_no_request() {
     use teleport_transport::codec::Inbound;
-    use teleport_transport::frame::{Frame, RequestFrame};
+    use teleport_transport::frame::Frame;
     let gate = Arc::new(Semaphore::new(0));
     let service = {
         let gate = gate.clone();
@@ -1747,13 +1744,7 @@ async fn a_goaway_over_the_clients_frame_limit_answers_no_request() {
         .await
         .expect("handshake");
     let mut parts = conn.into_parts();
-    let request = Frame::Request(Box::new(RequestFrame {
-        id: 1,
-        deadline: None,
-        request: get("/"),
-    }));
-    parts.writer.push(request).expect("within the limits");
-    parts.writer.flush_due(true).await.expect("request written");
+    send_gets(&mut parts.writer, [(1, "/")]).await;
     while server.stats().in_flight == 0 {
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
@@ -1781,7 +1772,6 @@ async fn a_goaway_over_the_clients_frame_limit_answers_no_request() {
 /// Handlers stopped because their connection ended are not counted as cancelled by the client.
 #[tokio::test]
 async fn handlers_stopped_with_their_connection_are_not_counted_as_cancelled() {
-    use teleport_transport::frame::{Frame, RequestFrame};
     // The first answer, written to a client that is gone, fails the connection.
     let service = tower::service_fn(|request: Request<Body>| async move {
         if request.uri().path() == "/hang" {
@@ -1792,20 +1782,11 @@ async fn handlers_stopped_with_their_connection_are_not_counted_as_cancelled() {
     });
     let server = Server::new(service);
     let (mut parts, serving) = raw_client_of(&server).await;
-    for id in 1..=3 {
-        let path = if id == 1 { "/late" } else { "/hang" };
-        let request = Frame::Request(Box::new(RequestFrame {
-            id,
-            deadline: None,
-            request: get(path),
-        }));
-        parts.writer.push(request).expect("within the limits");
-    }
-    parts
-        .writer
-        .flush_due(true)
-        .await
-        .expect("requests written");
+    send_gets(
+        &mut parts.writer,
+        [(1, "/late"), (2, "/hang"), (3, "/hang")],
+    )
+    .await;
     while server.stats().in_flight < 3 {
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
