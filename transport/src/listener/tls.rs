@@ -63,7 +63,11 @@ impl TlsConfig {
             what: "private key",
             source,
         })?;
-        Ok(TlsConfig {
+        Ok(TlsConfig::new(cert_chain, key))
+    }
+
+    fn new(cert_chain: Vec<CertificateDer<'static>>, key: PrivateKeyDer<'static>) -> Self {
+        TlsConfig {
             cert_chain,
             key: Arc::new(key),
             client_roots: None,
@@ -72,7 +76,7 @@ impl TlsConfig {
             resumption: true,
             ticket_key: None,
             client_ca_digest: None,
-        })
+        }
     }
 
     /// Builds from PEM files; see [`from_pem`](Self::from_pem).
@@ -326,16 +330,7 @@ mod tests {
 
     #[test]
     fn a_short_ticket_secret_is_refused_and_the_key_is_not_printed() {
-        let mut tls = TlsConfig {
-            cert_chain: Vec::new(),
-            key: Arc::new(PrivateKeyDer::Pkcs8(Vec::new().into())),
-            client_roots: None,
-            alpn: Vec::new(),
-            allow_plaintext: false,
-            resumption: true,
-            ticket_key: None,
-            client_ca_digest: None,
-        };
+        let mut tls = TlsConfig::new(Vec::new(), PrivateKeyDer::Pkcs8(Vec::new().into()));
         assert!(matches!(
             tls.session_ticket_key(&[b'k'; MIN_TICKET_SECRET_LEN - 1]),
             Err(Error::InvalidConfig {
