@@ -610,7 +610,7 @@ impl Running<'_> {
                 && !self.writer.has_batch()
                 && owed.is_empty()
                 && queue.is_empty();
-            tokio::select! {
+            let read = tokio::select! {
                 biased;
                 // Resumes a write under way; otherwise writes when the batch policy says. Once
                 // stopped and written, half-closes.
@@ -618,35 +618,48 @@ impl Running<'_> {
                     written?;
                     urgent = false;
                     closed |= close_now;
-                }
-                n = self.reader.next_many(&mut items, INBOUND_AT_ONCE) => {
-                    if n? == 0 {
-                        // The server will send nothing more, so nothing written from here on
-                        // could be answered: stop at once. What the write has not reached (a
-                        // batch not started, the rest of one under way, the queue) goes out
-                        // on another connection.
-                        self.retire();
-                        return Ok(());
-                    }
-                    heard = true;
-                    for item in items.drain(..) {
-                        self.on_inbound(item);
-                    }
-                    if self.handle.is_retired() && self.handle.pending() == 0 {
-                        // Drained: close our side; the server closes its own.
-                        stop = true;
+                    // The reader's turn, when more is queued: a write done at once would
+                    // otherwise keep it waiting for as long as requests keep coming (this
+                    // select is biased to the write), and answers would wait in the socket
+                    // until the queue ran dry or max_pending was reached. (With the queue
+                    // empty, the next turn reads anyway.)
+                    if queue.is_empty() {
+                        None
+                    } else {
+                        poll_once(self.reader.next_many(&mut items, INBOUND_AT_ONCE)).await
                     }
                 }
-                _ = queue.ready(), if !closed && !write_now => {}
+                n = self.reader.next_many(&mut items, INBOUND_AT_ONCE) => Some(n),
+                _ = queue.ready(), if !closed && !write_now => None,
                 // Wake-ups only: the loop's top handles both.
-                () = &mut timer, if timer_at.is_some() => {}
-                () = std::future::poll_fn(|cx| self.handle.poll_rearm(cx)) => {}
+                () = &mut timer, if timer_at.is_some() => None,
+                () = std::future::poll_fn(|cx| self.handle.poll_rearm(cx)) => None,
                 () = self.handle.drained.notified(), if self.handle.is_retired() => {
                     stop |= self.handle.pending() == 0;
+                    None
                 }
                 () = &mut closing, if !self.handle.is_retired() => {
                     self.retire();
                     stop |= self.handle.pending() == 0;
+                    None
+                }
+            };
+            if let Some(n) = read {
+                if n? == 0 {
+                    // The server will send nothing more, so nothing written from here on
+                    // could be answered: stop at once. What the write has not reached (a
+                    // batch not started, the rest of one under way, the queue) goes out on
+                    // another connection.
+                    self.retire();
+                    return Ok(());
+                }
+                heard = true;
+                for item in items.drain(..) {
+                    self.on_inbound(item);
+                }
+                if self.handle.is_retired() && self.handle.pending() == 0 {
+                    // Drained: close our side; the server closes its own.
+                    stop = true;
                 }
             }
         }
@@ -692,6 +705,17 @@ impl Running<'_> {
             let _ = tx.send(());
         }
     }
+}
+
+/// `future`'s output if its first poll has it; `None` (the future dropped, and the task's waker
+/// left with whatever it waits on) if not.
+async fn poll_once<F: Future>(future: F) -> Option<F::Output> {
+    let mut future = std::pin::pin!(future);
+    std::future::poll_fn(|cx| match future.as_mut().poll(cx) {
+        Poll::Ready(output) => Poll::Ready(Some(output)),
+        Poll::Pending => Poll::Ready(None),
+    })
+    .await
 }
 
 /// Half-closes when `close`, else writes what is due.

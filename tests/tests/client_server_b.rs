@@ -2666,3 +2666,108 @@ async fn a_timeout_too_long_for_the_clock_is_no_deadline() {
     let response = client.send(request).await.unwrap();
     assert_eq!(response.body(), &echoed("GET", "/forever", ""));
 }
+
+/// A request's send, kept alive (dropped, it would cancel the request).
+type Sending = std::pin::Pin<Box<dyn Future<Output = Result<Response<Bytes>, Error>> + Send>>;
+
+/// The client's stream for [`replies_are_read_while_requests_keep_coming`]: each write it takes
+/// queues one more request on the client (its send future polled once, which registers and
+/// queues it), so the connection's queue never runs dry; it records the most requests pending
+/// at any write.
+struct Feeding {
+    io: tokio::io::DuplexStream,
+    client: Arc<std::sync::OnceLock<Client>>,
+    left: usize,
+    sent: Vec<Sending>,
+    most_pending: Arc<AtomicUsize>,
+}
+
+impl tokio::io::AsyncRead for Feeding {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for Feeding {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let written = std::pin::Pin::new(&mut self.io).poll_write(cx, buf);
+        // Once the client is built and the test's first request written.
+        if let (true, Some(client)) = (written.is_ready() && self.left > 0, self.client.get()) {
+            let client = client.clone();
+            self.most_pending.fetch_max(client.stats().pending, SeqCst);
+            self.left -= 1;
+            let mut send = Box::pin(async move { client.send(get("/fed")).await });
+            let mut noop = std::task::Context::from_waker(std::task::Waker::noop());
+            // Registered and queued by its first poll; answered later.
+            let _ = send.as_mut().poll(&mut noop);
+            self.sent.push(send);
+        }
+        written
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+/// Requests that keep coming (every write queues another) do not keep the connection from
+/// reading the replies: the requests pending stay a few batches' worth, not all of them.
+#[tokio::test]
+async fn replies_are_read_while_requests_keep_coming() {
+    const FED: usize = 2000;
+    let server = Server::new(echo());
+    let slot = Arc::new(std::sync::OnceLock::new());
+    let most_pending = Arc::new(AtomicUsize::new(0));
+    let connector = {
+        let (server, slot, most_pending) = (server.clone(), slot.clone(), most_pending.clone());
+        first_only(move |_addr: &str| {
+            let io = Feeding {
+                io: served_by(server.clone()).0,
+                client: slot.clone(),
+                left: FED,
+                sent: Vec::new(),
+                most_pending: most_pending.clone(),
+            };
+            async move { Ok::<BoxIo, std::io::Error>(Box::new(io)) }
+        })
+    };
+    let client = Client::builder()
+        .addr("feeding")
+        .max_pending(2 * FED)
+        .timeout(Duration::from_secs(60))
+        .connector(connector)
+        .build()
+        .unwrap();
+    client.ready(Duration::from_secs(10)).await.unwrap();
+    // The first request sets it going.
+    slot.set(client.clone()).ok().unwrap();
+    let first = client.send(get("/first")).await.unwrap();
+    assert_eq!(first.body(), &echoed("GET", "/first", ""));
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while server.stats().responses < FED as u64 + 1 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{:?} {:?}", server.stats(), client.stats()));
+    let most = most_pending.load(SeqCst);
+    assert!(most < FED / 4, "{most} of {FED} requests pending at once");
+}
