@@ -193,3 +193,66 @@ pub fn raise_fd_limit() -> u64 {
     }
     getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX)
 }
+
+/// What a [`Hooked`] stream does around each write.
+pub trait WriteHook: Send + Unpin + 'static {
+    /// Before a write: `Some` answers it instead (`Pending` holds the writer up; the hook
+    /// then wakes it).
+    fn before(
+        &mut self,
+        _cx: &mut std::task::Context<'_>,
+    ) -> Option<std::task::Poll<io::Result<usize>>> {
+        None
+    }
+
+    /// After a write that reached the stream.
+    fn after(&mut self, _written: &std::task::Poll<io::Result<usize>>) {}
+}
+
+/// An in-memory stream with a [`WriteHook`] around its writes: a test's peer that stalls, or
+/// that acts on each write.
+pub struct Hooked<H> {
+    /// The stream.
+    pub io: tokio::io::DuplexStream,
+    /// What happens around its writes.
+    pub hook: H,
+}
+
+impl<H: WriteHook> AsyncRead for Hooked<H> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<H: WriteHook> AsyncWrite for Hooked<H> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<io::Result<usize>> {
+        if let Some(answer) = self.hook.before(cx) {
+            return answer;
+        }
+        let written = std::pin::Pin::new(&mut self.io).poll_write(cx, buf);
+        self.hook.after(&written);
+        written
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}

@@ -19,7 +19,7 @@ use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
 use teleport_client::{BoxIo, Client, ClientBuilder, ClientTls, Error};
 use teleport_server::{Body, HttpService, Peer, Server, ServerConfig, ServerHandle};
-use teleport_tests::Pki;
+use teleport_tests::{Hooked, Pki, WriteHook};
 use teleport_transport::compress::Codec;
 use teleport_transport::conn::ConnConfig;
 use teleport_transport::frame::{ErrorCode, Limits};
@@ -917,50 +917,22 @@ impl Drop for PanicOnDrop {
     }
 }
 
-/// An I/O whose writes stay pending while `stalled` is set (a client that stops reading).
+/// Writes stay pending while `stalled` is set (a client that stops reading).
 struct Stalling {
-    io: tokio::io::DuplexStream,
     stalled: Arc<std::sync::Mutex<(bool, Option<std::task::Waker>)>>,
 }
 
-impl tokio::io::AsyncRead for Stalling {
-    fn poll_read(
-        mut self: std::pin::Pin<&mut Self>,
+impl WriteHook for Stalling {
+    fn before(
+        &mut self,
         cx: &mut std::task::Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.io).poll_read(cx, buf)
-    }
-}
-
-impl tokio::io::AsyncWrite for Stalling {
-    fn poll_write(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        {
-            let mut stalled = self.stalled.lock().unwrap();
-            if stalled.0 {
-                stalled.1 = Some(cx.waker().clone());
-                return std::task::Poll::Pending;
-            }
+    ) -> Option<std::task::Poll<std::io::Result<usize>>> {
+        let mut stalled = self.stalled.lock().unwrap();
+        if !stalled.0 {
+            return None;
         }
-        std::pin::Pin::new(&mut self.io).poll_write(cx, buf)
-    }
-
-    fn poll_flush(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
+        stalled.1 = Some(cx.waker().clone());
+        Some(std::task::Poll::Pending)
     }
 }
 
@@ -989,7 +961,10 @@ async fn a_handler_task_panicking_during_a_stalled_write_fails_only_its_request(
                 let (client_io, io) = tokio::io::duplex(256 << 10);
                 let (server, stalled) = (server.clone(), stalled.clone());
                 tokio::spawn(async move {
-                    let io = Stalling { io, stalled };
+                    let io = Hooked {
+                        io,
+                        hook: Stalling { stalled },
+                    };
                     let _ = server.serve_connection(io, CancellationToken::new()).await;
                 });
                 async move { Ok(Box::new(client_io) as BoxIo) }

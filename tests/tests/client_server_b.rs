@@ -19,6 +19,7 @@ use bytes::Bytes;
 use http::{Request, Response};
 use teleport_client::{BoxIo, Client, Connect, ConnectFuture, Error, RetryPolicy, Timeout};
 use teleport_server::{Body, HttpService, Server, ServerConfig, ServerHandle};
+use teleport_tests::{Hooked, WriteHook};
 use teleport_transport::codec::Inbound;
 use teleport_transport::frame::{ErrorCode, Frame};
 use teleport_transport::listener::{Listener, ListenerConfig};
@@ -2670,61 +2671,31 @@ async fn a_timeout_too_long_for_the_clock_is_no_deadline() {
 /// A request's send, kept alive (dropped, it would cancel the request).
 type Sending = std::pin::Pin<Box<dyn Future<Output = Result<Response<Bytes>, Error>> + Send>>;
 
-/// The client's stream for [`replies_are_read_while_requests_keep_coming`]: each write it takes
+/// For [`replies_are_read_while_requests_keep_coming`]: each write the client's stream takes
 /// queues one more request on the client (its send future polled once, which registers and
-/// queues it), so the connection's queue never runs dry; it records the most requests pending
-/// at any write.
+/// queues it), so the connection's queue never runs dry; records the most requests pending at
+/// any write.
 struct Feeding {
-    io: tokio::io::DuplexStream,
     client: Arc<std::sync::OnceLock<Client>>,
     left: usize,
     sent: Vec<Sending>,
     most_pending: Arc<AtomicUsize>,
 }
 
-impl tokio::io::AsyncRead for Feeding {
-    fn poll_read(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.io).poll_read(cx, buf)
-    }
-}
-
-impl tokio::io::AsyncWrite for Feeding {
-    fn poll_write(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        let written = std::pin::Pin::new(&mut self.io).poll_write(cx, buf);
+impl WriteHook for Feeding {
+    fn after(&mut self, written: &std::task::Poll<std::io::Result<usize>>) {
         // Once the client is built and the test's first request written.
-        if let (true, Some(client)) = (written.is_ready() && self.left > 0, self.client.get()) {
-            let client = client.clone();
-            self.most_pending.fetch_max(client.stats().pending, SeqCst);
-            self.left -= 1;
-            let mut send = Box::pin(async move { client.send(get("/fed")).await });
-            let mut noop = std::task::Context::from_waker(std::task::Waker::noop());
-            // Registered and queued by its first poll; answered later.
-            let _ = send.as_mut().poll(&mut noop);
-            self.sent.push(send);
-        }
-        written
-    }
-
-    fn poll_flush(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
+        let (true, Some(client)) = (written.is_ready() && self.left > 0, self.client.get()) else {
+            return;
+        };
+        let client = client.clone();
+        self.most_pending.fetch_max(client.stats().pending, SeqCst);
+        self.left -= 1;
+        let mut send = Box::pin(async move { client.send(get("/fed")).await });
+        let mut noop = std::task::Context::from_waker(std::task::Waker::noop());
+        // Registered and queued by its first poll; answered later.
+        let _ = send.as_mut().poll(&mut noop);
+        self.sent.push(send);
     }
 }
 
@@ -2739,12 +2710,14 @@ async fn replies_are_read_while_requests_keep_coming() {
     let connector = {
         let (server, slot, most_pending) = (server.clone(), slot.clone(), most_pending.clone());
         first_only(move |_addr: &str| {
-            let io = Feeding {
+            let io = Hooked {
                 io: served_by(server.clone()).0,
-                client: slot.clone(),
-                left: FED,
-                sent: Vec::new(),
-                most_pending: most_pending.clone(),
+                hook: Feeding {
+                    client: slot.clone(),
+                    left: FED,
+                    sent: Vec::new(),
+                    most_pending: most_pending.clone(),
+                },
             };
             async move { Ok::<BoxIo, std::io::Error>(Box::new(io)) }
         })
