@@ -43,7 +43,6 @@ const EJECT_MAX: Duration = Duration::from_secs(30);
 pub(crate) struct Inner {
     pub(crate) config: ClientBuilder,
     slots: Vec<Slot>,
-    pub(crate) upstreams: Vec<Arc<Upstream>>,
     /// Wakes everyone waiting for a connection or for room (a connection came up, or an
     /// attempt failed), and [`connected`](Self::connected).
     changed: Notify,
@@ -68,13 +67,15 @@ pub(crate) struct Upstream {
     ejected_until_ms: std::sync::atomic::AtomicU64,
     /// When the latest failure was counted, in milliseconds after the client started.
     last_failure_ms: std::sync::atomic::AtomicU64,
-    /// The latest failed connection attempt, cleared by a successful one.
-    last_error: Mutex<Option<(Instant, Arc<Error>)>>,
 }
 
 struct Slot {
     upstream: Arc<Upstream>,
     conn: Mutex<Option<Arc<ConnHandle>>>,
+    /// This slot's latest failed connection attempt, cleared by a successful one. Per slot:
+    /// one slot's failed attempt says nothing of another slot of the same upstream, which may
+    /// be connected, or reconnecting.
+    last_error: Mutex<Option<(Instant, Arc<Error>)>>,
 }
 
 /// What a pick found.
@@ -94,7 +95,6 @@ impl Upstream {
             ejections: AtomicU32::new(0),
             ejected_until_ms: Default::default(),
             last_failure_ms: Default::default(),
-            last_error: Mutex::new(None),
         }
     }
 
@@ -161,11 +161,6 @@ impl Upstream {
         }
         failures * FAILURE_PENALTY
     }
-
-    fn set_error(&self, error: Option<Error>) {
-        *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) =
-            error.map(|error| (Instant::now(), Arc::new(error)));
-    }
 }
 
 impl Inner {
@@ -181,13 +176,13 @@ impl Inner {
                 (0..config.conns_per_addr).map(|_| Slot {
                     upstream: upstream.clone(),
                     conn: Mutex::new(None),
+                    last_error: Mutex::new(None),
                 })
             })
             .collect();
         Self {
             config,
             slots,
-            upstreams,
             changed: Notify::new(),
             room: Notify::new(),
             waiters: AtomicUsize::new(0),
@@ -332,24 +327,14 @@ impl Inner {
 
     /// Every upstream's latest connection attempt failed.
     fn all_failing(&self) -> bool {
-        self.upstreams.iter().all(|u| {
-            u.last_error
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .is_some()
-        })
+        self.slots.iter().all(|slot| slot.error().is_some())
     }
 
-    /// The latest failed connection attempt of any upstream, unless one has connected since.
+    /// The latest failed connection attempt of any slot, unless it has connected since.
     pub(crate) fn last_error(&self) -> Option<Arc<Error>> {
-        self.upstreams
+        self.slots
             .iter()
-            .filter_map(|u| {
-                u.last_error
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .clone()
-            })
+            .filter_map(Slot::error)
             .max_by_key(|(at, _)| *at)
             .map(|(_, error)| error)
     }
@@ -369,6 +354,18 @@ impl Slot {
 
     fn set(&self, conn: Option<Arc<ConnHandle>>) {
         *self.conn.lock().unwrap_or_else(|e| e.into_inner()) = conn;
+    }
+
+    fn error(&self) -> Option<(Instant, Arc<Error>)> {
+        self.last_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn set_error(&self, error: Option<Error>) {
+        *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) =
+            error.map(|error| (Instant::now(), Arc::new(error)));
     }
 }
 
@@ -393,7 +390,7 @@ async fn run_slot(inner: Arc<Inner>, index: usize) {
         });
         let healthy = match attempt {
             Ok(conn) => {
-                upstream.set_error(None);
+                slot.set_error(None);
                 let Parts {
                     reader,
                     writer,
@@ -424,7 +421,7 @@ async fn run_slot(inner: Arc<Inner>, index: usize) {
             }
             Err(error) => {
                 tracing::debug!(addr = %upstream.addr, %error, "connection attempt failed");
-                upstream.set_error(Some(error));
+                slot.set_error(Some(error));
                 upstream.record_failure(&inner);
                 // Requests waiting for a connection may have to give up now.
                 inner.changed.notify_waiters();
@@ -518,7 +515,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_burst_of_failures_ejects_once_for_the_base_length() {
         let inner = one_upstream(5);
-        let upstream = &inner.upstreams[0];
+        let upstream = &inner.slots[0].upstream;
         let start = inner.elapsed_ms();
         // Requests in flight when the upstream fails all fail within the same moment.
         for _ in 0..40 {
@@ -558,7 +555,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn failures_stop_weighing_after_a_quiet_second_but_still_eject() {
         let inner = one_upstream(5);
-        let upstream = &inner.upstreams[0];
+        let upstream = &inner.slots[0].upstream;
         for _ in 0..4 {
             upstream.record_failure(&inner);
         }
@@ -574,7 +571,7 @@ mod tests {
     #[test]
     fn eject_after_zero_never_ejects_but_counts_failures_as_load() {
         let inner = one_upstream(0);
-        let upstream = &inner.upstreams[0];
+        let upstream = &inner.slots[0].upstream;
         for _ in 0..100 {
             upstream.record_failure(&inner);
         }

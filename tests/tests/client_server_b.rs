@@ -2744,3 +2744,57 @@ async fn replies_are_read_while_requests_keep_coming() {
     let most = most_pending.load(SeqCst);
     assert!(most < FED / 4, "{most} of {FED} requests pending at once");
 }
+
+/// Two connections to one upstream; one is up, the other's attempts fail. When the first is
+/// lost and reconnecting, a request that does not wait for ready waits for that attempt: the
+/// other slot's failure says nothing of it. (It used to fail at once with that stale error.)
+#[tokio::test(start_paused = true)]
+async fn a_slot_reconnecting_is_not_failing_because_its_sibling_is() {
+    const ATTEMPT: Duration = Duration::from_millis(300);
+    let server = Server::new(echo());
+    let attempts = Arc::new(AtomicUsize::new(0));
+    let serving = Arc::new(std::sync::Mutex::new(None::<JoinHandle<()>>));
+    let connector = {
+        let (server, attempts, serving) = (server.clone(), attempts.clone(), serving.clone());
+        move |_addr: &str| {
+            let first = attempts.fetch_add(1, SeqCst) == 0;
+            let (server, serving) = (server.clone(), serving.clone());
+            async move {
+                if first {
+                    let (io, task) = served_by(server);
+                    *serving.lock().unwrap() = Some(task);
+                    return Ok::<BoxIo, std::io::Error>(Box::new(io));
+                }
+                // Every later attempt takes a while, then fails.
+                tokio::time::sleep(ATTEMPT).await;
+                Err(std::io::ErrorKind::ConnectionRefused.into())
+            }
+        }
+    };
+    let client = Client::builder()
+        .addr("half")
+        .conns_per_addr(2)
+        .wait_for_ready(false)
+        .timeout(Duration::from_secs(60))
+        .connector(connector)
+        .build()
+        .unwrap();
+    client.ready(Duration::from_secs(1)).await.unwrap();
+    // The second slot's first attempt has failed; the first connection lived past a second,
+    // so it is retried at once once lost.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let task = serving.lock().unwrap().take().expect("served");
+    task.abort();
+    while client.stats().connections > 0 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let start = Instant::now();
+    let error = client.send(get("/")).await.unwrap_err();
+    assert!(error.is_unavailable(), "{error:?}");
+    // It waited for the first slot's attempt, which failed at its end.
+    assert!(
+        start.elapsed() >= ATTEMPT - Duration::from_millis(10),
+        "{:?}",
+        start.elapsed()
+    );
+}
