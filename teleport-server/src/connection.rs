@@ -363,18 +363,25 @@ where
             let Some((Inbound::Frame(Frame::Request(request)), _)) = self.pending.remove(i) else {
                 unreachable!("only requests have deadlines");
             };
-            if i == 0 && !head_gone {
-                // The request that waited (counted when it first found no room).
-                self.head_waiting = false;
-                head_gone = true;
-            } else {
-                bump(&self.shared.counters.requests);
-            }
+            self.count_taken(i, &mut head_gone);
             bump(&self.shared.counters.timeouts);
             let message = "deadline passed while the request waited for room";
             self.push(error_frame(request.id, ErrorCode::TIMEOUT, message));
         }
         head_gone
+    }
+
+    /// Counts a request taken out of `pending` at `at` before it ran (timed out or cancelled
+    /// while it waited). The request that waited, the first while it is still there, was
+    /// counted when it first found no room: its going sets `head_gone`. Any other (the next
+    /// one too, once the first is gone) is counted now.
+    fn count_taken(&mut self, at: usize, head_gone: &mut bool) {
+        if at == 0 && !*head_gone {
+            self.head_waiting = false;
+            *head_gone = true;
+        } else {
+            bump(&self.shared.counters.requests);
+        }
     }
 
     /// While the first pending request waits for room, takes up the cancels and pings read
@@ -399,13 +406,7 @@ where
                         |(item, _)| matches!(item, Inbound::Frame(Frame::Request(r)) if r.id == id),
                     ) {
                         self.pending.remove(at);
-                        if at == 0 && !head_gone {
-                            // The request that waited (counted when it first found no room).
-                            self.head_waiting = false;
-                            head_gone = true;
-                        } else {
-                            bump(&self.shared.counters.requests);
-                        }
+                        self.count_taken(at, &mut head_gone);
                         bump(&self.shared.counters.cancelled);
                         i -= 1;
                     }
