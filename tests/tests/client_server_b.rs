@@ -139,6 +139,28 @@ fn first_only(connect: impl Connect) -> impl Connect {
     }
 }
 
+/// `connect` whose first connection goes to `peer` (spawned with the server's half of an
+/// in-memory pipe), and every later one to `server`; `opened` counts the connections.
+fn first_to<S, F, Fut>(peer: F, server: Server<S>, opened: Arc<AtomicUsize>) -> impl Connect
+where
+    S: HttpService,
+    F: FnOnce(tokio::io::DuplexStream) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let peer = std::sync::Mutex::new(Some(peer));
+    move |_addr: &str| {
+        let io: BoxIo = if opened.fetch_add(1, SeqCst) == 0 {
+            let (client_half, server_half) = tokio::io::duplex(64 << 10);
+            let peer = peer.lock().unwrap().take().expect("one first connection");
+            tokio::spawn(peer(server_half));
+            Box::new(client_half)
+        } else {
+            Box::new(served_by(server.clone()).0)
+        };
+        async move { Ok::<BoxIo, std::io::Error>(io) }
+    }
+}
+
 fn listener_at(addr: SocketAddr) -> std::io::Result<Listener> {
     let mut config = ListenerConfig::default();
     config.listen(addr);
@@ -480,30 +502,20 @@ async fn requests_still_queued_when_the_server_ends_its_direction_go_out_elsewhe
     let end = Arc::new(Notify::new());
     let server = Server::new(echo());
     let opened = Arc::new(AtomicUsize::new(0));
-    let connector = {
-        let (end, server, opened) = (end.clone(), server.clone(), opened.clone());
-        move |_addr: &str| {
-            let (end, server) = (end.clone(), server.clone());
-            let first = opened.fetch_add(1, SeqCst) == 0;
-            async move {
-                if !first {
-                    return Ok::<BoxIo, std::io::Error>(Box::new(served_by(server).0));
-                }
-                let (client_half, server_half) = tokio::io::duplex(64 << 10);
-                // Reads nothing until told; then ends its direction and reads what is left.
-                tokio::spawn(async move {
-                    let conn = Conn::accept(server_half, &ConnConfig::default())
-                        .await
-                        .unwrap();
-                    let mut parts = conn.into_parts();
-                    end.notified().await;
-                    parts.writer.shutdown().await.unwrap();
-                    while let Ok(Some(_)) = parts.reader.next().await {}
-                });
-                Ok(Box::new(client_half))
-            }
+    // The first peer reads nothing until told; then ends its direction and reads what is left.
+    let first = {
+        let end = end.clone();
+        |server_half| async move {
+            let conn = Conn::accept(server_half, &ConnConfig::default())
+                .await
+                .unwrap();
+            let mut parts = conn.into_parts();
+            end.notified().await;
+            parts.writer.shutdown().await.unwrap();
+            while let Ok(Some(_)) = parts.reader.next().await {}
         }
     };
+    let connector = first_to(first, server.clone(), opened.clone());
     let client = Client::builder()
         .addr("in-memory")
         .timeout(Duration::from_secs(30))
@@ -1037,25 +1049,13 @@ async fn requests_never_written_go_elsewhere_when_keepalive_closes_a_connection_
     const REQUESTS: usize = 40;
     let healthy = Server::new(echo());
     let opened = Arc::new(AtomicUsize::new(0));
-    let connector = {
-        let (healthy, opened) = (healthy.clone(), opened.clone());
-        move |_addr: &str| {
-            let (healthy, first) = (healthy.clone(), opened.fetch_add(1, SeqCst) == 0);
-            async move {
-                if !first {
-                    return Ok::<BoxIo, std::io::Error>(Box::new(served_by(healthy).0));
-                }
-                // Completes the handshake, then reads nothing more and never closes.
-                let (client_half, server_half) = tokio::io::duplex(64 << 10);
-                tokio::spawn(async move {
-                    let conn = Conn::accept(server_half, &ConnConfig::default()).await;
-                    std::future::pending::<()>().await;
-                    drop(conn);
-                });
-                Ok(Box::new(client_half))
-            }
-        }
+    // The first peer completes the handshake, then reads nothing more and never closes.
+    let stuck = |server_half| async move {
+        let conn = Conn::accept(server_half, &ConnConfig::default()).await;
+        std::future::pending::<()>().await;
+        drop(conn);
     };
+    let connector = first_to(stuck, healthy.clone(), opened.clone());
     let client = Client::builder()
         .addr("stuck")
         .timeout(Duration::from_secs(60))
@@ -1093,36 +1093,26 @@ async fn a_batch_not_started_when_the_server_ends_its_direction_goes_elsewhere()
     let healthy = Server::new(echo());
     let opened = Arc::new(AtomicUsize::new(0));
     let received = Arc::new(AtomicUsize::new(0));
-    let connector = {
-        let (healthy, opened, received) = (healthy.clone(), opened.clone(), received.clone());
-        move |_addr: &str| {
-            let (healthy, received) = (healthy.clone(), received.clone());
-            let first = opened.fetch_add(1, SeqCst) == 0;
-            async move {
-                if !first {
-                    return Ok::<BoxIo, std::io::Error>(Box::new(served_by(healthy).0));
+    // The first peer half-closes 100 ms after the handshake, reading on until the client closes.
+    let closing = {
+        let received = received.clone();
+        |server_half| async move {
+            let conn = Conn::accept(server_half, &ConnConfig::default()).await;
+            let Parts {
+                mut reader,
+                mut writer,
+                ..
+            } = conn.unwrap().into_parts();
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            writer.shutdown().await.unwrap();
+            while let Ok(Some(item)) = reader.next().await {
+                if matches!(item, Inbound::Frame(Frame::Request(_))) {
+                    received.fetch_add(1, SeqCst);
                 }
-                // Half-closes 100 ms after the handshake, reading on until the client closes.
-                let (client_half, server_half) = tokio::io::duplex(64 << 10);
-                tokio::spawn(async move {
-                    let conn = Conn::accept(server_half, &ConnConfig::default()).await;
-                    let Parts {
-                        mut reader,
-                        mut writer,
-                        ..
-                    } = conn.unwrap().into_parts();
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    writer.shutdown().await.unwrap();
-                    while let Ok(Some(item)) = reader.next().await {
-                        if matches!(item, Inbound::Frame(Frame::Request(_))) {
-                            received.fetch_add(1, SeqCst);
-                        }
-                    }
-                });
-                Ok(Box::new(client_half))
             }
         }
     };
+    let connector = first_to(closing, healthy.clone(), opened.clone());
     let client = Client::builder()
         .addr("closing")
         .timeout(Duration::from_secs(60))
@@ -2011,31 +2001,18 @@ async fn lose_the_first_connection(request: Request<Bytes>) -> Lost<impl HttpSer
     }));
     let healthy = Server::new(echo());
     let opened = Arc::new(AtomicUsize::new(0));
-    let connector = {
-        let (doomed, healthy) = (doomed.clone(), healthy.clone());
-        move |_addr: &str| {
-            let first = opened.fetch_add(1, SeqCst) == 0;
-            let (doomed, healthy, kill) = (doomed.clone(), healthy.clone(), kill.clone());
-            async move {
-                let (client_half, server_half) = tokio::io::duplex(64 << 10);
-                let token = CancellationToken::new();
-                if first {
-                    // Served until its handler has the request; then the server vanishes.
-                    tokio::spawn(async move {
-                        tokio::select! {
-                            _ = doomed.serve_connection(server_half, token) => {}
-                            () = kill.notified() => {}
-                        }
-                    });
-                } else {
-                    tokio::spawn(async move {
-                        let _ = healthy.serve_connection(server_half, token).await;
-                    });
-                }
-                Ok::<BoxIo, std::io::Error>(Box::new(client_half))
+    // The first connection is served until its handler has the request; then the server
+    // vanishes.
+    let vanishing = {
+        let (doomed, kill) = (doomed.clone(), kill.clone());
+        |server_half| async move {
+            tokio::select! {
+                _ = doomed.serve_connection(server_half, CancellationToken::new()) => {}
+                () = kill.notified() => {}
             }
         }
     };
+    let connector = first_to(vanishing, healthy.clone(), opened.clone());
     let client = Client::builder()
         .addr("in-memory")
         .retry(RetryPolicy::idempotent(1))
