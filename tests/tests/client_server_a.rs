@@ -399,6 +399,16 @@ async fn codec_deflate_keeps_bodies_and_headers() {
 
 // ===== TLS =====
 
+/// Answers `answer`, except to `/hang`, which it never answers.
+fn hangs_on_hang(answer: &'static str) -> impl HttpService {
+    tower::service_fn(move |request: Request<Body>| async move {
+        if request.uri().path() == "/hang" {
+            std::future::pending::<()>().await;
+        }
+        text(answer)
+    })
+}
+
 fn hello_service() -> impl HttpService {
     tower::service_fn(|request: Request<Body>| async move { text(request.uri().path().to_owned()) })
 }
@@ -1149,12 +1159,7 @@ async fn hang_is_cut_at_the_handler_timeout<S: HttpService>(service: S, quick: &
 /// error from the server, well before its own deadline.
 #[tokio::test(start_paused = true)]
 async fn handler_timeout_answers_with_a_timeout_error() {
-    let service = tower::service_fn(|request: Request<Body>| async move {
-        if request.uri().path() == "/hang" {
-            std::future::pending::<()>().await;
-        }
-        text("quick")
-    });
+    let service = hangs_on_hang("quick");
     hang_is_cut_at_the_handler_timeout(service, "quick").await;
 }
 
@@ -1611,12 +1616,7 @@ async fn requests_backed_up_behind_a_shed_backlog_are_shed_at_once() {
     use teleport_transport::codec::Inbound;
     use teleport_transport::frame::Frame;
     const BACKLOG: u32 = 200;
-    let service = tower::service_fn(|request: Request<Body>| async move {
-        if request.uri().path() == "/hang" {
-            std::future::pending::<()>().await;
-        }
-        text("done")
-    });
+    let service = hangs_on_hang("done");
     let overload_wait = Duration::from_secs(1);
     let mut config = ServerConfig::default();
     config
@@ -1651,12 +1651,7 @@ async fn requests_backed_up_behind_a_shed_backlog_are_shed_at_once() {
 #[tokio::test(start_paused = true)]
 async fn waiting_requests_cancelled_together_are_each_counted() {
     use teleport_transport::frame::Frame;
-    let service = tower::service_fn(|request: Request<Body>| async move {
-        if request.uri().path() == "/hang" {
-            std::future::pending::<()>().await;
-        }
-        text("done")
-    });
+    let service = hangs_on_hang("done");
     let mut config = ServerConfig::default();
     config
         .max_concurrent_per_conn(1)
