@@ -11,8 +11,9 @@
 //!   [`Server::serve_connection`]), `tcp` (loopback, the server on a [`Listener`]), `tls` (the
 //!   same with TLS 1.3, certificates from rcgen at run time);
 //! - codec: `none`, `snappy`, `deflate`, in both directions;
-//! - delay: the batch delay of both writers ([`ClientBuilder::max_batch_delay`] and the server's
-//!   [`BatchPolicy`]);
+//! - delay: the client's batch delay ([`ClientBuilder::max_batch_delay`]); the server's
+//!   ([`BatchPolicy`]) is 0 with it, and [`SERVER_DELAY_WITH_CLIENT_DELAY`] (100 us) under a
+//!   client delay, as in the Go original's benchmark;
 //! - parallelism: requests in flight on the one connection: that many tasks, each sending its
 //!   share of the requests one after another.
 //!
@@ -23,8 +24,8 @@
 //!
 //! The sweep: every parallelism for `inmem none delay0`; the three codecs at x1 and x1000 over
 //! `inmem` and `tcp` (`e2e_tcp_none_delay0_x1_get_261b` is the sequential latency); delay 1 ms at
-//! x1000 for `inmem none` and `inmem deflate`; `tls none` at x1 and x1000; the default retry
-//! policy at x1000.
+//! x1000 for each codec over `inmem` (the Go original's `CompressNone`, `CompressFlate` and
+//! `CompressSnappy`); `tls none` at x1 and x1000; the default retry policy at x1000.
 //!
 //! `baseline_tcp_echo_x1_get_261b` is the floor under the sequential case: the same bytes echoed
 //! over loopback TCP, one exchange at a time, by bare tokio tasks on the same kind of runtime.
@@ -150,8 +151,9 @@ fn cases() -> Vec<Case> {
             }
         }
     }
-    cases.push(Case::new(Inmem, Plain, 1, 1000));
-    cases.push(Case::new(Inmem, Deflate, 1, 1000));
+    for codec in [Plain, Snappy, Deflate] {
+        cases.push(Case::new(Inmem, codec, 1, 1000));
+    }
     cases.push(Case::new(Tls, Plain, 0, 1));
     cases.push(Case::new(Tls, Plain, 0, 1000));
     cases.push(Case {
@@ -178,10 +180,21 @@ fn service() -> impl HttpService {
     })
 }
 
-fn conn_config(case: &Case) -> ConnConfig {
+/// The server's batch delay while the client has one: the Go original's benchmark pairs a
+/// client delay with 100 us on the server.
+const SERVER_DELAY_WITH_CLIENT_DELAY: Duration = Duration::from_micros(100);
+
+/// The server's connection settings: the case's codec, and a short batch delay when the
+/// client batches.
+fn server_conn_config(case: &Case) -> ConnConfig {
+    let max_delay = if case.delay.is_zero() {
+        Duration::ZERO
+    } else {
+        SERVER_DELAY_WITH_CLIENT_DELAY
+    };
     let mut conn = ConnConfig::default();
     conn.codec(case.codec).batch(BatchPolicy {
-        max_delay: case.delay,
+        max_delay,
         ..BatchPolicy::default()
     });
     conn
@@ -190,7 +203,7 @@ fn conn_config(case: &Case) -> ConnConfig {
 fn server(case: &Case) -> Server<impl HttpService> {
     let mut config = ServerConfig::default();
     config
-        .conn(conn_config(case))
+        .conn(server_conn_config(case))
         .max_concurrent_per_conn(MAX_IN_FLIGHT);
     Server::with_config(service(), config)
 }
