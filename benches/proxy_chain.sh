@@ -6,7 +6,8 @@
 #
 # Cases: the nginx chain, then httptp with the teleport link compressed with none, snappy, flate,
 # zstd
-# (A's -outCompress compresses requests, B's -inCompress responses; both get the case's codec).
+# (A's -outCompress compresses requests, B's -inCompress responses; both get the case's codec);
+# on request (CASES and GO_HTTPTP), the Go original's httptp with go-none, go-snappy, go-flate.
 # Reports per case: requests/s, p50 and p99 latency, the bytes on the A<->B link per request (both
 # directions, TCP payload), proxy CPU per request, wrk's non-2xx and socket errors, and a
 # correctness check; then the targets: httptp req/s >= nginx chain's; with flate and zstd, link
@@ -23,6 +24,8 @@
 #       benches/proxy_chain.sh
 #   HTTPTP=/path/to/httptp (skip the build)  HTTPTP_WORKERS=1 (runtime threads per httptp)
 #   HTTPTP_A_FLAGS=... HTTPTP_B_FLAGS=... (extra flags)
+#   GO_HTTPTP=/path/to/go/httptp CASES="nginx flate go-flate" (the Go original's httptp, built by
+#       hand from valyala/httpteleport: the same chain, for reference; no targets)
 # Output: the table on stdout and in target/proxy-chain.md, all numbers in target/proxy-chain.json,
 # scratch files and every process's logs under target/proxy-chain/. Progress goes to stderr.
 
@@ -79,7 +82,8 @@ main() {
             case $c in
                 nginx) case_nginx ;;
                 none | snappy | flate | zstd) case_httptp "$c" ;;
-                *) die "unknown case $c (nginx, none, snappy, flate, zstd)" ;;
+                go-none | go-snappy | go-flate) case_go "${c#go-}" ;;
+                *) die "unknown case $c (nginx, none, snappy, flate, zstd, go-none, go-snappy, go-flate)" ;;
             esac
         done
     done

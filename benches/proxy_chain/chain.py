@@ -473,6 +473,11 @@ def cmd_case(args):
                                     + b1["bytes_in_sent"] - b0["bytes_in_sent"])
                 res["b_requests_ok"] = b1["requests_ok"] - b0["requests_ok"]
             res["a_requests_not_ok"] = d["requests_all"] - d["requests_ok"]
+        elif args.chain == "go" and "kernel_sent" in after and res.get("requests"):
+            # The Go httptp counts no link bytes: the kernel's, over wrk's requests.
+            res["link_requests"] = res["requests"]
+            res["link_sent"] = after["kernel_sent"] - before["kernel_sent"]
+            res["link_received"] = after["kernel_received"] - before["kernel_received"]
         elif args.chain == "nginx" and args.log:
             lines, rin, rout = nginx_log(args.log, before["log_offset"])
             # lines past the after snapshot are only a few stragglers; count them all
@@ -662,7 +667,8 @@ def cmd_report(args):
               "request (httptp: A's httptp_bytes_total{side=\"out\"} over "
               "httptp_requests_total{outcome=\"ok\"}; nginx: B's $request_length + $bytes_sent "
               "over its logged requests; checked against the kernel's tcp_info counts of the A->B "
-              "connections); link conns: A->B TCP connections open at the end; proxy CPU: user+system of both proxies over wrk's "
+              "connections; go-httptp, the Go original's httptp: those kernel counts over wrk's "
+              "requests); link conns: A->B TCP connections open at the end; proxy CPU: user+system of both proxies over wrk's "
               "requests", ""]
     lines.append("| case | req/s | p50 ms | p99 ms | link B/req | A->B | B->A | vs nginx link | "
                  "link conns | proxy CPU us/req | non-2xx | socket errors | verify |")
@@ -696,9 +702,11 @@ def cmd_report(args):
                                                           nginx["link_bytes_per_req"],
                                                           nginx["link_bytes_per_req"] / 10),
                             lb is not None and lb <= nginx["link_bytes_per_req"] / 10))
+    targets += go_remarks(rows)
     if targets:
         lines += ["Targets (a case with errors does not pass):", ""]
-        lines += ["- %s %s" % ("PASS" if ok else "MISS", text) for text, ok in targets]
+        lines += ["- %s %s" % ({True: "PASS", False: "MISS", None: "NOTE"}[ok], text)
+                  for text, ok in targets]
         lines.append("")
     notes = [(c["name"], n) for c in rows for n in c["notes"]]
     if notes:
@@ -706,6 +714,25 @@ def cmd_report(args):
         lines += ["- %s: %s" % n for n in notes]
         lines.append("")
     write_report(args, lines, meta, rows, runs, targets)
+
+
+def go_remarks(rows):
+    """(text, None) remarks setting each httptp codec beside the Go original's httptp with the same
+    codec, where both ran: req/s, link bytes and proxy CPU per request."""
+    remarks = []
+    for go in (c for c in rows if c["chain"] == "go" and c.get("rps")):
+        ours = next((c for c in rows if c["chain"] == "httptp" and c["codec"] == go["codec"]
+                     and c.get("rps")), None)
+        if not ours:
+            continue
+        remarks.append((
+            "httptp %s against the Go original's httptp %s: %.0f vs %.0f req/s (%.2fx), link "
+            "%s vs %s B/req, proxy CPU %s vs %s us/req%s"
+            % (ours["codec"], go["codec"], ours["rps"], go["rps"], ours["rps"] / go["rps"],
+               fmt(ours.get("link_bytes_per_req"), ",.0f"), fmt(go.get("link_bytes_per_req"), ",.0f"),
+               fmt(ours.get("cpu_us_per_req"), ".0f"), fmt(go.get("cpu_us_per_req"), ".0f"),
+               "" if go["ok"] else " (the Go case had errors: see the notes)"), None))
+    return remarks
 
 
 # ===== slow link report =====

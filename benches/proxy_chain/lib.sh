@@ -325,9 +325,10 @@ case_nginx() {
 }
 
 # proxy_pair ID NAME CHAIN CODEC WHO READY SIGNAL: one case of two proxies WHO ("httptp",
-# "haproxy"). Proxy B runs the command in PAIR_B (in NS_B) and is waited for with `READY b PID LOG`,
-# then proxy A runs PAIR_A (in NS_A; `READY a PID LOG`); measure gets PAIR_MEASURE (the front port,
-# snapshot arguments) and the two pids; SIGNAL stops each, which must then exit 0; then record.
+# "haproxy", "go-httptp"). Proxy B runs the command in PAIR_B (in NS_B) and is waited for with
+# `READY b PID LOG`, then proxy A runs PAIR_A (in NS_A; `READY a PID LOG`); measure gets
+# PAIR_MEASURE (the front port, snapshot arguments) and the two pids; SIGNAL stops each, which must
+# then exit with PAIR_STOP_RC (0 unless the caller sets it); then record.
 proxy_pair() {
     local id=$1 name=$2 chain=$3 codec=$4 who=$5 ready=$6 signal=$7 pid_a pid_b
     local log_a=$who-a-$codec$ID_SUFFIX.r$ROUND log_b=$who-b-$codec$ID_SUFFIX.r$ROUND
@@ -361,12 +362,12 @@ proxy_pair() {
 }
 
 # stop_checked PID LABEL LOG SIGNAL: stop a proxy of proxy_pair; PAIR_ERROR says when it had died
-# before or did not exit 0.
+# before or did not exit with PAIR_STOP_RC (default 0).
 stop_checked() {
     local pid=$1 label=$2 name=$3 signal=$4
     kill -0 "$pid" 2>/dev/null || PAIR_ERROR="${PAIR_ERROR:+$PAIR_ERROR; }$label died (logs/$name.err)"
     stop "$pid" "$label" "$signal"
-    [[ $STOPPED_RC == 0 ]] ||
+    [[ $STOPPED_RC == "${PAIR_STOP_RC:-0}" ]] ||
         PAIR_ERROR="${PAIR_ERROR:+$PAIR_ERROR; }$label exit status $STOPPED_RC after SIG$signal"
 }
 
@@ -404,4 +405,40 @@ case_httptp() {
         -logFormat text -workers "$HTTPTP_WORKERS" $HTTPTP_A_FLAGS)
     PAIR_MEASURE=("$P_HTTPTP_A" --link-port "$P_HTTPTP_B" --metrics "${metrics[@]}")
     proxy_pair "$id" "httptp-$codec" httptp "$codec" httptp ready_httptp TERM
+}
+
+# ready_go SIDE PID LOG: until the Go httptp's B logs that it listens for teleport connections, or
+# A that it listens for HTTP and its port takes connections (it logs to stderr).
+ready_go() {
+    local side=$1 pid=$2 err=$RUN/logs/$3.err
+    if [[ $side == b ]]; then
+        wait_line "$pid" "$err" 'listening for httpteleport connections' "Go httptp B"
+    else
+        wait_line "$pid" "$err" 'listening for http requests' "Go httptp A" &&
+            wait_port "$pid" "$P_HTTPTP_A" "Go httptp A" 127.0.0.1 "$NS_A"
+    fi
+}
+
+# The same chain through the Go original's httptp (GO_HTTPTP: a binary of valyala/httpteleport's
+# cmd/httptp, built by hand: its sources are not part of this repository), the link compressed with
+# CODEC (none, snappy, flate: the Go one has no zstd), with the same flags as case_httptp and the
+# Go defaults for the rest. Each side runs with GOMAXPROCS=1, as each nginx proxy has one worker and
+# each httptp one runtime thread. The Go httptp has no metrics in this format, so its link bytes are
+# the kernel's tcp_info counts of the A->B connections over wrk's requests; it has no SIGTERM
+# handler either, so it stops by the signal's default action (exit status 143).
+case_go() {
+    local codec=$1 id="go-httptp-$1$ID_SUFFIX.r$ROUND"
+    if [[ -z ${GO_HTTPTP:-} ]]; then
+        rm -f "$RUN/$id".*.json
+        record "$id" "go-httptp-$codec" go "$codec" "not run: GO_HTTPTP (the Go httptp binary) is not set"
+        return
+    fi
+    PAIR_B=(env GOMAXPROCS=1 "$GO_HTTPTP" -in "$ADDR_B:$P_HTTPTP_B" -inType teleport
+        -inCompress "$codec" -out "127.0.0.1:$P_ORIGIN" -outType http
+        -expvarAddr "127.0.0.1:$P_METRICS_B")
+    PAIR_A=(env GOMAXPROCS=1 "$GO_HTTPTP" -in "127.0.0.1:$P_HTTPTP_A" -inType http
+        -out "$ADDR_B:$P_HTTPTP_B" -outType teleport -outCompress "$codec"
+        -expvarAddr "127.0.0.1:$P_METRICS_A")
+    PAIR_MEASURE=("$P_HTTPTP_A" --link-port "$P_HTTPTP_B")
+    PAIR_STOP_RC=143 proxy_pair "$id" "go-httptp-$codec" go "$codec" go-httptp ready_go TERM
 }
