@@ -59,7 +59,8 @@ pub(crate) struct ProxyFlags {
     /// Compression of the responses sent back on a teleport -in: none, flate, snappy, zstd.
     #[arg(long = "inCompress", alias = "in-compress", default_value = "flate")]
     pub(crate) in_compress: String,
-    /// How long a teleport -in may hold responses to batch them (Go duration: 0, 500us, 2ms).
+    /// How long a teleport -in may hold responses to batch them (Go duration: 0, 500us, 2ms; the
+    /// timer ticks in milliseconds, so under 1 ms holds them up to about 1 ms).
     #[arg(long = "inDelay", alias = "in-delay", default_value = "0", value_parser = parse_duration)]
     pub(crate) in_delay: Duration,
     /// The largest request header block accepted, in bytes (431 above it).
@@ -154,7 +155,8 @@ pub(crate) struct ProxyFlags {
     #[arg(long = "flateLevel", alias = "flate-level", default_value_t = 6,
           value_parser = clap::value_parser!(u32).range(1..=9))]
     pub(crate) flate_level: u32,
-    /// How long a teleport -out may hold requests to batch them (Go duration).
+    /// How long a teleport -out may hold requests to batch them (Go duration; millisecond ticks,
+    /// as -inDelay).
     #[arg(long = "outDelay", alias = "out-delay", default_value = "0", value_parser = parse_duration)]
     pub(crate) out_delay: Duration,
     /// The largest response header block accepted from -out, in bytes; a larger one fails its

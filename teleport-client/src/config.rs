@@ -186,7 +186,8 @@ impl ClientBuilder {
     }
 
     /// The longest a request waits for others to share its batch. Default 0: a batch goes out
-    /// as soon as the queue is empty.
+    /// as soon as the queue is empty. Timed in tokio's millisecond ticks
+    /// ([`BatchPolicy::max_delay`]).
     pub fn max_batch_delay(&mut self, delay: Duration) -> &mut Self {
         self.conn.batch(BatchPolicy {
             max_delay: delay,

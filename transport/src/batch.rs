@@ -20,7 +20,8 @@ use tokio::time::Instant;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BatchPolicy {
     /// The longest a frame waits for company once the queue is empty. Default 0: write as soon as
-    /// the queue empties.
+    /// the queue empties. The wait is a tokio timer, which ticks in milliseconds: a delay under
+    /// 1 ms waits until the next tick, up to about 1 ms.
     pub max_delay: Duration,
     /// Write once a batch holds this many bytes of frames, whatever is still queued. Default
     /// 256 KiB.
