@@ -97,7 +97,7 @@ impl ConnConfig {
         self
     }
 
-    /// The deflate level, 0 (store) to 9 (smallest). Default 6.
+    /// The deflate level, 0 (store) to 9 (smallest). Default 7 ([`Levels`]).
     pub fn deflate_level(&mut self, level: u32) -> &mut Self {
         self.levels.deflate = level.min(9);
         self
