@@ -12,8 +12,8 @@
 //!   same with TLS 1.3, certificates from rcgen at run time);
 //! - codec: `none`, `snappy`, `deflate`, in both directions;
 //! - delay: the client's batch delay ([`ClientBuilder::max_batch_delay`]); the server's
-//!   ([`BatchPolicy`]) is 0 with it, and [`SERVER_DELAY_WITH_CLIENT_DELAY`] (100 us) under a
-//!   client delay, as in the Go original's benchmark (tokio's timer ticks in milliseconds, so
+//!   ([`BatchPolicy`]) is 0 when the client's is 0, and [`SERVER_DELAY_WITH_CLIENT_DELAY`]
+//!   (100 us) under a client delay, as in the Go original's benchmark (tokio's timer ticks in milliseconds, so
 //!   the server's 100 us can last up to about 1 ms);
 //! - parallelism: requests in flight on the one connection: that many tasks, each sending its
 //!   share of the requests one after another.

@@ -473,11 +473,18 @@ def cmd_case(args):
                                     + b1["bytes_in_sent"] - b0["bytes_in_sent"])
                 res["b_requests_ok"] = b1["requests_ok"] - b0["requests_ok"]
             res["a_requests_not_ok"] = d["requests_all"] - d["requests_ok"]
-        elif args.chain == "go" and "kernel_sent" in after and res.get("requests"):
-            # The Go httptp counts no link bytes: the kernel's, over wrk's requests.
-            res["link_requests"] = res["requests"]
-            res["link_sent"] = after["kernel_sent"] - before["kernel_sent"]
-            res["link_received"] = after["kernel_received"] - before["kernel_received"]
+        elif args.chain == "go":
+            # The Go httptp counts no link bytes: the kernel's, over wrk's requests, when the A->B
+            # connections were the same ones at both snapshots.
+            conns = [before.get("kernel_conns"), after.get("kernel_conns")]
+            if "kernel_sent" not in after or not res.get("requests"):
+                res["notes"].append("no link bytes: no kernel counts or no wrk requests")
+            elif not conns[0] or conns[0] != conns[1]:
+                res["notes"].append("no link bytes: A->B connections before/after %s" % conns)
+            else:
+                res["link_requests"] = res["requests"]
+                res["link_sent"] = after["kernel_sent"] - before["kernel_sent"]
+                res["link_received"] = after["kernel_received"] - before["kernel_received"]
         elif args.chain == "nginx" and args.log:
             lines, rin, rout = nginx_log(args.log, before["log_offset"])
             # lines past the after snapshot are only a few stragglers; count them all

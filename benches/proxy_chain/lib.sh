@@ -194,7 +194,7 @@ bench_setup() {
     prepare_site
     HTTPTP_MISSING="not built"
     for c in $cases; do
-        [[ $c == nginx || $c == h2 ]] || { build_httptp; break; }
+        [[ $c == nginx || $c == h2 || $c == go-* ]] || { build_httptp; break; }
     done
 }
 
@@ -244,6 +244,7 @@ machine_meta() {
         duration="$DURATION" warmup="$WARMUP" conns="$CONNS" threads="$THREADS"
         wrk="$wrk_version" nginx="$(nginx -v 2>&1 | sed 's/.*: //')"
         httptp="${HTTPTP:-none}" httptp_workers="$HTTPTP_WORKERS" rounds="$ROUNDS"
+        go_httptp="${GO_HTTPTP:-none}"
     )
 }
 
@@ -421,8 +422,8 @@ ready_go() {
 
 # The same chain through the Go original's httptp (GO_HTTPTP: a binary of valyala/httpteleport's
 # cmd/httptp, built by hand: its sources are not part of this repository), the link compressed with
-# CODEC (none, snappy, flate: the Go one has no zstd), with the same flags as case_httptp and the
-# Go defaults for the rest. Each side runs with GOMAXPROCS=1, as each nginx proxy has one worker and
+# CODEC (none, snappy, flate: the Go one has no zstd), with the flags case_httptp gives both sides
+# (not HTTPTP_A_FLAGS and HTTPTP_B_FLAGS, which are httptp's) and the Go defaults for the rest. Each side runs with GOMAXPROCS=1, as each nginx proxy has one worker and
 # each httptp one runtime thread. The Go httptp has no metrics in this format, so its link bytes are
 # the kernel's tcp_info counts of the A->B connections over wrk's requests; it has no SIGTERM
 # handler either, so it stops by the signal's default action (exit status 143).
@@ -440,5 +441,6 @@ case_go() {
         -out "$ADDR_B:$P_HTTPTP_B" -outType teleport -outCompress "$codec"
         -expvarAddr "127.0.0.1:$P_METRICS_A")
     PAIR_MEASURE=("$P_HTTPTP_A" --link-port "$P_HTTPTP_B")
-    PAIR_STOP_RC=143 proxy_pair "$id" "go-httptp-$codec" go "$codec" go-httptp ready_go TERM
+    local PAIR_STOP_RC=143
+    proxy_pair "$id" "go-httptp-$codec" go "$codec" go-httptp ready_go TERM
 }

@@ -152,7 +152,7 @@ pub(crate) struct ProxyFlags {
     pub(crate) zstd_level: i32,
     /// flate level of the same: 1 (fastest) to 9. The default, 7, is the first that matches
     /// lazily as zlib and the Go original's default do; 6 put about 6 % more bytes on the
-    /// proxy-chain benchmark's link for about 7 % less proxy CPU.
+    /// proxy-chain benchmark's link for about 6 % less proxy CPU.
     #[arg(long = "flateLevel", alias = "flate-level", default_value_t = 7,
           value_parser = clap::value_parser!(u32).range(1..=9))]
     pub(crate) flate_level: u32,
